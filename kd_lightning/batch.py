@@ -1,0 +1,55 @@
+"""Batch unpacking: tuples ``(x, y[, index])`` and dicts with configurable keys."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from torch import Tensor
+
+_INPUT_KEYS = ("input", "inputs", "image", "x", "pixel_values")
+_TARGET_KEYS = ("target", "label", "labels", "y")
+
+
+@dataclass
+class Batch:
+    x: Any
+    y: Optional[Tensor] = None
+    index: Optional[Tensor] = None
+    teacher_logits: Optional[Tensor] = None
+    labeled: Optional[Tensor] = None
+
+
+def _pick(batch: Mapping, key: Optional[str], defaults: Sequence[str], what: str, required: bool) -> Any:
+    if key is not None:
+        if key not in batch:
+            raise KeyError(f"the batch has no {what} key {key!r}; its keys are {sorted(batch)}")
+        return batch[key]
+    for k in defaults:
+        if k in batch:
+            return batch[k]
+    if required:
+        raise KeyError(
+            f"cannot find the {what} in a dict batch with keys {sorted(batch)}; "
+            f"set {'input_key' if what == 'input' else 'target_key'}=... on the module"
+        )
+    return None
+
+
+def unpack(batch: Any, input_key: Optional[str] = None, target_key: Optional[str] = None,
+           index_key: str = "index", teacher_logits_key: str = "teacher_logits") -> Batch:
+    """Split a batch into inputs, labels, optional sample indices and optional cached teacher logits."""
+    if isinstance(batch, Mapping):
+        return Batch(
+            x=_pick(batch, input_key, _INPUT_KEYS, "input", True),
+            y=_pick(batch, target_key, _TARGET_KEYS, "target", False),
+            index=batch.get(index_key),
+            teacher_logits=batch.get(teacher_logits_key),
+            labeled=batch.get("labeled"),
+        )
+    if isinstance(batch, (list, tuple)):
+        if len(batch) == 1:
+            return Batch(x=batch[0])
+        if len(batch) in (2, 3):
+            return Batch(x=batch[0], y=batch[1], index=batch[2] if len(batch) == 3 else None)
+        raise ValueError(f"tuple batches must be (x, y) or (x, y, index); got {len(batch)} elements — use a dict batch")
+    return Batch(x=batch)

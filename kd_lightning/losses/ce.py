@@ -1,0 +1,35 @@
+"""Labels-only objective: trains a teacher or a baseline through the same module path."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import DistillInputs, Objective
+
+
+class CE(Objective):
+    """Cross-entropy on hard labels (optionally label-smoothed); runs no teacher."""
+
+    needs_teacher = False
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, inputs: DistillInputs) -> Dict[str, Tensor]:
+        ce = hard_label_ce(inputs.student_logits, inputs.target, inputs.labeled, self.label_smoothing)
+        return {"loss": ce, "ce": ce}
+
+
+def hard_label_ce(logits: Tensor, target: Tensor, labeled: Tensor | None = None, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy in fp32 over the samples that carry a label (all when ``labeled`` is None)."""
+    logits = logits.float()
+    if labeled is not None:
+        if not bool(labeled.any()):
+            return logits.sum() * 0.0  # keeps the graph; a batch of transfer samples has no CE
+        logits, target = logits[labeled], target[labeled]
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)

@@ -1,0 +1,281 @@
+"""DistillationModule: a drop-in LightningModule that distills a frozen teacher into a student."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+
+from .batch import Batch, unpack
+from .losses.base import DistillInputs, Objective
+from .taps import FeatureTaps
+from .teacher import FrozenTeacher, TeacherEnsemble, TeacherSource, build_teacher
+
+TEACHER_PREFIX = "teacher."
+
+
+def _default_objective(has_teacher: bool) -> Objective:
+    if has_teacher:
+        from .losses import KD
+
+        return KD()
+    from .losses import CE
+
+    return CE()
+
+
+class DistillationModule(L.LightningModule):
+    """Train ``student`` against a frozen ``teacher`` with a distillation ``loss``.
+
+    Args:
+        student: any ``nn.Module`` returning logits ``[batch, classes]``.
+        teacher: an ``nn.Module``, a list of them (an ensemble), a checkpoint path (with
+            ``teacher_architecture``), or None (labels-only training, or teacher logits in the batch).
+        loss: an :class:`~kd_lightning.losses.Objective`; default ``KD()`` with a teacher, ``CE()`` without.
+        optimizer: a callable ``params -> Optimizer`` such as ``functools.partial(torch.optim.SGD, lr=0.05)``.
+        scheduler: optional callable ``optimizer -> LRScheduler``; stepped every ``scheduler_interval``.
+        input_key / target_key: keys of dict batches (common names are found without them).
+        save_teacher: keep the teacher's weights in checkpoints (off: a student checkpoint stays small).
+        ensemble_weights / ensemble_mode: for a teacher list, per-teacher weights and whether softened
+            probabilities (``"probs"``) or logits (``"logits"``) are averaged.
+        check_finite: stop with an error naming the term when the loss becomes NaN or infinite.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: Optional[TeacherSource] = None,
+        loss: Optional[Objective] = None,
+        optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
+        scheduler: Optional[Callable[..., Any]] = None,
+        input_key: Optional[str] = None,
+        target_key: Optional[str] = None,
+        index_key: str = "index",
+        teacher_architecture: Optional[nn.Module] = None,
+        ensemble_weights: Optional[Sequence[float]] = None,
+        ensemble_mode: str = "probs",
+        save_teacher: bool = False,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/acc",
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        # Networks, objectives and factories are not hyperparameters: never pickle them into hparams.
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "teacher_architecture"])
+        if not isinstance(student, nn.Module):
+            raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
+        self.student = student
+        self.loss = loss if loss is not None else _default_objective(teacher is not None)
+        temperature = getattr(self.loss, "temperature", None) or 1.0
+        self.teacher: Optional[FrozenTeacher] = build_teacher(
+            teacher, teacher_architecture, ensemble_weights, ensemble_mode, temperature)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.save_teacher = save_teacher
+        self._shapes_checked = False
+        self._taps: Optional[tuple] = None
+        for stage in ("val", "test"):
+            for name in ("acc", "acc_top5", "teacher_acc", "agreement", "loss"):
+                setattr(self, f"_{stage}_{name}", MeanMetric())
+        self.val_acc_best = MaxMetric()
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        return self.student(x)
+
+    def _ensure_taps(self) -> tuple:
+        # Hooks are attached lazily so the module stays picklable (ddp_spawn) and detached on teardown.
+        if self._taps is None:
+            s_paths, t_paths = self.loss.student_taps, self.loss.teacher_taps
+            if t_paths and self.teacher is None:
+                raise ValueError("the objective needs teacher features but there is no teacher network")
+            self._taps = (
+                FeatureTaps(self.student, s_paths, "student") if s_paths else None,
+                FeatureTaps(self.teacher.net, t_paths, "teacher") if t_paths else None,
+            )
+        return self._taps
+
+    def setup(self, stage: str) -> None:
+        # Shape-dependent adapters must exist before configure_optimizers() collects parameters.
+        if stage == "fit" and self.loss.needs_build:
+            self._build_objective()
+
+    def _example_batch(self) -> Any:
+        if self.example_input_array is not None:
+            return self.example_input_array
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            raise ValueError(
+                f"{type(self.loss).__name__} builds adapters from the feature shapes and needs one example "
+                "batch: fit with a datamodule, or set module.example_input_array = <input tensor>")
+        return next(iter(dm.train_dataloader()))
+
+    @torch.no_grad()
+    def _build_objective(self) -> None:
+        batch = self._example_batch()
+        b = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key) \
+            if not isinstance(batch, Tensor) else Batch(x=batch)
+        was_training = self.student.training
+        self.student.eval()  # a dry run must not move BatchNorm statistics
+        try:
+            s_taps, t_taps = self._ensure_taps()
+            s_logits = self.student(b.x)
+            t_logits = self.teacher(b.x) if self.teacher is not None else b.teacher_logits
+            inputs = DistillInputs(
+                student_logits=s_logits, teacher_logits=t_logits, target=b.y,
+                student_features=s_taps.pop() if s_taps is not None else {},
+                teacher_features=t_taps.pop() if t_taps is not None else {}, index=b.index)
+            self.loss.build(inputs)
+        finally:
+            self.student.train(was_training)
+
+    def teardown(self, stage: str) -> None:
+        for taps in self._taps or ():
+            if taps is not None:
+                taps.remove()
+        self._taps = None
+
+    def _run(self, batch: Any, stage: str) -> tuple:
+        b: Batch = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key)
+        s_taps, t_taps = self._ensure_taps()
+        student_logits = self.student(b.x)
+        s_feats = s_taps.pop() if s_taps is not None else {}
+        teacher_logits, t_feats = b.teacher_logits, {}
+        if self.teacher is not None and (teacher_logits is None or t_taps is not None):
+            teacher_logits = self.teacher(b.x)
+            t_feats = t_taps.pop() if t_taps is not None else {}
+        if not self._shapes_checked:
+            self._check_shapes(student_logits, teacher_logits, b)
+        inputs = DistillInputs(
+            student_logits=student_logits, teacher_logits=teacher_logits, target=b.y,
+            student_features=s_feats, teacher_features=t_feats,
+            epoch=float(self.current_epoch + 1), index=b.index, labeled=b.labeled,
+        )
+        # Losses are computed in fp32 whatever the autocast precision of the networks.
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            terms = self.loss(inputs)
+        return b, student_logits, teacher_logits, terms
+
+    def _check_shapes(self, student_logits: Tensor, teacher_logits: Optional[Tensor], b: Batch) -> None:
+        if student_logits.ndim != 2:
+            raise ValueError(f"the student must return logits [batch, classes]; got shape {tuple(student_logits.shape)}")
+        if self.loss.needs_teacher and teacher_logits is None:
+            raise ValueError(
+                f"{type(self.loss).__name__} needs a teacher, but none was given and the batch carries no "
+                "teacher logits; pass teacher=... or use loss=CE() for labels-only training")
+        if teacher_logits is not None and teacher_logits.shape[-1] != student_logits.shape[-1]:
+            raise ValueError(
+                f"class count mismatch: the teacher outputs {teacher_logits.shape[-1]} classes but the student "
+                f"outputs {student_logits.shape[-1]}; build both with the data set's num_classes")
+        if b.y is not None and b.y.numel() and b.y.dtype in (torch.int64, torch.int32):
+            top = int(b.y.max())
+            if top >= student_logits.shape[-1]:
+                raise ValueError(
+                    f"label {top} is out of range for a student with {student_logits.shape[-1]} outputs; "
+                    "set the model's num_classes to the data set's class count")
+        self._shapes_checked = True
+
+    # -------------------------------------------------------------------------------- the steps
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        b, _, _, terms = self._run(batch, "train")
+        loss = terms["loss"]
+        if self.hparams.check_finite and not torch.isfinite(loss):
+            self._raise_not_finite(terms)
+        batch_size = b.y.shape[0] if b.y is not None else None
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=False, prog_bar=name == "loss",
+                     batch_size=batch_size)
+        return loss
+
+    def _raise_not_finite(self, terms: Dict[str, Tensor]) -> None:
+        bad = [n for n, v in terms.items() if n != "loss" and not torch.isfinite(v).all()]
+        culprit = ", ".join(repr(n) for n in bad) or "'loss'"
+        raise FloatingPointError(
+            f"the loss became non-finite at global step {self.global_step} (epoch {self.current_epoch}); "
+            f"bad term(s): {culprit}. Lower the learning rate, check the inputs for NaN, or use fp32/bf16 "
+            "instead of 16-mixed")
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        b, s_logits, t_logits, terms = self._run(batch, stage)
+        if b.y is None:
+            raise ValueError(f"{stage} batches need labels to measure accuracy")
+        n = b.y.shape[0]
+        pred = s_logits.argmax(-1)
+        getattr(self, f"_{stage}_acc").update((pred == b.y).float())
+        k = min(5, s_logits.shape[-1])
+        if s_logits.shape[-1] > 5:
+            top5 = (s_logits.topk(k, dim=-1).indices == b.y[:, None]).any(-1)
+            getattr(self, f"_{stage}_acc_top5").update(top5.float())
+        if t_logits is not None:
+            t_pred = t_logits.argmax(-1)
+            getattr(self, f"_{stage}_teacher_acc").update((t_pred == b.y).float())
+            getattr(self, f"_{stage}_agreement").update((t_pred == pred).float())
+        getattr(self, f"_{stage}_loss").update(terms["loss"].detach(), weight=n)
+        for name, value in terms.items():
+            if name != "loss":
+                self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=n)
+
+    def _log_epoch(self, stage: str) -> Optional[Tensor]:
+        acc = None
+        for name in ("acc", "acc_top5", "teacher_acc", "agreement", "loss"):
+            metric = getattr(self, f"_{stage}_{name}")
+            if metric.update_called:
+                value = metric.compute()
+                self.log(f"{stage}/{name}", value, prog_bar=name == "acc", sync_dist=False)
+                if name == "acc":
+                    acc = value
+            metric.reset()
+        return acc
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self._log_epoch("val")
+        if acc is not None and not self.trainer.sanity_checking:
+            self.val_acc_best.update(acc)
+            self.log("val/acc_best", self.val_acc_best.compute())
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        b = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key)
+        return self.student(b.x)
+
+    # ------------------------------------------------------------------------------ optimization
+    def trainable_parameters(self):
+        """The student's and the objective's own parameters — never the teacher's."""
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        params += [p for p in self.loss.parameters() if p.requires_grad]
+        return params
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        optimizer = factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {
+            "scheduler": scheduler, "interval": self.hparams.scheduler_interval, "monitor": self.hparams.monitor}}
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if not self.save_teacher:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # Checkpoints normally carry no teacher: take its weights from the live teacher so that
+        # strict loading still catches every missing or unexpected student key.
+        state = checkpoint["state_dict"]
+        if self.teacher is not None and not any(k.startswith(TEACHER_PREFIX) for k in state):
+            for key, value in self.teacher.state_dict().items():
+                state[TEACHER_PREFIX + key] = value

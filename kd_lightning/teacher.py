@@ -1,0 +1,133 @@
+"""Frozen teachers: loading, freezing and ensembling.
+
+The teacher is never trained: its parameters have ``requires_grad=False``, it stays in eval mode
+(see :class:`FrozenTeacher.train`), and its forward runs under ``torch.no_grad()``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TeacherSource = Union[nn.Module, Sequence[nn.Module], str, os.PathLike]
+
+# Key prefixes under which a Lightning checkpoint of this project stores a plain classifier.
+_CKPT_PREFIXES = ("student.", "model.", "net.")
+
+
+def load_state_dict_file(path: Union[str, os.PathLike]) -> dict:
+    """Read a Lightning checkpoint or a plain ``state_dict`` file; return the model's own keys."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"teacher checkpoint not found: {path!r}; pass an existing .ckpt/.pt file "
+            "(or leave the teacher checkpoint unset to train a teacher)"
+        )
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} holds a {type(blob).__name__}, not a checkpoint or a state_dict")
+    for prefix in _CKPT_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            # A teacher inside a distillation checkpoint (save_teacher=True) is not what we want.
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return dict(state)
+
+
+def load_teacher(source: Union[str, os.PathLike], architecture: Optional[nn.Module]) -> nn.Module:
+    """Load checkpoint ``source`` into ``architecture`` (strictly: a wrong architecture is an error)."""
+    if architecture is None:
+        raise ValueError(
+            f"teacher is the checkpoint path {os.fspath(source)!r}: also pass the architecture "
+            "(teacher_architecture=<nn.Module>) so its weights have somewhere to go"
+        )
+    state = load_state_dict_file(source)
+    try:
+        architecture.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ValueError(
+            f"teacher checkpoint {os.fspath(source)!r} does not fit {type(architecture).__name__}: {first} "
+            "— check the teacher architecture and its num_classes"
+        ) from None
+    return architecture
+
+
+class TeacherEnsemble(nn.Module):
+    """Several teachers as one: averages their logits, or their softened probabilities.
+
+    ``mode="probs"`` averages ``softmax(z_k / T)`` (weighted) and returns ``T * log(p_avg)``, which are
+    logits whose softmax at temperature ``T`` is exactly the averaged distribution; ``T`` is the
+    distillation temperature (set by :class:`~kd_lightning.DistillationModule` from its objective).
+    ``mode="logits"`` returns the weighted mean of the raw logits.
+    """
+
+    def __init__(self, teachers: Sequence[nn.Module], weights: Optional[Sequence[float]] = None,
+                 mode: str = "probs", temperature: float = 1.0):
+        super().__init__()
+        if len(teachers) == 0:
+            raise ValueError("a teacher ensemble needs at least one teacher")
+        if mode not in ("probs", "logits"):
+            raise ValueError(f"ensemble mode must be 'probs' or 'logits', got {mode!r}")
+        weights = [1.0] * len(teachers) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(teachers) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"need one non-negative weight per teacher ({len(teachers)}), got {weights}")
+        self.members = nn.ModuleList(teachers)
+        self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
+        self.mode = mode
+        self.temperature = float(temperature)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = [m(x).float() for m in self.members]
+        shapes = {tuple(o.shape) for o in outs}
+        if len(shapes) != 1:
+            raise ValueError(f"ensemble teachers disagree on their output shapes: {sorted(shapes)}")
+        stacked = torch.stack(outs)  # [K, B, C]
+        w = self.weights.view(-1, 1, 1)
+        if self.mode == "logits":
+            return (w * stacked).sum(0)
+        t = self.temperature
+        probs = (w * F.softmax(stacked / t, dim=-1)).sum(0)
+        return t * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+
+
+class FrozenTeacher(nn.Module):
+    """Wraps a teacher so that nothing can train it or move its BatchNorm statistics."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.net.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        # Lightning calls .train() on the whole LightningModule each epoch; the teacher ignores it.
+        super().train(False)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.net(x)
+
+
+def build_teacher(source: Optional[TeacherSource], architecture: Optional[nn.Module] = None,
+                  ensemble_weights: Optional[Sequence[float]] = None, ensemble_mode: str = "probs",
+                  temperature: float = 1.0) -> Optional[FrozenTeacher]:
+    """Turn whatever the user passed as ``teacher`` into a :class:`FrozenTeacher` (or None)."""
+    if source is None:
+        return None
+    if isinstance(source, (str, os.PathLike)):
+        net: nn.Module = load_teacher(source, architecture)
+    elif isinstance(source, nn.Module):
+        net = source
+    elif isinstance(source, (list, tuple)):
+        if not all(isinstance(t, nn.Module) for t in source):
+            raise TypeError("a teacher list must hold nn.Module objects")
+        net = source[0] if len(source) == 1 else TeacherEnsemble(
+            list(source), ensemble_weights, ensemble_mode, temperature)
+    else:
+        raise TypeError(f"teacher must be an nn.Module, a list of them or a checkpoint path, got {type(source).__name__}")
+    return FrozenTeacher(net)
