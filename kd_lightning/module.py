@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import lightning as L
@@ -15,6 +16,9 @@ from .taps import FeatureTaps
 from .teacher import FrozenTeacher, TeacherEnsemble, TeacherSource, build_teacher
 
 TEACHER_PREFIX = "teacher."
+
+# The frozen teacher is in eval mode on purpose; Lightning would warn about it at every fit.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def _default_objective(has_teacher: bool) -> Objective:

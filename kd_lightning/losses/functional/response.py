@@ -1,0 +1,222 @@
+"""Response-based (logit) distillation losses as pure tensor functions.
+
+Notation (see ``REFERENCE.md``): ``z_s``, ``z_t`` are student / teacher logits of shape ``[B, C]``,
+``p = softmax(z / T)``, ``KL(a‖b) = Σ_c a_c (log a_c − log b_c)`` and "mean over the batch" is the sum
+over samples divided by ``B``.
+
+Every function works in at least fp32: bf16 / fp16 inputs are upcast with ``.float()`` before any
+arithmetic, float64 inputs stay float64 (so ``torch.autograd.gradcheck`` can be used). Probabilities are
+only ever handled through ``log_softmax`` / ``logsumexp``, which keeps the losses finite for logits in
+the hundreds and thousands of classes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..base import check_temperature
+
+__all__ = [
+    "kd_loss",
+    "logit_standardize",
+    "dkd_loss",
+    "dkd_terms",
+    "dist_loss",
+    "dist_terms",
+    "logit_mse",
+]
+
+_DIVERGENCES = ("forward", "reverse", "js")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _upcast(*tensors: Tensor) -> Tuple[Tensor, ...]:
+    """Bring all inputs to a common dtype that is at least fp32 (float64 is kept)."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    if dtype != torch.float64:
+        return tuple(t.float() for t in tensors)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def _check_logit_pair(student_logits: Tensor, teacher_logits: Tensor, name: str) -> None:
+    if student_logits.ndim != 2 or teacher_logits.ndim != 2:
+        raise ValueError(
+            f"{name} expects logits shaped [batch, classes]; got student {tuple(student_logits.shape)} "
+            f"and teacher {tuple(teacher_logits.shape)}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"{name}: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape")
+
+
+def _kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Per-row ``KL(p‖q) = Σ p (log p − log q)`` from log-probabilities; returns shape ``[B]``.
+
+    Where ``p`` underflows to 0 the finite ``log p − log q`` is multiplied by 0, so no NaN appears.
+    """
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+# --------------------------------------------------------------------------------------- standardize
+def logit_standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Logit standardization, ``Z(z) = (z − mean(z)) / (std(z) + eps)`` per sample over the classes.
+
+    ``std`` is the unbiased estimator (divide by ``C − 1``). From Sun et al., "Logit Standardization in
+    Knowledge Distillation", CVPR 2024. Needs at least two classes. Returns fp32 (or float64).
+    """
+    (z,) = _upcast(logits)
+    if z.shape[-1] < 2:
+        raise ValueError(f"logit_standardize needs at least 2 classes, got shape {tuple(z.shape)}")
+    mean = z.mean(dim=-1, keepdim=True)
+    std = z.std(dim=-1, keepdim=True, unbiased=True)
+    return (z - mean) / (std + eps)
+
+
+# ---------------------------------------------------------------------------------------------- KD
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+            divergence: str = "forward", standardize: bool = False) -> Tensor:
+    """Soft-target distillation loss of Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
+
+    With ``p_s = softmax(z_s / T)`` and ``p_t = softmax(z_t / T)``:
+
+    * ``divergence="forward"`` (the paper): ``T² · (1/B) Σ_i KL(p_t,i ‖ p_s,i)``
+    * ``divergence="reverse"``: ``T² · (1/B) Σ_i KL(p_s,i ‖ p_t,i)``
+    * ``divergence="js"`` (Jensen–Shannon): ``T² · (1/B) Σ_i ½ [KL(p_s,i ‖ m_i) + KL(p_t,i ‖ m_i)]``
+      with ``m = (p_s + p_t) / 2``.
+
+    ``standardize=True`` replaces both logit vectors by :func:`logit_standardize` before dividing by
+    ``T`` (Sun et al., CVPR 2024); the ``T²`` factor is kept. Returns a scalar in fp32 (float64 for
+    float64 inputs).
+    """
+    temperature = check_temperature(temperature)
+    if divergence not in _DIVERGENCES:
+        raise ValueError(f"divergence must be one of {_DIVERGENCES}, got {divergence!r}")
+    _check_logit_pair(student_logits, teacher_logits, "kd_loss")
+    zs, zt = _upcast(student_logits, teacher_logits)
+    if standardize:
+        zs, zt = logit_standardize(zs), logit_standardize(zt)
+    log_ps = F.log_softmax(zs / temperature, dim=-1)
+    log_pt = F.log_softmax(zt / temperature, dim=-1)
+    if divergence == "forward":
+        per_sample = _kl_from_log_probs(log_pt, log_ps)
+    elif divergence == "reverse":
+        per_sample = _kl_from_log_probs(log_ps, log_pt)
+    else:
+        # log m = log((p_s + p_t) / 2), computed without leaving log space.
+        log_m = torch.logaddexp(log_ps, log_pt) - math.log(2.0)
+        per_sample = 0.5 * (_kl_from_log_probs(log_ps, log_m) + _kl_from_log_probs(log_pt, log_m))
+    return per_sample.sum() / zs.shape[0] * temperature ** 2
+
+
+# --------------------------------------------------------------------------------------------- DKD
+def _binary_and_non_target(logits: Tensor, target: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+    """Log of ``b = [p_y, 1 − p_y]`` (full softmax at T) and log of the non-target softmax at T.
+
+    ``1 − p_y`` is obtained as ``logsumexp`` of the non-target log-probabilities, so it never suffers
+    from cancellation; the non-target distribution is a softmax over the ``C − 1`` gathered logits.
+    """
+    b, c = logits.shape
+    scaled = logits / temperature
+    log_p = F.log_softmax(scaled, dim=-1)
+    keep = torch.ones_like(scaled, dtype=torch.bool)
+    keep.scatter_(1, target.view(-1, 1), False)
+    log_p_target = log_p.gather(1, target.view(-1, 1))
+    log_p_rest = torch.logsumexp(log_p[keep].view(b, c - 1), dim=-1, keepdim=True)
+    log_binary = torch.cat([log_p_target, log_p_rest], dim=-1)
+    log_non_target = F.log_softmax(scaled[keep].view(b, c - 1), dim=-1)
+    return log_binary, log_non_target
+
+
+def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor,
+              temperature: float = 4.0) -> Tuple[Tensor, Tensor]:
+    """The two parts of Decoupled KD, ``(TCKD, NCKD)`` (Zhao et al., CVPR 2022).
+
+    Per sample, ``b = [p_y, 1 − p_y]`` from the full softmax at T and ``p̂`` the softmax of ``z / T``
+    over the non-target classes only:
+
+    * ``TCKD = T² · (1/B) Σ_i KL(b_t,i ‖ b_s,i)``
+    * ``NCKD = T² · (1/B) Σ_i KL(p̂_t,i ‖ p̂_s,i)``
+    """
+    temperature = check_temperature(temperature)
+    _check_logit_pair(student_logits, teacher_logits, "dkd_loss")
+    if student_logits.shape[-1] < 2:
+        raise ValueError("dkd_loss needs at least 2 classes")
+    if target.shape != student_logits.shape[:1]:
+        raise ValueError(f"dkd_loss: target must have shape [{student_logits.shape[0]}], got {tuple(target.shape)}")
+    zs, zt = _upcast(student_logits, teacher_logits)
+    target = target.long()
+    bin_s, rest_s = _binary_and_non_target(zs, target, temperature)
+    bin_t, rest_t = _binary_and_non_target(zt, target, temperature)
+    scale = temperature ** 2 / zs.shape[0]
+    tckd = _kl_from_log_probs(bin_t, bin_s).sum() * scale
+    nckd = _kl_from_log_probs(rest_t, rest_s).sum() * scale
+    return tckd, nckd
+
+
+def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, alpha: float = 1.0,
+             beta: float = 8.0, temperature: float = 4.0) -> Tensor:
+    """Decoupled Knowledge Distillation, ``alpha · TCKD + beta · NCKD`` (Zhao et al., CVPR 2022).
+
+    See :func:`dkd_terms` for the two parts. With ``alpha = beta = 1`` the sample-wise identity of the
+    paper, ``KL(p_t‖p_s) = KL(b_t‖b_s) + (1 − p_t,y) · KL(p̂_t‖p̂_s)``, links it to :func:`kd_loss`.
+    The published recipe's warm-up (``min(epoch / 20, 1)``) belongs to the objective, not here.
+    """
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, target, temperature)
+    return alpha * tckd + beta * nckd
+
+
+# -------------------------------------------------------------------------------------------- DIST
+def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Row-wise Pearson correlation: cosine of the centred rows, ``a·b / (‖a‖‖b‖ + eps)``."""
+    a = a - a.mean(dim=-1, keepdim=True)
+    b = b - b.mean(dim=-1, keepdim=True)
+    return (a * b).sum(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1) + eps)
+
+
+def dist_terms(student_logits: Tensor, teacher_logits: Tensor,
+               temperature: float = 1.0) -> Tuple[Tensor, Tensor]:
+    """The two relations of DIST, ``(inter, intra)`` (Huang et al., "Knowledge Distillation from A Stronger
+    Teacher", NeurIPS 2022).
+
+    With ``y = softmax(z / τ)`` and ``ρ(a, b) = (a − ā)·(b − b̄) / (‖a − ā‖ ‖b − b̄‖ + 1e-8)``:
+
+    * ``inter = τ² · (1 − mean_i ρ(y_s[i, :], y_t[i, :]))`` (over the classes of each sample)
+    * ``intra = τ² · (1 − mean_c ρ(y_s[:, c], y_t[:, c]))`` (over the batch, for each class)
+    """
+    temperature = check_temperature(temperature)
+    _check_logit_pair(student_logits, teacher_logits, "dist_loss")
+    zs, zt = _upcast(student_logits, teacher_logits)
+    ys = F.softmax(zs / temperature, dim=-1)
+    yt = F.softmax(zt / temperature, dim=-1)
+    t2 = temperature ** 2
+    inter = t2 * (1.0 - _pearson_rows(ys, yt).mean())
+    intra = t2 * (1.0 - _pearson_rows(ys.t(), yt.t()).mean())
+    return inter, intra
+
+
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0, gamma: float = 1.0,
+              temperature: float = 1.0) -> Tensor:
+    """DIST, ``beta · inter + gamma · intra`` (Huang et al., NeurIPS 2022); see :func:`dist_terms`.
+
+    CIFAR recipe: ``τ = 4``, ``beta = gamma = 1``, objective ``CE + 2 · dist``; ImageNet ``τ = 1``.
+    """
+    inter, intra = dist_terms(student_logits, teacher_logits, temperature)
+    return beta * inter + gamma * intra
+
+
+# --------------------------------------------------------------------------------------------- MSE
+def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Logit regression of Ba & Caruana, "Do Deep Nets Really Need to be Deep?" (2014):
+    ``mean over all B·C entries of (z_s − z_t)²``."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"logit_mse: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape")
+    zs, zt = _upcast(student_logits, teacher_logits)
+    return F.mse_loss(zs, zt, reduction="mean")

@@ -1,0 +1,194 @@
+"""The kd-train process: teacher (given, cached or trained) -> labels-only baseline -> student -> report."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from . import io
+from .classifier import ClassifierModule
+from .losses import Compose, Objective
+from .module import DistillationModule
+from .report import write_report
+from .stage import StageResult, fit_and_test, test_only
+from .teacher import load_teacher
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A problem with the configuration, found before any training; its message says how to fix it."""
+
+
+# ------------------------------------------------------------------------------------ building blocks
+def build_objective(distill_cfg: DictConfig) -> Objective:
+    entries = distill_cfg.get("objectives") or {}
+    objectives = [instantiate(v) for v in entries.values() if v is not None]
+    if not objectives:
+        raise ConfigError("distill.objectives is empty: choose a method, e.g. distill=kd")
+    return objectives[0] if len(objectives) == 1 else Compose(objectives)
+
+
+def build_net(model_cfg: DictConfig, role: str) -> nn.Module:
+    try:
+        net = instantiate(model_cfg.net)
+    except Exception as err:  # hydra wraps constructor errors; keep the first useful line
+        raise ConfigError(f"could not build the {role} network from {role}.net: {_root_cause(err)}") from None
+    if model_cfg.get("ckpt_path"):
+        net = load_teacher(model_cfg.ckpt_path, net)
+    return net
+
+
+def build_datamodule(cfg: DictConfig, return_index: bool = False) -> L.LightningDataModule:
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg.pop("num_train", None)  # informational (objectives size memory banks with it)
+    if return_index:
+        data_cfg["return_index"] = True
+    return instantiate(data_cfg)
+
+
+def optimizer_factories(cfg: DictConfig) -> Tuple[Any, Any]:
+    opt = instantiate(cfg.optim.optimizer)
+    sched = instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None
+    return opt, sched
+
+
+def _root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}"
+
+
+def config_hash(*nodes: Any) -> str:
+    blob = json.dumps([OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n
+                       for n in nodes], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _module_kwargs(cfg: DictConfig) -> Dict[str, Any]:
+    opt, sched = optimizer_factories(cfg)
+    return {"optimizer": opt, "scheduler": sched, "scheduler_interval": cfg.optim.get("scheduler_interval", "epoch")}
+
+
+def check_classes(net: nn.Module, datamodule: L.LightningDataModule, role: str, num_classes: int) -> None:
+    """One forward pass on a training batch: the output width must equal the data's class count."""
+    x = next(iter(datamodule.train_dataloader()))[0][:2]
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    net.train(was)
+    if out.ndim != 2 or out.shape[-1] != num_classes:
+        raise ConfigError(
+            f"the {role} outputs shape {tuple(out.shape)} but the data has {num_classes} classes; "
+            f"build it with num_classes={num_classes} (its config uses ${{data.num_classes}}), or pick a "
+            f"{role} checkpoint trained on this data")
+
+
+# --------------------------------------------------------------------------------------- the stages
+def teacher_cache_dir(cfg: DictConfig) -> Path:
+    key = config_hash(cfg.teacher, cfg.data, cfg.seed, cfg.teacher_fit.max_epochs, cfg.optim,
+                      cfg.trainer.get("precision"), cfg.trainer.get("limit_train_batches"))
+    return Path(cfg.paths.cache_dir) / "teachers" / key
+
+
+def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> Tuple[nn.Module, StageResult]:
+    """Load the teacher from teacher.ckpt_path, or from this machine's cache, or train it."""
+    num_classes = int(cfg.data.num_classes)
+    given = cfg.teacher.get("ckpt_path")
+    cache = teacher_cache_dir(cfg)
+    cached_ckpt = cache / "teacher.ckpt"
+    use_cache = bool(cfg.teacher_fit.get("use_cache", True)) and not cfg.trainer.get("fast_dev_run")
+    t0 = time.perf_counter()
+    if given or (use_cache and cached_ckpt.exists()):
+        source = "checkpoint" if given else "cache"
+        net = build_net(cfg.teacher, "teacher") if given else load_teacher(cached_ckpt, build_net(cfg.teacher, "teacher"))
+        check_classes(net, datamodule, "teacher", num_classes)
+        module = ClassifierModule(net)
+        result = test_only(cfg, "teacher", module, datamodule, net, time.perf_counter() - t0, source)
+        if source == "cache":
+            meta = json.loads((cache / "meta.json").read_text()) if (cache / "meta.json").exists() else {}
+            result.val_curve = meta.get("val_curve", [])
+            result.ckpt_path = str(cached_ckpt)
+        else:
+            result.ckpt_path = str(given)
+        return net, result
+    net = build_net(cfg.teacher, "teacher")
+    check_classes(net, datamodule, "teacher", num_classes)
+    module = ClassifierModule(net, **_module_kwargs(cfg))
+    result = fit_and_test(cfg, "teacher", module, datamodule, net, cfg.teacher_fit.max_epochs)
+    result.source = "trained"
+    if use_cache:
+        io.torch_save({"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}}, cached_ckpt)
+        io.write_json(cache / "meta.json", {"acc": result.acc, "val_curve": result.val_curve,
+                                            "teacher": OmegaConf.to_container(cfg.teacher, resolve=True)})
+        result.ckpt_path = str(cached_ckpt)
+    return net, result
+
+
+def train_baseline(cfg: DictConfig, datamodule: L.LightningDataModule) -> StageResult:
+    net = build_net(cfg.student, "student")
+    module = ClassifierModule(net, **_module_kwargs(cfg))
+    return fit_and_test(cfg, "baseline", module, datamodule, net)
+
+
+def distill_student(cfg: DictConfig, teacher: nn.Module, objective: Objective,
+                    datamodule: L.LightningDataModule, stage: str = "student") -> Tuple[nn.Module, StageResult]:
+    net = build_net(cfg.student, "student")
+    module = DistillationModule(student=net, teacher=teacher, loss=objective, **_module_kwargs(cfg))
+    result = fit_and_test(cfg, stage, module, datamodule, net)
+    return net, result
+
+
+def save_student(cfg: DictConfig, net: nn.Module, name: str) -> str:
+    """The deployable student alone (no teacher, no adapters) plus the config that rebuilds it."""
+    path = Path(cfg.paths.output_dir) / f"{name}.ckpt"
+    io.torch_save({"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()},
+                   "kd_config": OmegaConf.to_container(cfg, resolve=True)}, path)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------- the run
+def validate(cfg: DictConfig) -> Objective:
+    """Checks that need no data: anything wrong here is reported before any training."""
+    given = cfg.teacher.get("ckpt_path")
+    if given and not Path(given).is_file():
+        raise ConfigError(f"teacher.ckpt_path={given!r} does not exist; point it at a teacher .ckpt, "
+                          "or drop it (teacher.ckpt_path=null) to train a teacher")
+    try:
+        return build_objective(cfg.distill)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"bad distill config ({cfg.distill.get('name')}): {_root_cause(err)}") from None
+
+
+def run(cfg: DictConfig) -> Dict[str, Any]:
+    """Run the whole process and return the summary (also written to the run directory)."""
+    objective = validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg, return_index=bool(getattr(objective, "needs_index", False)))
+    try:
+        datamodule.setup("fit")
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from None
+    check_classes(build_net(cfg.student, "student"), datamodule, "student", int(cfg.data.num_classes))
+
+    teacher, teacher_res = obtain_teacher(cfg, datamodule)
+    baseline_res: Optional[StageResult] = None
+    if cfg.baseline.get("enabled", True):
+        L.seed_everything(cfg.seed, workers=True)
+        baseline_res = train_baseline(cfg, datamodule)
+    L.seed_everything(cfg.seed, workers=True)
+    student, student_res = distill_student(cfg, teacher, objective, datamodule)
+    student_res.ckpt_path = save_student(cfg, student, "student")
+    return write_report(cfg, teacher_res, baseline_res, student_res)

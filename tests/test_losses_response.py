@@ -1,0 +1,407 @@
+"""Response-based losses checked against REFERENCE.md through independent numpy computations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kd_lightning.losses import CE, DIST, DKD, KD, DistillInputs, LogitMSE
+from kd_lightning.losses import functional as KF
+
+TEMPERATURES = [1.0, 2.0, 4.0, 8.0]
+
+
+# ------------------------------------------------------------------------------- numpy references
+def np_softmax(z):
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def np_kl(a, b):
+    """Row-wise KL(a‖b) with 0·log 0 = 0."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    safe = np.where(a > 0, a, 1.0)
+    return np.where(a > 0, a * (np.log(safe) - np.log(b)), 0.0).sum(axis=-1)
+
+
+def np_standardize(z, eps=1e-7):
+    z = np.asarray(z, np.float64)
+    return (z - z.mean(-1, keepdims=True)) / (z.std(-1, ddof=1, keepdims=True) + eps)
+
+
+def np_kd(zs, zt, T, divergence="forward", standardize=False):
+    if standardize:
+        zs, zt = np_standardize(zs), np_standardize(zt)
+    ps, pt = np_softmax(np.asarray(zs) / T), np_softmax(np.asarray(zt) / T)
+    if divergence == "forward":
+        per = np_kl(pt, ps)
+    elif divergence == "reverse":
+        per = np_kl(ps, pt)
+    else:
+        m = (ps + pt) / 2
+        per = 0.5 * (np_kl(ps, m) + np_kl(pt, m))
+    return T ** 2 * per.sum() / len(per)
+
+
+def np_dkd_terms(zs, zt, y, T):
+    zs, zt = np.asarray(zs, np.float64), np.asarray(zt, np.float64)
+    B, C = zs.shape
+    tckd = nckd = 0.0
+    for i in range(B):
+        ps, pt = np_softmax(zs[i] / T), np_softmax(zt[i] / T)
+        bs = np.array([ps[y[i]], 1 - ps[y[i]]])
+        bt = np.array([pt[y[i]], 1 - pt[y[i]]])
+        tckd += np_kl(bt, bs)
+        others = [c for c in range(C) if c != y[i]]
+        nckd += np_kl(np_softmax(zt[i, others] / T), np_softmax(zs[i, others] / T))
+    return T ** 2 * tckd / B, T ** 2 * nckd / B
+
+
+def np_pearson(a, b, eps=1e-8):
+    a, b = a - a.mean(), b - b.mean()
+    return (a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b) + eps)
+
+
+def np_dist_terms(zs, zt, tau):
+    ys, yt = np_softmax(np.asarray(zs) / tau), np_softmax(np.asarray(zt) / tau)
+    B, C = ys.shape
+    inter = tau ** 2 * (1 - np.mean([np_pearson(ys[i], yt[i]) for i in range(B)]))
+    intra = tau ** 2 * (1 - np.mean([np_pearson(ys[:, c], yt[:, c]) for c in range(C)]))
+    return inter, intra
+
+
+def logits(b=5, c=7, seed=0, scale=2.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, c, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+@pytest.fixture
+def pair():
+    return logits(seed=1), logits(seed=2), torch.tensor([0, 3, 6, 2, 3])
+
+
+def close(value, expected, tol=1e-5):
+    value = value.detach() if isinstance(value, torch.Tensor) else value
+    expected = expected.detach() if isinstance(expected, torch.Tensor) else expected
+    assert float(value) == pytest.approx(float(expected), rel=tol, abs=tol)
+
+
+# ---------------------------------------------------------------------------------------------- KD
+def test_kd_hand_computed_two_samples_three_classes():
+    # Student uniform; teacher sample 1 softmax(z/T) = [1/2, 1/4, 1/4], sample 2 identical to the student.
+    for T in TEMPERATURES:
+        zs = torch.zeros(2, 3)
+        zt = torch.tensor([[T * math.log(2.0), 0.0, 0.0], [0.0, 0.0, 0.0]])
+        forward = math.log(3) - 1.5 * math.log(2)        # KL([.5,.25,.25] ‖ uniform)
+        reverse = 5.0 / 3.0 * math.log(2) - math.log(3)  # KL(uniform ‖ [.5,.25,.25])
+        close(KF.kd_loss(zs, zt, T), T ** 2 * forward / 2)
+        close(KF.kd_loss(zs, zt, T, divergence="reverse"), T ** 2 * reverse / 2)
+    # A concrete scalar at T=4: 16 · (ln 3 − 1.5 ln 2) / 2
+    close(KF.kd_loss(torch.zeros(2, 3), torch.tensor([[4 * math.log(2.0), 0, 0], [0.0, 0, 0]]), 4.0), 0.4711321, 1e-6)
+
+
+@pytest.mark.parametrize("T", TEMPERATURES)
+@pytest.mark.parametrize("divergence", ["forward", "reverse", "js"])
+@pytest.mark.parametrize("standardize", [False, True])
+def test_kd_matches_numpy(pair, T, divergence, standardize):
+    zs, zt, _ = pair
+    got = KF.kd_loss(zs, zt, T, divergence=divergence, standardize=standardize)
+    assert got.dtype == torch.float32 and got.ndim == 0
+    close(got, np_kd(zs.numpy(), zt.numpy(), T, divergence, standardize))
+
+
+def test_kd_properties(pair):
+    zs, zt, _ = pair
+    for div in ("forward", "reverse", "js"):
+        close(KF.kd_loss(zt, zt, 4.0, divergence=div), 0.0, 1e-6)
+        assert KF.kd_loss(zs, zt, 4.0, divergence=div) > 0
+    # JS is symmetric and bounded by T² ln 2.
+    close(KF.kd_loss(zs, zt, 2.0, "js"), KF.kd_loss(zt, zs, 2.0, "js"))
+    assert KF.kd_loss(zs * 50, -zt * 50, 2.0, "js") <= 4 * math.log(2) + 1e-5
+    # Standardization makes the loss invariant to shifting and scaling each logit vector.
+    close(KF.kd_loss(zs * 3 + 5, zt, 2.0, standardize=True), KF.kd_loss(zs, zt, 2.0, standardize=True))
+
+
+def test_kd_rejects_bad_arguments(pair):
+    zs, zt, _ = pair
+    for T in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            KF.kd_loss(zs, zt, T)
+    with pytest.raises(ValueError, match="divergence"):
+        KF.kd_loss(zs, zt, 4.0, divergence="tv")
+    with pytest.raises(ValueError, match="shape"):
+        KF.kd_loss(zs, zt[:, :-1])
+
+
+def test_logit_standardize_matches_numpy(pair):
+    zs, _, _ = pair
+    z = KF.logit_standardize(zs)
+    np.testing.assert_allclose(z.numpy(), np_standardize(zs.numpy()), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z.mean(-1).numpy(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(z.std(-1).numpy(), 1.0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- DKD
+@pytest.mark.parametrize("T", TEMPERATURES)
+def test_dkd_matches_numpy(pair, T):
+    zs, zt, y = pair
+    tckd, nckd = KF.dkd_terms(zs, zt, y, T)
+    ref_t, ref_n = np_dkd_terms(zs.numpy(), zt.numpy(), y.numpy(), T)
+    close(tckd, ref_t)
+    close(nckd, ref_n)
+    close(KF.dkd_loss(zs, zt, y, alpha=0.7, beta=3.0, temperature=T), 0.7 * ref_t + 3.0 * ref_n)
+    close(KF.dkd_loss(zs, zt, y), np.dot([1.0, 8.0], np_dkd_terms(zs.numpy(), zt.numpy(), y.numpy(), 4.0)))
+
+
+@pytest.mark.parametrize("T", TEMPERATURES)
+def test_dkd_reformulates_kd_per_sample(pair, T):
+    # Zhao et al. eq. (1): KL(p_t‖p_s) = TCKD + (1 − p_t,y) · NCKD for each sample, hence α=β=1 DKD ≥ KD.
+    zs, zt, y = pair
+    for i in range(zs.shape[0]):
+        s, t, yi = zs[i:i + 1], zt[i:i + 1], y[i:i + 1]
+        tckd, nckd = KF.dkd_terms(s, t, yi, T)
+        pt_y = torch.softmax(t / T, -1)[0, yi[0]]
+        close(KF.kd_loss(s, t, T), tckd + (1 - pt_y) * nckd)
+    assert KF.dkd_loss(zs, zt, y, alpha=1.0, beta=1.0, temperature=T) >= KF.kd_loss(zs, zt, T) - 1e-6
+
+
+def test_dkd_zero_when_student_equals_teacher(pair):
+    _, zt, y = pair
+    tckd, nckd = KF.dkd_terms(zt, zt, y, 4.0)
+    close(tckd, 0.0, 1e-6)
+    close(nckd, 0.0, 1e-6)
+
+
+# -------------------------------------------------------------------------------------------- DIST
+@pytest.mark.parametrize("T", TEMPERATURES)
+def test_dist_matches_numpy(pair, T):
+    zs, zt, _ = pair
+    inter, intra = KF.dist_terms(zs, zt, T)
+    ref_inter, ref_intra = np_dist_terms(zs.numpy(), zt.numpy(), T)
+    close(inter, ref_inter)
+    close(intra, ref_intra)
+    close(KF.dist_loss(zs, zt, beta=2.0, gamma=0.5, temperature=T), 2.0 * ref_inter + 0.5 * ref_intra)
+
+
+def test_dist_perfect_correlation_is_zero(pair):
+    _, zt, _ = pair
+    inter, intra = KF.dist_terms(zt, zt, 4.0)
+    # Not exactly 0: the 1e-8 in the denominator weighs in when the columns vary little (×τ² = 16).
+    close(inter, 0.0, 1e-4)
+    close(intra, 0.0, 1e-4)
+
+
+# --------------------------------------------------------------------------------------------- MSE
+def test_logit_mse_matches_numpy(pair):
+    zs, zt, _ = pair
+    close(KF.logit_mse(zs, zt), ((zs.double().numpy() - zt.double().numpy()) ** 2).mean())
+
+
+# ------------------------------------------------------------------ gradients, stability, dtypes
+FUNCTIONALS = {
+    "kd_forward": lambda s, t, y, T=2.0: KF.kd_loss(s, t, T),
+    "kd_reverse": lambda s, t, y, T=2.0: KF.kd_loss(s, t, T, divergence="reverse"),
+    "kd_js": lambda s, t, y, T=2.0: KF.kd_loss(s, t, T, divergence="js"),
+    "kd_standardized": lambda s, t, y, T=2.0: KF.kd_loss(s, t, T, standardize=True),
+    "dkd": lambda s, t, y, T=4.0: KF.dkd_loss(s, t, y, alpha=1.0, beta=8.0, temperature=T),
+    "dist": lambda s, t, y, T=2.0: KF.dist_loss(s, t, temperature=T),
+    "mse": lambda s, t, y, T=None: KF.logit_mse(s, t),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONALS))
+def test_gradcheck_double(name):
+    fn = FUNCTIONALS[name]
+    s = logits(3, 4, seed=3, dtype=torch.float64).requires_grad_()
+    t = logits(3, 4, seed=4, dtype=torch.float64).requires_grad_()
+    y = torch.tensor([0, 2, 3])
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, y), (s, t), eps=1e-6, atol=1e-5)
+
+
+def test_gradcheck_logit_standardize():
+    z = logits(3, 5, seed=5, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: KF.logit_standardize(a), (z,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONALS))
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_stable_for_large_logits_and_many_classes(name, T):
+    fn = FUNCTIONALS[name]
+    s = (logits(8, 1000, seed=6) * 100).requires_grad_()
+    t = (logits(8, 1000, seed=7) * 100).requires_grad_()
+    y = torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(0))
+    value = fn(s, t, y, T)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(s.grad).all() and torch.isfinite(t.grad).all()
+
+
+def test_dkd_stable_when_target_dominates():
+    # p_y → 1 in fp32: 1 − p_y would underflow if computed by subtraction.
+    s = torch.zeros(2, 1000)
+    t = torch.zeros(2, 1000)
+    s[:, 0], t[:, 0] = 300.0, 500.0
+    s.requires_grad_()
+    tckd, nckd = KF.dkd_terms(s, t, torch.tensor([0, 0]), 1.0)
+    (tckd + nckd).backward()
+    assert torch.isfinite(tckd) and torch.isfinite(nckd) and torch.isfinite(s.grad).all()
+    assert nckd.abs() < 1e-5  # identical non-target distributions
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONALS))
+def test_bf16_inputs_give_fp32_results(name):
+    fn = FUNCTIONALS[name]
+    s, t = logits(6, 10, seed=8), logits(6, 10, seed=9)
+    y = torch.tensor([0, 1, 2, 3, 4, 9])
+    sb, tb = s.bfloat16(), t.bfloat16()
+    got = fn(sb, tb, y)
+    assert got.dtype == torch.float32
+    # Exactly the fp32 computation on the bf16-rounded values, and close to the unrounded one.
+    torch.testing.assert_close(got, fn(sb.float(), tb.float(), y))
+    torch.testing.assert_close(got, fn(s, t, y), rtol=5e-2, atol=5e-2)
+
+
+def test_mixed_dtype_inputs():
+    s, t = logits(seed=10), logits(seed=11)
+    assert KF.kd_loss(s.bfloat16(), t, 4.0).dtype == torch.float32
+    assert KF.kd_loss(s.half(), t.bfloat16(), 4.0).dtype == torch.float32
+    assert KF.kd_loss(s.double(), t, 4.0).dtype == torch.float64
+
+
+# ------------------------------------------------------------------------------------- objectives
+def make_inputs(seed=0, epoch=1.0, with_target=True, labeled=None):
+    s, t = logits(6, 5, seed=seed), logits(6, 5, seed=seed + 100)
+    y = torch.tensor([0, 1, 2, 3, 4, 0]) if with_target else None
+    return DistillInputs(student_logits=s.requires_grad_(), teacher_logits=t, target=y, epoch=epoch, labeled=labeled)
+
+
+def test_kd_objective_terms_and_total():
+    obj = KD(temperature=4.0, ce_weight=0.1, kd_weight=0.9)
+    inp = make_inputs()
+    out = obj(inp)
+    assert set(out) == {"loss", "ce", "kd"}
+    ce = torch.nn.functional.cross_entropy(inp.student_logits, inp.target)
+    close(out["ce"], ce)
+    close(out["kd"], KF.kd_loss(inp.student_logits, inp.teacher_logits, 4.0))
+    close(out["loss"], 0.1 * out["ce"] + 0.9 * out["kd"])
+    out["loss"].backward()
+    assert torch.isfinite(inp.student_logits.grad).all()
+    assert obj.temperature == 4.0
+
+
+def test_kd_objective_variants_and_label_smoothing():
+    inp = make_inputs()
+    out = KD(temperature=2.0, divergence="js", standardize=True, label_smoothing=0.1)(inp)
+    close(out["kd"], KF.kd_loss(inp.student_logits, inp.teacher_logits, 2.0, "js", True))
+    close(out["ce"], torch.nn.functional.cross_entropy(inp.student_logits, inp.target, label_smoothing=0.1))
+
+
+def test_kd_with_zero_kd_weight_equals_ce():
+    inp = make_inputs()
+    close(KD(ce_weight=1.0, kd_weight=0.0)(inp)["loss"], CE()(inp)["loss"], 1e-7)
+
+
+def test_unlabeled_batches_keep_the_distillation_term():
+    inp = make_inputs(with_target=False)
+    for obj, key in ((KD(), "kd"), (DKD(warmup_epochs=0), "dkd"), (DIST(), "dist"), (LogitMSE(ce_weight=1.0), "mse")):
+        out = obj(inp)
+        assert float(out["ce"]) == 0.0
+        assert float(out[key].detach()) > 0
+        assert out["loss"].requires_grad
+        weight = getattr(obj, "kd_weight", 1.0)
+        close(out["loss"], weight * out[key])
+
+
+def test_labeled_mask_restricts_ce():
+    mask = torch.tensor([True, True, False, False, True, False])
+    inp = make_inputs(labeled=mask)
+    out = KD(ce_weight=1.0, kd_weight=1.0)(inp)
+    close(out["ce"], torch.nn.functional.cross_entropy(inp.student_logits[mask], inp.target[mask]))
+    # DKD uses the teacher's top class where no label is available.
+    dkd = DKD(warmup_epochs=0)(inp)
+    y = torch.where(mask, inp.target, inp.teacher_logits.argmax(-1))
+    close(dkd["dkd"], KF.dkd_loss(inp.student_logits, inp.teacher_logits, y))
+
+
+def test_zero_ce_weight_skips_ce():
+    out = KD(ce_weight=0.0, kd_weight=1.0)(make_inputs())
+    assert float(out["ce"]) == 0.0
+    close(out["loss"], out["kd"])
+    assert KD(ce_weight=0.0).needs_target is False and KD().needs_target is True
+
+
+@pytest.mark.parametrize("epoch,factor", [(1, 0.05), (10, 0.5), (20, 1.0), (40, 1.0)])
+def test_dkd_warmup(epoch, factor):
+    obj = DKD(temperature=4.0, alpha=1.0, beta=8.0, ce_weight=1.0, warmup_epochs=20)
+    assert obj.warmup_factor(epoch) == pytest.approx(factor)
+    inp = make_inputs(epoch=float(epoch))
+    out = obj(inp)
+    assert set(out) == {"loss", "ce", "dkd", "tckd", "nckd"}
+    close(out["dkd"], out["tckd"] + 8.0 * out["nckd"])
+    close(out["loss"], out["ce"] + factor * out["dkd"])
+    assert DKD(warmup_epochs=0).warmup_factor(1) == 1.0
+
+
+def test_dist_objective():
+    inp = make_inputs()
+    out = DIST()(inp)
+    assert set(out) == {"loss", "ce", "dist", "inter", "intra"}
+    inter, intra = KF.dist_terms(inp.student_logits, inp.teacher_logits, 4.0)
+    close(out["inter"], inter)
+    close(out["intra"], intra)
+    close(out["loss"], out["ce"] + 2.0 * (inter + intra))
+
+
+def test_logit_mse_objective():
+    inp = make_inputs()
+    obj = LogitMSE()
+    out = obj(inp)
+    assert obj.temperature is None and set(out) == {"loss", "ce", "mse"}
+    close(out["loss"], out["mse"])
+    close(out["mse"], KF.logit_mse(inp.student_logits, inp.teacher_logits))
+
+
+def test_missing_teacher_logits_is_a_clear_error():
+    inp = make_inputs()
+    inp.teacher_logits = None
+    with pytest.raises(ValueError, match="teacher logits"):
+        KD()(inp)
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: KD(temperature=0.0), lambda: KD(temperature=-2.0), lambda: DKD(temperature=0),
+    lambda: DIST(temperature=-1.0),
+])
+def test_construction_rejects_bad_temperature(factory):
+    with pytest.raises(ValueError, match="temperature"):
+        factory()
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: KD(ce_weight=-0.1), lambda: KD(kd_weight=-1.0), lambda: DKD(beta=-8.0), lambda: DKD(alpha=-1.0),
+    lambda: DKD(ce_weight=-1.0), lambda: DIST(gamma=-1.0), lambda: DIST(kd_weight=-2.0),
+    lambda: LogitMSE(ce_weight=-1.0), lambda: DKD(warmup_epochs=-5),
+])
+def test_construction_rejects_negative_weights(factory):
+    with pytest.raises(ValueError, match=">= 0"):
+        factory()
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: KD(ce_weight=0.0, kd_weight=0.0), lambda: DKD(ce_weight=0.0, alpha=0.0, beta=0.0),
+    lambda: DIST(ce_weight=0.0, kd_weight=0.0), lambda: DIST(ce_weight=0.0, beta=0.0, gamma=0.0),
+    lambda: LogitMSE(ce_weight=0.0, kd_weight=0.0),
+])
+def test_construction_rejects_all_zero_weights(factory):
+    with pytest.raises(ValueError, match="set ce_weight > 0|set at least one > 0"):
+        factory()
+
+
+def test_construction_rejects_bad_options():
+    with pytest.raises(ValueError, match="divergence"):
+        KD(divergence="kl")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        KD(label_smoothing=1.0)
