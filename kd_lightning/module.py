@@ -85,6 +85,8 @@ class DistillationModule(L.LightningModule):
             for name in ("acc", "acc_top5", "teacher_acc", "agreement", "loss"):
                 setattr(self, f"_{stage}_{name}", MeanMetric())
         self.val_acc_best = MaxMetric()
+        # Validation accuracy after each epoch (the run report plots it).
+        self.val_history: list = []
 
     # ----------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -110,12 +112,16 @@ class DistillationModule(L.LightningModule):
     def _example_batch(self) -> Any:
         if self.example_input_array is not None:
             return self.example_input_array
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None:
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if dm is not None:
+            return next(iter(dm.train_dataloader()))
+        try:  # fit(module, train_dataloaders=...): the loader Lightning was given
+            return next(iter(trainer.fit_loop._data_source.dataloader()))
+        except Exception:
             raise ValueError(
                 f"{type(self.loss).__name__} builds adapters from the feature shapes and needs one example "
-                "batch: fit with a datamodule, or set module.example_input_array = <input tensor>")
-        return next(iter(dm.train_dataloader()))
+                "batch: fit with a datamodule or train_dataloaders, or set module.example_input_array") from None
 
     @torch.no_grad()
     def _build_objective(self) -> None:
@@ -241,6 +247,7 @@ class DistillationModule(L.LightningModule):
         acc = self._log_epoch("val")
         if acc is not None and not self.trainer.sanity_checking:
             self.val_acc_best.update(acc)
+            self.val_history.append(float(acc))
             self.log("val/acc_best", self.val_acc_best.compute())
 
     def test_step(self, batch: Any, batch_idx: int) -> None:

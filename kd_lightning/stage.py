@@ -14,17 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 
-class ValCurve(L.Callback):
-    """Records validation accuracy after each epoch (sanity checks excluded)."""
-
-    def __init__(self) -> None:
-        self.values: List[float] = []
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
-            self.values.append(float(trainer.callback_metrics["val/acc"]))
-
-
 @dataclass
 class StageResult:
     name: str
@@ -73,7 +62,7 @@ def cpu_latency_ms(net: nn.Module, example: torch.Tensor, repeats: int = 50) -> 
     return 1000.0 * times[len(times) // 2]
 
 
-def make_trainer(cfg: DictConfig, stage: str, max_epochs: Optional[int] = None) -> tuple:
+def make_trainer(cfg: DictConfig, stage: str, max_epochs: Optional[int] = None) -> L.Trainer:
     """A Trainer for ``stage`` with per-stage checkpoint and log directories."""
     stage_dir = Path(cfg.paths.output_dir) / stage
     callbacks: List[L.Callback] = []
@@ -82,8 +71,6 @@ def make_trainer(cfg: DictConfig, stage: str, max_epochs: Optional[int] = None) 
             continue
         extra = {"dirpath": str(stage_dir / "checkpoints")} if name == "model_checkpoint" else {}
         callbacks.append(instantiate(cb_cfg, **extra))
-    curve = ValCurve()
-    callbacks.append(curve)
     loggers = []
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is not None and "_target_" in lg_cfg:
@@ -95,13 +82,13 @@ def make_trainer(cfg: DictConfig, stage: str, max_epochs: Optional[int] = None) 
     if not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
         overrides["enable_checkpointing"] = False
     trainer = instantiate(cfg.trainer, **overrides)
-    return trainer, curve
+    return trainer
 
 
 def fit_and_test(cfg: DictConfig, stage: str, module: L.LightningModule, datamodule: L.LightningDataModule,
                  net: nn.Module, max_epochs: Optional[int] = None) -> StageResult:
     """Train ``module``, test its best (or last) weights, and measure ``net`` (the deployable model)."""
-    trainer, curve = make_trainer(cfg, stage, max_epochs)
+    trainer = make_trainer(cfg, stage, max_epochs)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     wall = time.perf_counter() - t0
@@ -117,13 +104,13 @@ def fit_and_test(cfg: DictConfig, stage: str, module: L.LightningModule, datamod
     return StageResult(
         name=stage, acc=float(test["test/acc"]), acc_top5=_maybe(test, "test/acc_top5"),
         agreement=_maybe(test, "test/agreement"), params=count_params(net), size_bytes=state_dict_bytes(net),
-        latency_ms=cpu_latency_ms(net, example), wall_s=round(wall, 2), val_curve=curve.values or _csv_curve(cfg, stage),
+        latency_ms=cpu_latency_ms(net, example), wall_s=round(wall, 2), val_curve=list(getattr(module, "val_history", [])) or _csv_curve(cfg, stage),
         ckpt_path=best or None)
 
 
 def test_only(cfg: DictConfig, stage: str, module: L.LightningModule, datamodule: L.LightningDataModule,
               net: nn.Module, wall_s: float, source: str) -> StageResult:
-    trainer, _ = make_trainer(cfg, stage)
+    trainer = make_trainer(cfg, stage)
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     example = next(iter(datamodule.test_dataloader()))[0]
     return StageResult(name=stage, acc=float(test["test/acc"]), acc_top5=_maybe(test, "test/acc_top5"),

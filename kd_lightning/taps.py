@@ -47,8 +47,9 @@ class FeatureTaps:
         self.paths: List[str] = list(dict.fromkeys(paths))
         self.features: Dict[str, Tensor] = {}
         self._handles = []
-        for path in self.paths:
-            module = resolve(model, path, owner)
+        # Resolve every path first, so a bad one leaves no hook behind.
+        modules = [resolve(model, path, owner) for path in self.paths]
+        for path, module in zip(self.paths, modules):
             _, want_input = split_path(path)
             self._handles.append(module.register_forward_hook(self._make_hook(path, want_input)))
 

@@ -64,6 +64,8 @@ class Objective(nn.Module):
 
     needs_teacher: bool = True
     needs_target: bool = True
+    # True when the objective reads ``inputs.index`` (a memory bank): the data must yield sample indices.
+    needs_index: bool = False
 
     @property
     def student_taps(self) -> List[str]:
@@ -107,6 +109,10 @@ class Compose(Objective):
     @property
     def needs_teacher(self) -> bool:  # type: ignore[override]
         return any(o.needs_teacher for o in self.objectives)
+
+    @property
+    def needs_index(self) -> bool:  # type: ignore[override]
+        return any(getattr(o, "needs_index", False) for o in self.objectives)
 
     @property
     def student_taps(self) -> List[str]:

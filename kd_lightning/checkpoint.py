@@ -1,0 +1,36 @@
+"""Reading a saved student back: its weights and, for kd-train's student.ckpt, the config that built it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from .pipeline import ConfigError, build_net
+from .teacher import load_state_dict_file
+
+
+def load_student(cfg: DictConfig) -> Tuple[nn.Module, DictConfig]:
+    """Build the student network described by ``cfg`` (or by the checkpoint's own config) and load it."""
+    path = Path(str(cfg.ckpt_path))
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={str(path)!r} does not exist; pass a student.ckpt written by kd-train")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    stored = blob.get("kd_config") if isinstance(blob, dict) else None
+    if stored and cfg.get("use_ckpt_config", True):
+        stored = OmegaConf.create(stored)
+        with open_dict(cfg):
+            cfg.data = stored.data
+            cfg.student = stored.student
+            cfg.student.ckpt_path = None
+    net = build_net(cfg.student, "student")
+    state = load_state_dict_file(path)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"{path} does not fit the student {type(net).__name__}: {str(err).splitlines()[0]} — pass the "
+            "student=<preset> and data=<name> the checkpoint was trained with") from None
+    return net, cfg

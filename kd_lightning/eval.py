@@ -1,0 +1,51 @@
+"""``kd-eval``: re-test a saved student on the test split and print its accuracy."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from . import io
+from .classifier import ClassifierModule
+from .confdir import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> Dict[str, Any]:
+    from .checkpoint import load_student
+    from .pipeline import build_datamodule
+
+    net, cfg = load_student(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
+                          default_root_dir=cfg.paths.output_dir)
+    metrics = trainer.test(ClassifierModule(net), datamodule=datamodule, verbose=False)[0]
+    result = {"ckpt_path": str(cfg.ckpt_path), **{k: float(v) for k, v in metrics.items()}}
+    io.write_json(Path(cfg.paths.output_dir) / "eval.json", result)
+    print(f"test/acc: {result['test/acc']:.4f}  ({cfg.ckpt_path})")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def _main(cfg: DictConfig) -> float:
+    from .pipeline import ConfigError
+
+    try:
+        return evaluate(cfg)["test/acc"]
+    except ConfigError as err:
+        raise SystemExit(f"kd-eval: error: {err}") from None
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

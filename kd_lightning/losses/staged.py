@@ -1,0 +1,75 @@
+"""Staged: switch from one objective to another at a given epoch (e.g. two-stage FitNet)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from torch import Tensor
+
+from .base import DistillInputs, Objective
+
+
+class Staged(Objective):
+    """Use ``first`` for epochs ``<= switch_epoch`` (1-based ``inputs.epoch``) and ``then`` afterwards.
+
+    Both objectives are built, tapped and owned (their parameters are trained and saved) from the
+    start; the one not in use contributes nothing. The original FitNet recipe is
+    ``Staged(FitNet(...), KD(...), switch_epoch=N)``: hint training, then KD. Layers behind the hint
+    receive no gradient in the first stage (the hint loss does not depend on them), but an optimizer
+    with weight decay still decays them.
+    """
+
+    def __init__(self, first: Objective, then: Objective, switch_epoch: int = 1):
+        super().__init__()
+        if not isinstance(first, Objective) or not isinstance(then, Objective):
+            raise TypeError("Staged takes two Objective instances, first and then")
+        if switch_epoch < 0:
+            raise ValueError(f"switch_epoch must be >= 0 (0: 'then' from the start), got {switch_epoch!r}")
+        self.first = first
+        self.then = then
+        self.switch_epoch = float(switch_epoch)
+
+    def current(self, epoch: float) -> Objective:
+        """The objective in use at (1-based) ``epoch``."""
+        return self.first if epoch <= self.switch_epoch else self.then
+
+    @property
+    def needs_teacher(self) -> bool:  # type: ignore[override]
+        return self.first.needs_teacher or self.then.needs_teacher
+
+    @property
+    def needs_target(self) -> bool:  # type: ignore[override]
+        return self.first.needs_target or self.then.needs_target
+
+    @property
+    def needs_index(self) -> bool:
+        return bool(getattr(self.first, "needs_index", False) or getattr(self.then, "needs_index", False))
+
+    @property
+    def student_taps(self) -> List[str]:
+        return list(dict.fromkeys(self.first.student_taps + self.then.student_taps))
+
+    @property
+    def teacher_taps(self) -> List[str]:
+        return list(dict.fromkeys(self.first.teacher_taps + self.then.teacher_taps))
+
+    @property
+    def needs_build(self) -> bool:  # type: ignore[override]
+        return self.first.needs_build or self.then.needs_build
+
+    def build(self, inputs: DistillInputs) -> None:
+        for o in (self.first, self.then):
+            if o.needs_build:
+                o.build(inputs)
+
+    @property
+    def temperature(self) -> Optional[float]:
+        for o in (self.then, self.first):
+            if getattr(o, "temperature", None) is not None:
+                return o.temperature
+        return None
+
+    def forward(self, inputs: DistillInputs) -> Dict[str, Tensor]:
+        return self.current(inputs.epoch)(inputs)
+
+    def extra_repr(self) -> str:
+        return f"switch_epoch={self.switch_epoch:g}"
