@@ -20,7 +20,6 @@ class ClassifierModule(DistillationModule):
                  scheduler: Optional[Callable[..., Any]] = None, label_smoothing: float = 0.0, **kwargs: Any):
         super().__init__(student=model, teacher=None, loss=CE(label_smoothing), optimizer=optimizer,
                          scheduler=scheduler, **kwargs)
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
 
     @property
     def model(self) -> nn.Module:

@@ -1,6 +1,7 @@
 """The kd-train process: teacher (given, cached or trained) -> labels-only baseline -> student -> report."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -11,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from . import io
@@ -188,7 +189,58 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     if cfg.baseline.get("enabled", True):
         L.seed_everything(cfg.seed, workers=True)
         baseline_res = train_baseline(cfg, datamodule)
+    # Teacher-assistant chain (TAKD): teacher -> assistant 1 -> ... -> student.
+    links = []
+    for i, preset in enumerate(cfg.get("assistants") or []):
+        link_cfg = relink(cfg, teacher_model=cfg.teacher if i == 0 else links[-1][0], student_model=preset_config(preset))
+        L.seed_everything(cfg.seed, workers=True)
+        teacher, res = distill_student(link_cfg, teacher, validate(link_cfg), datamodule, stage=f"assistant{i + 1}")
+        res.source = str(preset)
+        links.append((link_cfg.student, res))
+    student_cfg = relink(cfg, teacher_model=links[-1][0], student_model=cfg.student) if links else cfg
     L.seed_everything(cfg.seed, workers=True)
-    student, student_res = distill_student(cfg, teacher, objective, datamodule)
+    student, student_res = distill_student(student_cfg, teacher, validate(student_cfg) if links else objective,
+                                           datamodule)
+    # Born-again generations: the student of generation k teaches an identical student k+1.
+    generations = [student_res]
+    for g in range(2, int(cfg.get("generations") or 1) + 1):
+        gen_cfg = relink(cfg, teacher_model=cfg.student, student_model=cfg.student)
+        L.seed_everything(cfg.seed + g, workers=True)
+        student, student_res = distill_student(gen_cfg, student, validate(gen_cfg), datamodule, stage=f"student_gen{g}")
+        generations.append(student_res)
     student_res.ckpt_path = save_student(cfg, student, "student")
-    return write_report(cfg, teacher_res, baseline_res, student_res)
+    extra = {}
+    if links:
+        extra["assistants"] = [r.to_dict() for _, r in links]
+    if len(generations) > 1:
+        extra["generations"] = [r.to_dict() for r in generations]
+    return write_report(cfg, teacher_res, baseline_res, student_res, extra)
+
+
+def preset_config(name: str) -> DictConfig:
+    """The model preset ``name`` (as in ``student=<name>``), composed with Hydra's own config search."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        from hydra import initialize_config_dir
+
+        from .confdir import CONFIG_DIR
+
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=[f"student={name}"]).student
+    try:
+        return compose("train", overrides=[f"student={name}"]).student
+    except Exception as err:
+        raise ConfigError(f"unknown model preset {name!r} in assistants: {_root_cause(err)}") from None
+
+
+def relink(cfg: DictConfig, teacher_model: DictConfig, student_model: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose teacher and student are the given presets (one link of a chain)."""
+    link = copy.deepcopy(cfg)
+    with open_dict(link):
+        link.teacher = OmegaConf.to_container(teacher_model)
+        link.student = OmegaConf.to_container(student_model)
+        link.teacher.ckpt_path = None
+        link.student.ckpt_path = None
+    return link

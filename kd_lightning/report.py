@@ -112,8 +112,9 @@ def plot_summary(summary: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: DictConfig, teacher, baseline, student) -> Dict[str, Any]:
+def write_report(cfg: DictConfig, teacher, baseline, student, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     summary = build_summary(cfg, teacher, baseline, student)
+    summary.update(extra or {})
     out = Path(cfg.paths.output_dir)
     io.write_json(out / "summary.json", summary)
     io.write_text(out / "summary.md", markdown_table(summary))

@@ -27,9 +27,11 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> dict:
             "(or leave the teacher checkpoint unset to train a teacher)"
         )
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
-    if not isinstance(state, dict):
+    if not isinstance(blob, dict):
         raise ValueError(f"{path!r} holds a {type(blob).__name__}, not a checkpoint or a state_dict")
+    if "state_dict" not in blob:  # a plain state_dict file: its keys are the model's own
+        return dict(blob)
+    state = blob["state_dict"]
     for prefix in _CKPT_PREFIXES:
         if any(k.startswith(prefix) for k in state):
             # A teacher inside a distillation checkpoint (save_teacher=True) is not what we want.
@@ -101,7 +103,7 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         self.net = net
         self.net.requires_grad_(False)
-        self.net.eval()
+        self.train(False)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         # Lightning calls .train() on the whole LightningModule each epoch; the teacher ignores it.

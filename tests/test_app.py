@@ -202,3 +202,14 @@ def test_ddp_sim_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0.0 <= summary["student"]["acc"] <= 1.0
+
+
+def test_teacher_assistant_chain_and_born_again_generations(tmp_path):
+    cfg = make_cfg(tmp_path, *FAST, "baseline.enabled=false", "assistants=[cnn1d_25]", "generations=2")
+    summary = run(cfg)
+    (assistant,) = summary["assistants"]
+    assert assistant["source"] == "cnn1d_25" and assistant["params"] == 5210
+    assert len(summary["generations"]) == 2
+    assert summary["student"] == summary["generations"][-1]
+    out = Path(cfg.paths.output_dir)
+    assert (out / "assistant1").is_dir() and (out / "student_gen2").is_dir()
