@@ -21,6 +21,20 @@ TEACHER_PREFIX = "teacher."
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
+class _MeanMetric(MeanMetric):
+    """``MeanMetric`` without the per-update NaN test, whose ``.any()`` waits for the device at every step
+    (a NaN then shows in the result instead; ``nan_strategy="disable"`` would also drop the weights)."""
+
+    def _cast_and_nan_check_input(self, x: Any, weight: Any = None) -> tuple:
+        x = torch.as_tensor(x, device=self.device)
+        weight = torch.ones_like(x) if weight is None else torch.as_tensor(weight, device=self.device)
+        return x.to(self.dtype), weight.to(self.dtype)
+
+
+def _mean_metric() -> MeanMetric:
+    return _MeanMetric()
+
+
 def _default_objective(has_teacher: bool) -> Objective:
     if has_teacher:
         from .losses import KD
@@ -46,6 +60,17 @@ class DistillationModule(L.LightningModule):
         ensemble_weights / ensemble_mode: for a teacher list, per-teacher weights and whether softened
             probabilities (``"probs"``) or logits (``"logits"``) are averaged.
         check_finite: stop with an error naming the term when the loss becomes NaN or infinite.
+        finite_check_interval: test the loss every this many steps (None: every step on the CPU, where the
+            test is free, and at every logging step on accelerators, where it waits for the device).
+        batch_transform: callable ``(x, y) -> (x, y, labeled)`` applied to training batches before the
+            teacher and the student see them (consistent teaching: :mod:`kd_lightning.augment`);
+            ``labeled`` masks the samples whose label still holds (None: all).
+        compile: ``torch.compile`` the student and the teacher in place (``nn.Module.compile``, so
+            checkpoint keys stay unchanged) when training starts.
+        channels_last: use the channels-last memory format for the networks and for 4-D inputs.
+
+    Training terms are logged as ``train/<term>`` every ``log_every_n_steps`` steps (and at the end of
+    each epoch) as the mean over the steps since the last log, so no step waits for the device.
     """
 
     def __init__(
@@ -65,10 +90,19 @@ class DistillationModule(L.LightningModule):
         scheduler_interval: str = "epoch",
         monitor: str = "val/acc",
         check_finite: bool = True,
+        finite_check_interval: Optional[int] = None,
+        batch_transform: Optional[Callable[..., Any]] = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
         # Networks, objectives and factories are not hyperparameters: never pickle them into hparams.
-        self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "teacher_architecture"])
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "teacher_architecture",
+                                          "batch_transform", "model"])
+        if finite_check_interval is not None and int(finite_check_interval) < 1:
+            raise ValueError(f"finite_check_interval must be >= 1 or None, got {finite_check_interval}")
+        if batch_transform is not None and not callable(batch_transform):
+            raise TypeError(f"batch_transform must be callable (x, y) -> (x, y, labeled), got {type(batch_transform).__name__}")
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
         self.student = student
@@ -79,11 +113,15 @@ class DistillationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.save_teacher = save_teacher
+        self.batch_transform = batch_transform
+        self._speedups_done = False
+        self._log_rows: list = []  # training terms since the last log (device tensors, no sync)
+        self._check_rows: list = []  # (step, terms) not yet tested for finiteness
         self._shapes_checked = False
         self._taps: Optional[tuple] = None
         for stage in ("val", "test"):
             for name in ("acc", "acc_top5", "teacher_acc", "agreement", "loss"):
-                setattr(self, f"_{stage}_{name}", MeanMetric())
+                setattr(self, f"_{stage}_{name}", _mean_metric())
         self.val_acc_best = MaxMetric()
         # Validation accuracy after each epoch (the run report plots it).
         self.val_history: list = []
@@ -108,6 +146,20 @@ class DistillationModule(L.LightningModule):
         # Shape-dependent adapters must exist before configure_optimizers() collects parameters.
         if stage == "fit" and self.loss.needs_build:
             self._build_objective()
+        self._apply_speedups()
+
+    def _apply_speedups(self) -> None:
+        # In setup(), i.e. in each (spawned) process: compiled modules do not pickle.
+        if self._speedups_done:
+            return
+        nets = [self.student] + ([self.teacher.net] if self.teacher is not None else [])
+        if self.hparams.channels_last:
+            for net in nets:
+                net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            for net in nets:
+                net.compile()  # in place: parameters and state_dict keys keep their names (no "_orig_mod.")
+        self._speedups_done = True
 
     def _example_batch(self) -> Any:
         if self.example_input_array is not None:
@@ -150,6 +202,10 @@ class DistillationModule(L.LightningModule):
 
     def _run(self, batch: Any, stage: str) -> tuple:
         b: Batch = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key)
+        if self.hparams.channels_last and isinstance(b.x, Tensor) and b.x.ndim == 4:
+            b.x = b.x.contiguous(memory_format=torch.channels_last)
+        if stage == "train" and self.batch_transform is not None:
+            self._transform_batch(b)
         s_taps, t_taps = self._ensure_taps()
         student_logits = self.student(b.x)
         s_feats = s_taps.pop() if s_taps is not None else {}
@@ -168,6 +224,22 @@ class DistillationModule(L.LightningModule):
         with torch.autocast(device_type=student_logits.device.type, enabled=False):
             terms = self.loss(inputs)
         return b, student_logits, teacher_logits, terms
+
+    def _transform_batch(self, b: Batch) -> None:
+        """Apply ``batch_transform`` in place; the teacher then labels the transformed inputs."""
+        if b.teacher_logits is not None:
+            if self.teacher is None:
+                raise ValueError(
+                    "batch_transform changes the inputs, but the teacher logits come from the batch (a teacher "
+                    "cache) and describe the untransformed inputs; distill with a live teacher (no cache) to "
+                    "use a batch transform")
+            b.teacher_logits = None  # recomputed on the transformed inputs
+        out = self.batch_transform(b.x, b.y)
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise TypeError("batch_transform must return (x, y, labeled); labeled may be None")
+        b.x, b.y, labeled = out
+        if labeled is not None:
+            b.labeled = labeled if b.labeled is None else (b.labeled & labeled)
 
     def _check_shapes(self, student_logits: Tensor, teacher_logits: Optional[Tensor], b: Batch) -> None:
         if student_logits.ndim != 2:
@@ -192,21 +264,67 @@ class DistillationModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         b, _, _, terms = self._run(batch, "train")
         loss = terms["loss"]
-        if self.hparams.check_finite and not torch.isfinite(loss):
-            self._raise_not_finite(terms)
-        batch_size = b.y.shape[0] if b.y is not None else None
-        for name, value in terms.items():
-            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=False, prog_bar=name == "loss",
-                     batch_size=batch_size)
+        detached = {name: value.detach() for name, value in terms.items()}
+        step = self.global_step
+        if self.hparams.check_finite:
+            self._check_rows.append((step, detached))
+            every = self.hparams.finite_check_interval or self._auto_check_interval(loss)
+            if (step + 1) % every == 0:
+                self._check_finite()
+        if self._trainer is not None:
+            self._log_rows.append(detached)
+            if self._is_log_step(batch_idx):
+                self._log_train_terms(b.x.shape[0] if isinstance(b.x, Tensor) else None)
         return loss
 
-    def _raise_not_finite(self, terms: Dict[str, Tensor]) -> None:
+    # Per-step logging and NaN tests would each wait for the device; both work on a window of steps.
+    def _auto_check_interval(self, loss: Tensor) -> int:
+        if loss.device.type == "cpu":
+            return 1
+        return max(1, int(self.trainer.log_every_n_steps or 50)) if self._trainer is not None else 50
+
+    def _is_log_step(self, batch_idx: int) -> bool:
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        if trainer.fast_dev_run or (every and (self.global_step + 1) % every == 0) or len(self._log_rows) >= 1000:
+            return True
+        if trainer.max_steps is not None and trainer.max_steps > 0 and self.global_step + 1 >= trainer.max_steps:
+            return True
+        return batch_idx + 1 >= trainer.num_training_batches  # the epoch's last batch
+
+    def _log_train_terms(self, batch_size: Optional[int]) -> None:
+        rows, self._log_rows = self._log_rows, []
+        names = list(dict.fromkeys(n for r in rows for n in r))
+        for name in names:
+            values = [r[name] for r in rows if name in r]
+            value = values[0] if len(values) == 1 else torch.stack(values).float().mean()
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss",
+                     batch_size=batch_size)
+
+    def _check_finite(self) -> None:
+        rows, self._check_rows = self._check_rows, []
+        if not rows:
+            return
+        if len(rows) == 1:
+            ok = bool(torch.isfinite(rows[0][1]["loss"]).all())
+        else:
+            ok = bool(torch.isfinite(torch.stack([r["loss"].float().reshape(()) for _, r in rows])).all())
+        if not ok:
+            step, terms = next((s, r) for s, r in rows if not bool(torch.isfinite(r["loss"]).all()))
+            self._raise_not_finite(terms, step)
+
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.check_finite:
+            self._check_finite()
+
+    def _raise_not_finite(self, terms: Dict[str, Tensor], step: Optional[int] = None) -> None:
         bad = [n for n, v in terms.items() if n != "loss" and not torch.isfinite(v).all()]
         culprit = ", ".join(repr(n) for n in bad) or "'loss'"
+        step = self.global_step if step is None else step
         raise FloatingPointError(
-            f"the loss became non-finite at global step {self.global_step} (epoch {self.current_epoch}); "
-            f"bad term(s): {culprit}. Lower the learning rate, check the inputs for NaN, or use fp32/bf16 "
-            "instead of 16-mixed")
+            f"the loss became non-finite at global step {step} (now at step {self.global_step}, epoch "
+            f"{self.current_epoch}); bad term(s): {culprit}. Lower the learning rate, check the inputs for NaN, "
+            "or use fp32/bf16 instead of 16-mixed")
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         b, s_logits, t_logits, terms = self._run(batch, stage)
@@ -223,7 +341,8 @@ class DistillationModule(L.LightningModule):
             t_pred = t_logits.argmax(-1)
             getattr(self, f"_{stage}_teacher_acc").update((t_pred == b.y).float())
             getattr(self, f"_{stage}_agreement").update((t_pred == pred).float())
-        getattr(self, f"_{stage}_loss").update(terms["loss"].detach(), weight=n)
+        # One value per sample: a weighted update would be ignored under nan_strategy="disable".
+        getattr(self, f"_{stage}_loss").update(terms["loss"].detach().float().expand(n))
         for name, value in terms.items():
             if name != "loss":
                 self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=n)
@@ -287,6 +406,9 @@ class DistillationModule(L.LightningModule):
         # Checkpoints normally carry no teacher: take its weights from the live teacher so that
         # strict loading still catches every missing or unexpected student key.
         state = checkpoint["state_dict"]
-        if self.teacher is not None and not any(k.startswith(TEACHER_PREFIX) for k in state):
+        if self.teacher is None:  # a checkpoint saved with its teacher, loaded into a student-only module
+            for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+                del state[key]
+        elif not any(k.startswith(TEACHER_PREFIX) for k in state):
             for key, value in self.teacher.state_dict().items():
                 state[TEACHER_PREFIX + key] = value

@@ -77,7 +77,8 @@ def config_hash(*nodes: Any) -> str:
 
 def _module_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     opt, sched = optimizer_factories(cfg)
-    return {"optimizer": opt, "scheduler": sched, "scheduler_interval": cfg.optim.get("scheduler_interval", "epoch")}
+    return {"optimizer": opt, "scheduler": sched, "scheduler_interval": cfg.optim.get("scheduler_interval", "epoch"),
+            "compile": bool(cfg.get("compile", False)), "channels_last": bool(cfg.get("channels_last", False))}
 
 
 def check_classes(net: nn.Module, datamodule: L.LightningDataModule, role: str, num_classes: int) -> None:
@@ -110,6 +111,11 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> Tuple[
     cached_ckpt = cache / "teacher.ckpt"
     use_cache = bool(cfg.teacher_fit.get("use_cache", True)) and not cfg.trainer.get("fast_dev_run")
     t0 = time.perf_counter()
+    if not given and cfg.teacher_fit.max_epochs == 0:  # e.g. torchvision weights: test them as they are
+        net = build_net(cfg.teacher, "teacher")
+        check_classes(net, datamodule, "teacher", num_classes)
+        return net, test_only(cfg, "teacher", ClassifierModule(net), datamodule, net, time.perf_counter() - t0,
+                              "pretrained")
     if given or (use_cache and cached_ckpt.exists()):
         source = "checkpoint" if given else "cache"
         net = build_net(cfg.teacher, "teacher") if given else load_teacher(cached_ckpt, build_net(cfg.teacher, "teacher"))
@@ -145,9 +151,69 @@ def train_baseline(cfg: DictConfig, datamodule: L.LightningDataModule) -> StageR
 def distill_student(cfg: DictConfig, teacher: nn.Module, objective: Objective,
                     datamodule: L.LightningDataModule, stage: str = "student") -> Tuple[nn.Module, StageResult]:
     net = build_net(cfg.student, "student")
-    module = DistillationModule(student=net, teacher=teacher, loss=objective, **_module_kwargs(cfg))
-    result = fit_and_test(cfg, stage, module, datamodule, net)
+    kwargs = _module_kwargs(cfg)
+    if cfg.distill.get("batch_transform"):
+        kwargs["batch_transform"] = instantiate(cfg.distill.batch_transform)
+    data = with_transfer_set(datamodule, objective)  # the teacher and the baseline never see it
+    cached = teacher_cache_datamodule(cfg, teacher, objective, data, "batch_transform" in kwargs)
+    if cached is not None:  # offline KD: no teacher runs during training, the batches carry its logits
+        data, teacher = cached, None
+    module = DistillationModule(student=net, teacher=teacher, loss=objective, **kwargs)
+    result = fit_and_test(cfg, stage, module, data, net)
     return net, result
+
+
+def with_transfer_set(datamodule: L.LightningDataModule, objective: Objective) -> L.LightningDataModule:
+    """The student's data: ``datamodule`` plus its transfer set (unlabeled samples), when it has one."""
+    from .data.transfer import TransferDataModule, has_transfer_set
+
+    if not has_transfer_set(datamodule):
+        return datamodule
+    if getattr(objective, "needs_index", False):
+        log.warning("%s keeps a per-sample memory bank of the labeled training set, so the student trains without "
+                    "the transfer set (set data.transfer_samples=0 to silence this)", type(objective).__name__)
+        return datamodule
+    return TransferDataModule(datamodule)
+
+
+_LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "return_index",
+                "num_train")
+
+
+def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, objective: Objective,
+                             datamodule: L.LightningDataModule, has_batch_transform: bool = False):
+    """``distill.teacher_cache``: wrap ``datamodule`` so batches carry the teacher's stored logits (or None)."""
+    setting = cfg.distill.get("teacher_cache", False)
+    if setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("", "false", "null")):
+        return None
+    from .cache import CachedTeacherDataModule, RandomTransformError, TeacherCacheError
+    from .losses import LogitMSE
+
+    name = cfg.distill.get("name", type(objective).__name__)
+    if objective.teacher_taps:
+        raise ConfigError(f"distill.teacher_cache stores teacher logits only, but {name} reads teacher features "
+                          f"({', '.join(objective.teacher_taps)}); set distill.teacher_cache=false")
+    if has_batch_transform:
+        raise ConfigError("distill.batch_transform changes the inputs at every step, so the teacher must label them "
+                          "online (consistent teaching); set distill.teacher_cache=false")
+    top_k = cfg.distill.get("teacher_cache_top_k")
+    parts = list(getattr(objective, "objectives", [objective]))
+    if top_k and any(isinstance(o, LogitMSE) for o in parts):
+        raise ConfigError("LogitMSE matches raw teacher logits, which top-k storage does not keep; "
+                          "set distill.teacher_cache_top_k=null")
+    root = Path(cfg.paths.cache_dir) / "teacher_outputs" if setting is True else Path(str(setting))
+    data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _LOADER_KEYS}
+    cached = CachedTeacherDataModule(
+        datamodule, teacher, root, data_config=data_cfg, fp16=bool(cfg.distill.get("teacher_cache_fp16", False)),
+        top_k=int(top_k) if top_k else None,
+        allow_random_transform=bool(cfg.distill.get("teacher_cache_allow_random_transform", False)))
+    t0 = time.perf_counter()
+    try:
+        caches = cached.prepare_caches()
+    except (RandomTransformError, TeacherCacheError) as err:
+        raise ConfigError(str(err)) from None
+    log.info("teacher outputs cached in %.1fs: %s", time.perf_counter() - t0, ", ".join(map(repr, caches.values())))
+    return cached
 
 
 def save_student(cfg: DictConfig, net: nn.Module, name: str) -> str:
@@ -176,6 +242,8 @@ def validate(cfg: DictConfig) -> Objective:
 def run(cfg: DictConfig) -> Dict[str, Any]:
     """Run the whole process and return the summary (also written to the run directory)."""
     objective = validate(cfg)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, return_index=bool(getattr(objective, "needs_index", False)))
     try:

@@ -13,6 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .batch import unpack
+
 
 @dataclass
 class StageResult:
@@ -71,6 +73,8 @@ def make_trainer(cfg: DictConfig, stage: str, max_epochs: Optional[int] = None) 
             continue
         extra = {"dirpath": str(stage_dir / "checkpoints")} if name == "model_checkpoint" else {}
         callbacks.append(instantiate(cb_cfg, **extra))
+    if not cfg.trainer.get("enable_progress_bar", True):  # a configured bar would contradict the flag
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     loggers = []
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is not None and "_target_" in lg_cfg:
@@ -100,7 +104,7 @@ def fit_and_test(cfg: DictConfig, stage: str, module: L.LightningModule, datamod
         module.on_load_checkpoint(state)
         module.load_state_dict(state["state_dict"])
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    example = next(iter(datamodule.test_dataloader()))[0]
+    example = unpack(next(iter(datamodule.test_dataloader()))).x  # tuple or dict batches
     return StageResult(
         name=stage, acc=float(test["test/acc"]), acc_top5=_maybe(test, "test/acc_top5"),
         agreement=_maybe(test, "test/agreement"), params=count_params(net), size_bytes=state_dict_bytes(net),
@@ -112,7 +116,7 @@ def test_only(cfg: DictConfig, stage: str, module: L.LightningModule, datamodule
               net: nn.Module, wall_s: float, source: str) -> StageResult:
     trainer = make_trainer(cfg, stage)
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    example = next(iter(datamodule.test_dataloader()))[0]
+    example = unpack(next(iter(datamodule.test_dataloader()))).x  # tuple or dict batches
     return StageResult(name=stage, acc=float(test["test/acc"]), acc_top5=_maybe(test, "test/acc_top5"),
                        params=count_params(net), size_bytes=state_dict_bytes(net),
                        latency_ms=cpu_latency_ms(net, example), wall_s=round(wall_s, 2), source=source)

@@ -196,14 +196,6 @@ def test_optuna_search_two_trials(tmp_path):
     assert 0.0 <= float(results.best_value) <= 1.0
 
 
-@pytest.mark.slow
-def test_ddp_sim_run(tmp_path):
-    proc = cli("kd-train", "trainer=ddp_sim", *FAST, "hydra.run.dir=run", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert 0.0 <= summary["student"]["acc"] <= 1.0
-
-
 def test_teacher_assistant_chain_and_born_again_generations(tmp_path):
     cfg = make_cfg(tmp_path, *FAST, "baseline.enabled=false", "assistants=[cnn1d_25]", "generations=2")
     summary = run(cfg)

@@ -37,14 +37,6 @@ def n_params(net):
     return sum(p.numel() for p in net.parameters())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-2 forwards gain nothing from intra-op threads, whose spinning slows a busy machine a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @functools.lru_cache(maxsize=None)
 def built(name):

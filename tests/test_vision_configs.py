@@ -31,16 +31,6 @@ PAIRS = {  # teacher_student -> (teacher, student, DKD beta, lr)
 METHODS = ("kd", "dkd", "fitnet", "at", "rkd", "crd")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The small forwards here gain nothing from intra-op threads, whose spinning slows a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def compose_train():

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
+from torch.utils.data import TensorDataset
 
 from .arrays import ArrayDataModule
 
@@ -50,11 +52,33 @@ class MNIST1DDataModule(ArrayDataModule):
     ``transfer_seed`` (a transfer set for distillation; see :mod:`kd_lightning.data.transfer`).
     """
 
-    def __init__(self, cache_dir: Optional[str] = None, data_seed: int = 42, **kwargs):
+    def __init__(self, cache_dir: Optional[str] = None, data_seed: int = 42, transfer_samples: int = 0,
+                 transfer_seed: int = 1234, **kwargs):
         super().__init__(**kwargs)
+        if int(transfer_samples) < 0:
+            raise ValueError(f"transfer_samples must be >= 0, got {transfer_samples}")
+        if transfer_samples and int(transfer_seed) == int(data_seed):
+            raise ValueError(
+                f"transfer_seed={transfer_seed} equals data_seed: the transfer set would repeat the training and "
+                "test sequences; choose another transfer_seed")
         self.cache_dir = cache_dir
         self.data_seed = data_seed
+        self.transfer_samples = int(transfer_samples)
+        self.transfer_seed = int(transfer_seed)
+        self._transfer: Optional[TensorDataset] = None
 
     def load_arrays(self):
         d = load_mnist1d(self.cache_dir, self.data_seed)
         return d["x"], d["y"], d["x_test"], d["y_test"]
+
+    def transfer_dataset(self) -> Optional[TensorDataset]:
+        """``transfer_samples`` unlabeled sequences (inputs only) from the generator run with
+        ``transfer_seed``, or None. The labels the generator also makes are thrown away."""
+        if self.transfer_samples == 0:
+            return None
+        if self._transfer is None:
+            n = self.transfer_samples
+            d = load_mnist1d(self.cache_dir, self.transfer_seed, num_samples=-(-n // 10) * 10)
+            x = np.concatenate([d["x"], d["x_test"]])[:n]
+            self._transfer = TensorDataset(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32))
+        return self._transfer

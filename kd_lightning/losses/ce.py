@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Dict
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -28,8 +29,11 @@ class CE(Objective):
 def hard_label_ce(logits: Tensor, target: Tensor, labeled: Tensor | None = None, label_smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy in fp32 over the samples that carry a label (all when ``labeled`` is None)."""
     logits = logits.float()
-    if labeled is not None:
-        if not bool(labeled.any()):
-            return logits.sum() * 0.0  # keeps the graph; a batch of transfer samples has no CE
-        logits, target = logits[labeled], target[labeled]
-    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    if labeled is None:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    # A masked mean instead of boolean indexing: no data-dependent shape, so no device sync per step.
+    # Unlabeled samples (target -1) get a dummy class 0 whose loss the mask then zeroes.
+    mask = labeled.to(logits.dtype)
+    per_sample = F.cross_entropy(logits, torch.where(labeled, target, torch.zeros_like(target)),
+                                 reduction="none", label_smoothing=label_smoothing)
+    return (per_sample * mask).sum() / mask.sum().clamp_min(1.0)

@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .init import init_weights
+
 # Output channels of the convolutions in each of the five groups.
 _CONFIGS = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -52,16 +54,7 @@ class CifarVGG(nn.Module):
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(groups[4][-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool0(self.block0(x))
