@@ -223,10 +223,15 @@ def test_ddp_multinode_trainer_config_instantiates_lazily():
 
 @pytest.mark.slow
 def test_ddp_sim_matches_a_single_process(tmp_path):
-    """Same seed, same global batch (2 x 50 vs 100), same teacher: test accuracy within 5 points."""
+    """Same seed, same global batch (2 x 32 vs 64), same teacher: test accuracy within 5 points.
+
+    The digits MLPs converge in a few hundred steps, so the comparison is made where the two runs'
+    different shuffling orders no longer matter (on an unconverged curve they can differ by more).
+    """
     from kd_lightning.pipeline import run
 
-    common = ["data=mnist1d", "trainer.max_epochs=6", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+    common = ["data=digits", "teacher=mlp_digits_large", "student=mlp_digits", "trainer.max_epochs=15",
+              "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
               "trainer.num_sanity_val_steps=0", "baseline.enabled=false", "logger=csv", "test_ckpt=last"]
 
     def cfg_for(name, *overrides):
@@ -236,10 +241,11 @@ def test_ddp_sim_matches_a_single_process(tmp_path):
             cfg.paths.cache_dir = str(tmp_path / "cache")
         return cfg
 
-    single = run(cfg_for("single", "trainer=cpu", "data.batch_size=100"))
+    single = run(cfg_for("single", "trainer=cpu", "data.batch_size=64"))
     teacher_ckpt = single["teacher"]["ckpt_path"]
     assert Path(teacher_ckpt).is_file()
-    ddp = run(cfg_for("ddp", "trainer=ddp_sim", "data.batch_size=50", f"teacher.ckpt_path={teacher_ckpt}"))
-    assert ddp["teacher"]["acc"] == pytest.approx(single["teacher"]["acc"], abs=1e-6), "the same teacher"
-    assert single["student"]["acc"] > 0.3, single["student"]
+    ddp = run(cfg_for("ddp", "trainer=ddp_sim", "data.batch_size=32", f"teacher.ckpt_path={teacher_ckpt}"))
+    # Same teacher; under DDP the test split (359 samples) is padded to an even count by one repeat.
+    assert ddp["teacher"]["acc"] == pytest.approx(single["teacher"]["acc"], abs=0.003), "the same teacher"
+    assert single["student"]["acc"] > 0.8, single["student"]
     assert abs(ddp["student"]["acc"] - single["student"]["acc"]) <= 0.05, (single["student"], ddp["student"])
