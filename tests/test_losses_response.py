@@ -83,7 +83,7 @@ def pair():
     return logits(seed=1), logits(seed=2), torch.tensor([0, 3, 6, 2, 3])
 
 
-def close(value, expected, tol=1e-5):
+def assert_close_to(value, expected, tol=1e-5):
     value = value.detach() if isinstance(value, torch.Tensor) else value
     expected = expected.detach() if isinstance(expected, torch.Tensor) else expected
     assert float(value) == pytest.approx(float(expected), rel=tol, abs=tol)
@@ -97,10 +97,10 @@ def test_kd_hand_computed_two_samples_three_classes():
         zt = torch.tensor([[T * math.log(2.0), 0.0, 0.0], [0.0, 0.0, 0.0]])
         forward = math.log(3) - 1.5 * math.log(2)        # KL([.5,.25,.25] ‖ uniform)
         reverse = 5.0 / 3.0 * math.log(2) - math.log(3)  # KL(uniform ‖ [.5,.25,.25])
-        close(KF.kd_loss(zs, zt, T), T ** 2 * forward / 2)
-        close(KF.kd_loss(zs, zt, T, divergence="reverse"), T ** 2 * reverse / 2)
+        assert_close_to(KF.kd_loss(zs, zt, T), T ** 2 * forward / 2)
+        assert_close_to(KF.kd_loss(zs, zt, T, divergence="reverse"), T ** 2 * reverse / 2)
     # A concrete scalar at T=4: 16 · (ln 3 − 1.5 ln 2) / 2
-    close(KF.kd_loss(torch.zeros(2, 3), torch.tensor([[4 * math.log(2.0), 0, 0], [0.0, 0, 0]]), 4.0), 0.4711321, 1e-6)
+    assert_close_to(KF.kd_loss(torch.zeros(2, 3), torch.tensor([[4 * math.log(2.0), 0, 0], [0.0, 0, 0]]), 4.0), 0.4711321, 1e-6)
 
 
 @pytest.mark.parametrize("T", TEMPERATURES)
@@ -110,19 +110,19 @@ def test_kd_matches_numpy(pair, T, divergence, standardize):
     zs, zt, _ = pair
     got = KF.kd_loss(zs, zt, T, divergence=divergence, standardize=standardize)
     assert got.dtype == torch.float32 and got.ndim == 0
-    close(got, np_kd(zs.numpy(), zt.numpy(), T, divergence, standardize))
+    assert_close_to(got, np_kd(zs.numpy(), zt.numpy(), T, divergence, standardize))
 
 
 def test_kd_properties(pair):
     zs, zt, _ = pair
     for div in ("forward", "reverse", "js"):
-        close(KF.kd_loss(zt, zt, 4.0, divergence=div), 0.0, 1e-6)
+        assert_close_to(KF.kd_loss(zt, zt, 4.0, divergence=div), 0.0, 1e-6)
         assert KF.kd_loss(zs, zt, 4.0, divergence=div) > 0
     # JS is symmetric and bounded by T² ln 2.
-    close(KF.kd_loss(zs, zt, 2.0, "js"), KF.kd_loss(zt, zs, 2.0, "js"))
+    assert_close_to(KF.kd_loss(zs, zt, 2.0, "js"), KF.kd_loss(zt, zs, 2.0, "js"))
     assert KF.kd_loss(zs * 50, -zt * 50, 2.0, "js") <= 4 * math.log(2) + 1e-5
     # Standardization makes the loss invariant to shifting and scaling each logit vector.
-    close(KF.kd_loss(zs * 3 + 5, zt, 2.0, standardize=True), KF.kd_loss(zs, zt, 2.0, standardize=True))
+    assert_close_to(KF.kd_loss(zs * 3 + 5, zt, 2.0, standardize=True), KF.kd_loss(zs, zt, 2.0, standardize=True))
 
 
 def test_kd_rejects_bad_arguments(pair):
@@ -150,10 +150,10 @@ def test_dkd_matches_numpy(pair, T):
     zs, zt, y = pair
     tckd, nckd = KF.dkd_terms(zs, zt, y, T)
     ref_t, ref_n = np_dkd_terms(zs.numpy(), zt.numpy(), y.numpy(), T)
-    close(tckd, ref_t)
-    close(nckd, ref_n)
-    close(KF.dkd_loss(zs, zt, y, alpha=0.7, beta=3.0, temperature=T), 0.7 * ref_t + 3.0 * ref_n)
-    close(KF.dkd_loss(zs, zt, y), np.dot([1.0, 8.0], np_dkd_terms(zs.numpy(), zt.numpy(), y.numpy(), 4.0)))
+    assert_close_to(tckd, ref_t)
+    assert_close_to(nckd, ref_n)
+    assert_close_to(KF.dkd_loss(zs, zt, y, alpha=0.7, beta=3.0, temperature=T), 0.7 * ref_t + 3.0 * ref_n)
+    assert_close_to(KF.dkd_loss(zs, zt, y), np.dot([1.0, 8.0], np_dkd_terms(zs.numpy(), zt.numpy(), y.numpy(), 4.0)))
 
 
 @pytest.mark.parametrize("T", TEMPERATURES)
@@ -164,15 +164,15 @@ def test_dkd_reformulates_kd_per_sample(pair, T):
         s, t, yi = zs[i:i + 1], zt[i:i + 1], y[i:i + 1]
         tckd, nckd = KF.dkd_terms(s, t, yi, T)
         pt_y = torch.softmax(t / T, -1)[0, yi[0]]
-        close(KF.kd_loss(s, t, T), tckd + (1 - pt_y) * nckd)
+        assert_close_to(KF.kd_loss(s, t, T), tckd + (1 - pt_y) * nckd)
     assert KF.dkd_loss(zs, zt, y, alpha=1.0, beta=1.0, temperature=T) >= KF.kd_loss(zs, zt, T) - 1e-6
 
 
 def test_dkd_zero_when_student_equals_teacher(pair):
     _, zt, y = pair
     tckd, nckd = KF.dkd_terms(zt, zt, y, 4.0)
-    close(tckd, 0.0, 1e-6)
-    close(nckd, 0.0, 1e-6)
+    assert_close_to(tckd, 0.0, 1e-6)
+    assert_close_to(nckd, 0.0, 1e-6)
 
 
 # -------------------------------------------------------------------------------------------- DIST
@@ -181,23 +181,23 @@ def test_dist_matches_numpy(pair, T):
     zs, zt, _ = pair
     inter, intra = KF.dist_terms(zs, zt, T)
     ref_inter, ref_intra = np_dist_terms(zs.numpy(), zt.numpy(), T)
-    close(inter, ref_inter)
-    close(intra, ref_intra)
-    close(KF.dist_loss(zs, zt, beta=2.0, gamma=0.5, temperature=T), 2.0 * ref_inter + 0.5 * ref_intra)
+    assert_close_to(inter, ref_inter)
+    assert_close_to(intra, ref_intra)
+    assert_close_to(KF.dist_loss(zs, zt, beta=2.0, gamma=0.5, temperature=T), 2.0 * ref_inter + 0.5 * ref_intra)
 
 
 def test_dist_perfect_correlation_is_zero(pair):
     _, zt, _ = pair
     inter, intra = KF.dist_terms(zt, zt, 4.0)
     # Not exactly 0: the 1e-8 in the denominator weighs in when the columns vary little (×τ² = 16).
-    close(inter, 0.0, 1e-4)
-    close(intra, 0.0, 1e-4)
+    assert_close_to(inter, 0.0, 1e-4)
+    assert_close_to(intra, 0.0, 1e-4)
 
 
 # --------------------------------------------------------------------------------------------- MSE
 def test_logit_mse_matches_numpy(pair):
     zs, zt, _ = pair
-    close(KF.logit_mse(zs, zt), ((zs.double().numpy() - zt.double().numpy()) ** 2).mean())
+    assert_close_to(KF.logit_mse(zs, zt), ((zs.double().numpy() - zt.double().numpy()) ** 2).mean())
 
 
 # ------------------------------------------------------------------ gradients, stability, dtypes
@@ -284,9 +284,9 @@ def test_kd_objective_terms_and_total():
     out = obj(inp)
     assert set(out) == {"loss", "ce", "kd"}
     ce = torch.nn.functional.cross_entropy(inp.student_logits, inp.target)
-    close(out["ce"], ce)
-    close(out["kd"], KF.kd_loss(inp.student_logits, inp.teacher_logits, 4.0))
-    close(out["loss"], 0.1 * out["ce"] + 0.9 * out["kd"])
+    assert_close_to(out["ce"], ce)
+    assert_close_to(out["kd"], KF.kd_loss(inp.student_logits, inp.teacher_logits, 4.0))
+    assert_close_to(out["loss"], 0.1 * out["ce"] + 0.9 * out["kd"])
     out["loss"].backward()
     assert torch.isfinite(inp.student_logits.grad).all()
     assert obj.temperature == 4.0
@@ -295,13 +295,13 @@ def test_kd_objective_terms_and_total():
 def test_kd_objective_variants_and_label_smoothing():
     inp = make_inputs()
     out = KD(temperature=2.0, divergence="js", standardize=True, label_smoothing=0.1)(inp)
-    close(out["kd"], KF.kd_loss(inp.student_logits, inp.teacher_logits, 2.0, "js", True))
-    close(out["ce"], torch.nn.functional.cross_entropy(inp.student_logits, inp.target, label_smoothing=0.1))
+    assert_close_to(out["kd"], KF.kd_loss(inp.student_logits, inp.teacher_logits, 2.0, "js", True))
+    assert_close_to(out["ce"], torch.nn.functional.cross_entropy(inp.student_logits, inp.target, label_smoothing=0.1))
 
 
 def test_kd_with_zero_kd_weight_equals_ce():
     inp = make_inputs()
-    close(KD(ce_weight=1.0, kd_weight=0.0)(inp)["loss"], CE()(inp)["loss"], 1e-7)
+    assert_close_to(KD(ce_weight=1.0, kd_weight=0.0)(inp)["loss"], CE()(inp)["loss"], 1e-7)
 
 
 def test_unlabeled_batches_keep_the_distillation_term():
@@ -312,24 +312,24 @@ def test_unlabeled_batches_keep_the_distillation_term():
         assert float(out[key].detach()) > 0
         assert out["loss"].requires_grad
         weight = getattr(obj, "kd_weight", 1.0)
-        close(out["loss"], weight * out[key])
+        assert_close_to(out["loss"], weight * out[key])
 
 
 def test_labeled_mask_restricts_ce():
     mask = torch.tensor([True, True, False, False, True, False])
     inp = make_inputs(labeled=mask)
     out = KD(ce_weight=1.0, kd_weight=1.0)(inp)
-    close(out["ce"], torch.nn.functional.cross_entropy(inp.student_logits[mask], inp.target[mask]))
+    assert_close_to(out["ce"], torch.nn.functional.cross_entropy(inp.student_logits[mask], inp.target[mask]))
     # DKD uses the teacher's top class where no label is available.
     dkd = DKD(warmup_epochs=0)(inp)
     y = torch.where(mask, inp.target, inp.teacher_logits.argmax(-1))
-    close(dkd["dkd"], KF.dkd_loss(inp.student_logits, inp.teacher_logits, y))
+    assert_close_to(dkd["dkd"], KF.dkd_loss(inp.student_logits, inp.teacher_logits, y))
 
 
 def test_zero_ce_weight_skips_ce():
     out = KD(ce_weight=0.0, kd_weight=1.0)(make_inputs())
     assert float(out["ce"]) == 0.0
-    close(out["loss"], out["kd"])
+    assert_close_to(out["loss"], out["kd"])
     assert KD(ce_weight=0.0).needs_target is False and KD().needs_target is True
 
 
@@ -340,8 +340,8 @@ def test_dkd_warmup(epoch, factor):
     inp = make_inputs(epoch=float(epoch))
     out = obj(inp)
     assert set(out) == {"loss", "ce", "dkd", "tckd", "nckd"}
-    close(out["dkd"], out["tckd"] + 8.0 * out["nckd"])
-    close(out["loss"], out["ce"] + factor * out["dkd"])
+    assert_close_to(out["dkd"], out["tckd"] + 8.0 * out["nckd"])
+    assert_close_to(out["loss"], out["ce"] + factor * out["dkd"])
     assert DKD(warmup_epochs=0).warmup_factor(1) == 1.0
 
 
@@ -350,9 +350,9 @@ def test_dist_objective():
     out = DIST()(inp)
     assert set(out) == {"loss", "ce", "dist", "inter", "intra"}
     inter, intra = KF.dist_terms(inp.student_logits, inp.teacher_logits, 4.0)
-    close(out["inter"], inter)
-    close(out["intra"], intra)
-    close(out["loss"], out["ce"] + 2.0 * (inter + intra))
+    assert_close_to(out["inter"], inter)
+    assert_close_to(out["intra"], intra)
+    assert_close_to(out["loss"], out["ce"] + 2.0 * (inter + intra))
 
 
 def test_logit_mse_objective():
@@ -360,8 +360,8 @@ def test_logit_mse_objective():
     obj = LogitMSE()
     out = obj(inp)
     assert obj.temperature is None and set(out) == {"loss", "ce", "mse"}
-    close(out["loss"], out["mse"])
-    close(out["mse"], KF.logit_mse(inp.student_logits, inp.teacher_logits))
+    assert_close_to(out["loss"], out["mse"])
+    assert_close_to(out["mse"], KF.logit_mse(inp.student_logits, inp.teacher_logits))
 
 
 def test_missing_teacher_logits_is_a_clear_error():

@@ -9,7 +9,6 @@ from omegaconf import OmegaConf
 from kd_lightning.taps import FeatureTaps
 
 CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
-pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(CONF, "train.yaml")), reason="no conf/train.yaml")
 
 # Selectable presets (files starting with "_" are shared bases, composed through the presets that use them).
 MODEL_PRESETS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONF, "model", "[!_]*.yaml")))
