@@ -1,17 +1,17 @@
 """DistillationModule: a drop-in LightningModule that distills a frozen teacher into a student."""
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric
 
 from .batch import Batch, unpack
 from .losses.base import DistillInputs, Objective
+from .step_log import SyncFreeMean, TrainTermsWindow
 from .taps import FeatureTaps
 from .teacher import FrozenTeacher, TeacherEnsemble, TeacherSource, build_teacher
 
@@ -19,20 +19,6 @@ TEACHER_PREFIX = "teacher."
 
 # The frozen teacher is in eval mode on purpose; Lightning would warn about it at every fit.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-
-
-class _MeanMetric(MeanMetric):
-    """``MeanMetric`` without the per-update NaN test, whose ``.any()`` waits for the device at every step
-    (a NaN then shows in the result instead; ``nan_strategy="disable"`` would also drop the weights)."""
-
-    def _cast_and_nan_check_input(self, x: Any, weight: Any = None) -> tuple:
-        x = torch.as_tensor(x, device=self.device)
-        weight = torch.ones_like(x) if weight is None else torch.as_tensor(weight, device=self.device)
-        return x.to(self.dtype), weight.to(self.dtype)
-
-
-def _mean_metric() -> MeanMetric:
-    return _MeanMetric()
 
 
 def _default_objective(has_teacher: bool) -> Objective:
@@ -45,7 +31,7 @@ def _default_objective(has_teacher: bool) -> Objective:
     return CE()
 
 
-class DistillationModule(L.LightningModule):
+class DistillationModule(TrainTermsWindow, L.LightningModule):
     """Train ``student`` against a frozen ``teacher`` with a distillation ``loss``.
 
     Args:
@@ -115,13 +101,12 @@ class DistillationModule(L.LightningModule):
         self.save_teacher = save_teacher
         self.batch_transform = batch_transform
         self._speedups_done = False
-        self._log_rows: list = []  # training terms since the last log (device tensors, no sync)
-        self._check_rows: list = []  # (step, terms) not yet tested for finiteness
+        self._reset_windows()
         self._shapes_checked = False
         self._taps: Optional[tuple] = None
         for stage in ("val", "test"):
             for name in ("acc", "acc_top5", "teacher_acc", "agreement", "loss"):
-                setattr(self, f"_{stage}_{name}", _mean_metric())
+                setattr(self, f"_{stage}_{name}", SyncFreeMean())
         self.val_acc_best = MaxMetric()
         # Validation accuracy after each epoch (the run report plots it).
         self.val_history: list = []
@@ -263,68 +248,8 @@ class DistillationModule(L.LightningModule):
     # -------------------------------------------------------------------------------- the steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         b, _, _, terms = self._run(batch, "train")
-        loss = terms["loss"]
-        detached = {name: value.detach() for name, value in terms.items()}
-        step = self.global_step
-        if self.hparams.check_finite:
-            self._check_rows.append((step, detached))
-            every = self.hparams.finite_check_interval or self._auto_check_interval(loss)
-            if (step + 1) % every == 0:
-                self._check_finite()
-        if self._trainer is not None:
-            self._log_rows.append(detached)
-            if self._is_log_step(batch_idx):
-                self._log_train_terms(b.x.shape[0] if isinstance(b.x, Tensor) else None)
-        return loss
-
-    # Per-step logging and NaN tests would each wait for the device; both work on a window of steps.
-    def _auto_check_interval(self, loss: Tensor) -> int:
-        if loss.device.type == "cpu":
-            return 1
-        return max(1, int(self.trainer.log_every_n_steps or 50)) if self._trainer is not None else 50
-
-    def _is_log_step(self, batch_idx: int) -> bool:
-        trainer = self.trainer
-        every = trainer.log_every_n_steps
-        if trainer.fast_dev_run or (every and (self.global_step + 1) % every == 0) or len(self._log_rows) >= 1000:
-            return True
-        if trainer.max_steps is not None and trainer.max_steps > 0 and self.global_step + 1 >= trainer.max_steps:
-            return True
-        return batch_idx + 1 >= trainer.num_training_batches  # the epoch's last batch
-
-    def _log_train_terms(self, batch_size: Optional[int]) -> None:
-        rows, self._log_rows = self._log_rows, []
-        names = list(dict.fromkeys(n for r in rows for n in r))
-        for name in names:
-            values = [r[name] for r in rows if name in r]
-            value = values[0] if len(values) == 1 else torch.stack(values).float().mean()
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss",
-                     batch_size=batch_size)
-
-    def _check_finite(self) -> None:
-        rows, self._check_rows = self._check_rows, []
-        if not rows:
-            return
-        if len(rows) == 1:
-            ok = bool(torch.isfinite(rows[0][1]["loss"]).all())
-        else:
-            ok = bool(torch.isfinite(torch.stack([r["loss"].float().reshape(()) for _, r in rows])).all())
-        if not ok:
-            step, terms = next((s, r) for s, r in rows if not bool(torch.isfinite(r["loss"]).all()))
-            self._raise_not_finite(terms, step)
-
-    def on_train_epoch_end(self) -> None:
-        if self.hparams.check_finite:
-            self._check_finite()
-
-    def _raise_not_finite(self, terms: Dict[str, Tensor], step: Optional[int] = None) -> None:
-        bad = [n for n, v in terms.items() if n != "loss" and not torch.isfinite(v).all()]
-        culprit = ", ".join(repr(n) for n in bad) or "'loss'"
-        step = self.global_step if step is None else step
-        raise FloatingPointError(
-            f"the loss became non-finite at global step {step} (now at step {self.global_step}, epoch "
-            f"{self.current_epoch}); bad term(s): {culprit}. Lower the learning rate, check the inputs for NaN, "
-            "or use fp32/bf16 instead of 16-mixed")
+        self._record_train_terms(terms, batch_idx, b.x.shape[0] if isinstance(b.x, Tensor) else None)
+        return terms["loss"]
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         b, s_logits, t_logits, terms = self._run(batch, stage)
