@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .indexed import IndexedDataset
+from .loaders import SplitLoaders
 
 # name -> (torchvision class name, folder, files that must exist, classes, train size, mean, std)
 _SPECS = {
@@ -28,14 +29,7 @@ _SPECS = {
 }
 
 
-def loader_kwargs(num_workers: int, pin_memory: bool, persistent_workers: bool) -> dict:
-    """DataLoader options that are valid on this machine (no pinning without CUDA, no persistent
-    workers without workers)."""
-    return dict(num_workers=num_workers, pin_memory=bool(pin_memory and torch.cuda.is_available()),
-                persistent_workers=bool(persistent_workers and num_workers > 0))
-
-
-class CIFARDataModule(L.LightningDataModule):
+class CIFARDataModule(SplitLoaders, L.LightningDataModule):
     """CIFAR-10 or CIFAR-100 (``name``) from ``data_dir``.
 
     Args:
@@ -179,21 +173,8 @@ class CIFARDataModule(L.LightningDataModule):
         return self.num_train_total - self._n_val(self.num_train_total)
 
     # ---------------------------------------------------------------------------------- loaders
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-                          **loader_kwargs(self.num_workers, self.pin_memory, self.persistent_workers))
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.val_set, train=False)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
         return self._loader(self.test_set, train=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()

@@ -13,14 +13,14 @@ from typing import Optional
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from .cifar import loader_kwargs
+from .loaders import SplitLoaders
 from .indexed import IndexedDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitLoaders, L.LightningDataModule):
     """Class-per-folder image data (ImageNet layout).
 
     Args:
@@ -109,20 +109,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     def num_train(self) -> Optional[int]:
         return len(self.train_set) if self.train_set is not None else self.expected_train
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-                          **loader_kwargs(self.num_workers, self.pin_memory, self.persistent_workers))
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.val_set, train=False)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
