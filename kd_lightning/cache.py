@@ -267,7 +267,8 @@ def _open_npy(path: Path, shape: Sequence[int], dtype: str) -> np.ndarray:
     if not path.is_file():
         raise TeacherCacheError(f"teacher cache file {str(path)!r} is missing; delete {str(path.parent)!r} to rebuild it")
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        # Copy-on-write: writable for torch.from_numpy, yet nothing written in memory reaches the file.
+        arr = np.load(path, mmap_mode="c", allow_pickle=False)
     except Exception as err:  # truncated header or data: numpy refuses to map it
         raise TeacherCacheError(
             f"teacher cache file {str(path)!r} is damaged or truncated ({type(err).__name__}: {err}); "
@@ -293,6 +294,7 @@ class TeacherOutputCache:
         self.directory = Path(directory)
         self.meta = meta
         self._arrays: Optional[Dict[str, np.ndarray]] = None
+        self._tables: Optional[Dict[str, Tensor]] = None
 
     # ----- properties
     @property
@@ -315,7 +317,7 @@ class TeacherOutputCache:
         return int(self.meta["count"])
 
     def __getstate__(self) -> Dict[str, Any]:
-        return {"directory": self.directory, "meta": self.meta, "_arrays": None}
+        return {"directory": self.directory, "meta": self.meta, "_arrays": None, "_tables": None}
 
     def __repr__(self) -> str:
         kind = f"top{self.top_k}" if self.top_k else "full"
@@ -363,21 +365,29 @@ class TeacherOutputCache:
                             for name, f in self.meta["files"].items()}
         return self._arrays
 
+    def _load_tables(self) -> Dict[str, Tensor]:
+        """The memory maps as tensors (no copy), so a batch is one torch gather instead of numpy's
+        fancy indexing plus conversions: this runs on every training step."""
+        if self._tables is None:
+            self._tables = {name: torch.from_numpy(arr) for name, arr in self._load_arrays().items()}
+        return self._tables
+
     def rows(self, index: Union[Tensor, np.ndarray, Sequence[int], int]) -> Tensor:
         """Float32 teacher logits of the samples ``index`` (an int or a 1-D sequence), in that order."""
-        idx = np.asarray(index.cpu() if isinstance(index, Tensor) else index, dtype=np.int64)
+        idx = index if isinstance(index, Tensor) else torch.as_tensor(np.asarray(index, dtype=np.int64))
+        if idx.dtype != torch.long or idx.device.type != "cpu":
+            idx = idx.to("cpu", torch.long)
         scalar = idx.ndim == 0
         idx = idx.reshape(-1)
-        n = len(self)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"sample index out of range for a teacher cache of {n} rows")
-        arrays = self._load_arrays()
-        if self.top_k:
-            lp = torch.from_numpy(np.ascontiguousarray(arrays["topk_logprobs.npy"][idx]))
-            ix = torch.from_numpy(np.ascontiguousarray(arrays["topk_indices.npy"][idx]))
-            out = reconstruct_topk(lp, ix, self.num_classes)
-        else:
-            out = torch.from_numpy(np.ascontiguousarray(arrays["logits.npy"][idx])).float()
+        tables = self._load_tables()
+        try:
+            if self.top_k:
+                out = reconstruct_topk(tables["topk_logprobs.npy"][idx], tables["topk_indices.npy"][idx],
+                                       self.num_classes)
+            else:
+                out = tables["logits.npy"][idx].float()
+        except IndexError:
+            raise IndexError(f"sample index out of range for a teacher cache of {len(self)} rows") from None
         return out[0] if scalar else out
 
     # ----- writing
@@ -494,7 +504,7 @@ def _fetch_base(dataset: Dataset, idx: Tensor, collate_fn: Callable) -> Any:
     ``get_batch(indices)`` method (e.g. :class:`~kd_lightning.data.transfer.TransferSetDataset`)."""
     get_batch = getattr(dataset, "get_batch", None)
     if callable(get_batch):
-        return get_batch(idx.tolist())
+        return get_batch(idx)
     tensors = getattr(dataset, "tensors", None)
     if tensors is not None and type(dataset).__getitem__ is torch.utils.data.TensorDataset.__getitem__:
         return tuple(t[idx] for t in tensors)

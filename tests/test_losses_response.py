@@ -405,3 +405,87 @@ def test_construction_rejects_bad_options():
         KD(divergence="kl")
     with pytest.raises(ValueError, match="label_smoothing"):
         KD(label_smoothing=1.0)
+
+
+# ----------------------------------------------------------------- the fused Hinton objective
+def _composite_kd_ce(zs, zt, y, labeled, temperature, ce_weight, kd_weight):
+    """The objective written from REFERENCE.md's formulas with autograd doing the gradient."""
+    if labeled is None:
+        ce = torch.nn.functional.cross_entropy(zs, y)
+    else:
+        per = torch.nn.functional.cross_entropy(zs, y.clamp_min(0), reduction="none")
+        ce = (per * labeled).sum() / labeled.sum().clamp_min(1)
+    log_ps = torch.log_softmax(zs / temperature, -1)
+    log_pt = torch.log_softmax(zt / temperature, -1)
+    kd = (log_pt.exp() * (log_pt - log_ps)).sum() / zs.shape[0] * temperature ** 2
+    return ce_weight * ce + kd_weight * kd, ce, kd
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+@pytest.mark.parametrize("mask", ["none", "some", "all_unlabeled"])
+def test_kd_ce_terms_match_the_composite_objective_and_its_gradient(temperature, mask):
+    torch.manual_seed(3)
+    zs = (3 * torch.randn(8, 6, dtype=torch.float64)).requires_grad_()
+    zt = 3 * torch.randn(8, 6, dtype=torch.float64)
+    y = torch.randint(0, 6, (8,))
+    labeled = {"none": None, "some": torch.tensor([1, 0, 1, 1, 0, 0, 1, 0], dtype=torch.bool),
+               "all_unlabeled": torch.zeros(8, dtype=torch.bool)}[mask]
+    if labeled is not None:
+        y = torch.where(labeled, y, -1)  # transfer-set samples carry no label
+    got = KF.kd_ce_terms(zs, zt, y, labeled, temperature, 0.3, 0.7)
+    want = _composite_kd_ce(zs, zt, y, labeled, temperature, 0.3, 0.7)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-12)
+    assert not got[1].requires_grad and not got[2].requires_grad  # the logged terms are detached
+    (g_got,) = torch.autograd.grad(got[0], zs)
+    (g_want,) = torch.autograd.grad(want[0], zs)
+    assert torch.allclose(g_got, g_want, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda z: KF.kd_ce_terms(z, zt, y, labeled, temperature, 0.3, 0.7)[0], (zs,))
+
+
+def test_kd_ce_terms_hand_values_and_low_precision_inputs():
+    # One sample, two classes, T = 1: CE = log(1 + e^-1) for z_s = [1, 0], y = 0; p_t = [1/2, 1/2].
+    zs, zt, y = torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), torch.tensor([0])
+    loss, ce, kd = KF.kd_ce_terms(zs, zt, y, None, 1.0, 0.5, 0.5)
+    p1 = 1 / (1 + math.exp(-1))
+    kd_hand = 0.5 * math.log(0.5 / p1) + 0.5 * math.log(0.5 / (1 - p1))
+    assert_close_to(ce, math.log(1 + math.exp(-1)))
+    assert_close_to(kd, kd_hand)
+    assert_close_to(loss, 0.5 * math.log(1 + math.exp(-1)) + 0.5 * kd_hand)
+    out = KF.kd_ce_terms(logits(4, 5).bfloat16(), logits(4, 5, seed=1).half(), torch.tensor([0, 1, 2, 3]))
+    assert all(t.dtype == torch.float32 for t in out)
+    with pytest.raises(ValueError, match="same shape"):
+        KF.kd_ce_terms(logits(4, 5), logits(4, 6), torch.tensor([0, 1, 2, 3]))
+
+
+def test_kd_objective_takes_the_fused_path_only_where_it_is_exact():
+    mask = torch.tensor([True, True, False, False, True, False])
+    inp = make_inputs(labeled=mask)
+    fast = KD(temperature=4.0, ce_weight=0.2, kd_weight=0.8)
+    slow = KD(temperature=4.0, ce_weight=0.2, kd_weight=0.8)
+    slow._fused = False
+    a, b = fast(inp), slow(inp)
+    assert fast._fused and set(a) == set(b)
+    for name in a:
+        assert_close_to(a[name], b[name], 1e-6)
+    (ga,) = torch.autograd.grad(a["loss"], inp.student_logits)
+    (gb,) = torch.autograd.grad(b["loss"], inp.student_logits)
+    assert torch.allclose(ga, gb, atol=1e-6)
+    # Reverse KL, standardization, label smoothing and a zero weight keep the composite objective.
+    for kwargs in ({"divergence": "reverse"}, {"standardize": True}, {"label_smoothing": 0.1}, {"kd_weight": 0.0}):
+        assert not KD(**kwargs)._fused
+    # A teacher that is being trained (mutual learning) gets its gradient through the composite path.
+    t = inp.teacher_logits.clone().requires_grad_()
+    out = fast(DistillInputs(student_logits=inp.student_logits, teacher_logits=t, target=inp.target))
+    out["loss"].backward()
+    assert t.grad is not None and torch.isfinite(t.grad).all()
+
+
+def test_masked_ce_with_label_smoothing_averages_over_labeled_samples_only():
+    mask = torch.tensor([True, False, True, True, False, False])
+    inp = make_inputs(labeled=mask)
+    got = CE(label_smoothing=0.2)(inp)["ce"]
+    want = torch.nn.functional.cross_entropy(inp.student_logits[mask], inp.target[mask], label_smoothing=0.2)
+    assert_close_to(got, want)
+    none = CE()(make_inputs(labeled=torch.zeros(6, dtype=torch.bool)))["ce"]
+    assert float(none.detach()) == 0.0

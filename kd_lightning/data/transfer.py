@@ -68,7 +68,7 @@ class TransferSetDataset(Dataset):
         out["index"] = i
         return out
 
-    def get_batch(self, indices: Sequence[int]) -> Dict[str, Any]:
+    def get_batch(self, indices: Union[Sequence[int], Tensor]) -> Dict[str, Any]:
         """The collated batch of ``indices`` (what a DataLoader with ``default_collate`` would build),
         gathered with one indexing per tensor when both parts are ``TensorDataset``s."""
         idx = torch.as_tensor(indices, dtype=torch.long)

@@ -10,6 +10,9 @@ from torch import Tensor
 from .base import DistillInputs, Objective
 
 
+IGNORE_INDEX = -100  # the target of samples without a label, inside the loss functions
+
+
 class CE(Objective):
     """Cross-entropy on hard labels (optionally label-smoothed); runs no teacher."""
 
@@ -32,8 +35,8 @@ def hard_label_ce(logits: Tensor, target: Tensor, labeled: Tensor | None = None,
     if labeled is None:
         return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
     # A masked mean instead of boolean indexing: no data-dependent shape, so no device sync per step.
-    # Unlabeled samples (target -1) get a dummy class 0 whose loss the mask then zeroes.
-    mask = labeled.to(logits.dtype)
-    per_sample = F.cross_entropy(logits, torch.where(labeled, target, torch.zeros_like(target)),
-                                 reduction="none", label_smoothing=label_smoothing)
-    return (per_sample * mask).sum() / mask.sum().clamp_min(1.0)
+    # Unlabeled samples get the ignored class, which also drops them from the label-smoothing term.
+    target = torch.where(labeled, target, IGNORE_INDEX)
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum",
+                            label_smoothing=label_smoothing)
+    return total / labeled.sum().clamp_min(1)
