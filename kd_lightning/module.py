@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MaxMetric
 
-from .batch import Batch, unpack
+from .batch import Batch, move_flat_batch, unpack
 from .losses.base import DistillInputs, Objective
 from .step_log import SyncFreeMean, TrainTermsWindow
 from .taps import FeatureTaps
@@ -184,6 +184,10 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
             if taps is not None:
                 taps.remove()
         self._taps = None
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        moved = move_flat_batch(batch, device)
+        return moved if moved is not None else super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _run(self, batch: Any, stage: str) -> tuple:
         b: Batch = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key)
