@@ -7,6 +7,11 @@ For two teacher/student pairs it times one training step of
   (b) online       online KD: DistillationModule with the frozen teacher, through Lightning
   (c) cached       offline KD: DistillationModule(teacher=None) on stored teacher logits (kd_lightning.cache)
   (d) plain        the same online KD as a hand-written PyTorch loop (same loader, objective, optimizer)
+  (s) plain_student  the student alone (CE) as a hand-written loop
+  (c) plain_cached   offline KD as a hand-written loop on the same stored teacher logits
+                   (s) and (c) give the two target ratios with no framework at all, i.e. what this
+                   machine charges for KD itself: plain / (plain_student + teacher_fwd) and
+                   plain_cached / plain_student
   (t) teacher_fwd  the teacher's forward pass alone (no_grad, same batches)
 
 and (e) the peak memory of each: on the GPU ``torch.cuda.max_memory_allocated`` above what was allocated
@@ -69,7 +74,7 @@ from kd_lightning.data.transfer import TransferDataModule, has_transfer_set
 from kd_lightning.losses import KD
 from kd_lightning.losses.base import DistillInputs
 
-CONFIGS = ("student", "online", "cached", "plain", "teacher_fwd")
+CONFIGS = ("student", "online", "cached", "plain", "plain_student", "plain_cached", "teacher_fwd")
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -331,29 +336,37 @@ def lightning_run(pair: Pair, config: str, steps: int, ticker: Optional[Ticker],
     trainer.fit(module, datamodule=dm)
 
 
-def batches_on(pair: Pair, device: torch.device):
+def batches_on(pair: Pair, device: torch.device, datamodule: Optional[L.LightningDataModule] = None):
+    """(x, y, labeled, teacher_logits) on ``device``, endlessly; teacher_logits from a cached data module."""
+    dm = datamodule or pair.datamodule
     while True:
-        for batch in pair.datamodule.train_dataloader():
+        for batch in dm.train_dataloader():
             b = unpack(batch)
-            labeled = None if b.labeled is None else b.labeled.to(device, non_blocking=True)
-            yield b.x.to(device, non_blocking=True), b.y.to(device, non_blocking=True), labeled
+            moved = [None if t is None else t.to(device, non_blocking=True) for t in (b.labeled, b.teacher_logits)]
+            yield (b.x.to(device, non_blocking=True), b.y.to(device, non_blocking=True), *moved)
 
 
-def plain_run(pair: Pair, steps: int, ticker: Optional[Ticker], device: torch.device) -> None:
-    """Online KD written by hand: what Lightning's loop does for us, without it."""
+def plain_run(pair: Pair, steps: int, ticker: Optional[Ticker], device: torch.device, mode: str = "online",
+              cached_dm: Optional[L.LightningDataModule] = None) -> None:
+    """KD written by hand: what Lightning's loop does for us, without it. ``mode``: "online" (the frozen
+    teacher runs in the step), "cached" (teacher logits from ``cached_dm``'s batches) or "student" (CE only,
+    the same loop less the teacher)."""
+    from kd_lightning.losses import CE
+
     torch.manual_seed(1)
     student = pair.make_student().to(device).train()
-    teacher = copy.deepcopy(pair.teacher).to(device).eval()
-    for p in teacher.parameters():
+    teacher = copy.deepcopy(pair.teacher).to(device).eval() if mode == "online" else None
+    for p in teacher.parameters() if teacher is not None else ():
         p.requires_grad_(False)
-    objective = pair.objective().to(device)
+    objective = (CE() if mode == "student" else pair.objective()).to(device)
     opt = pair.optimizer(list(student.parameters()) + list(objective.parameters()))
-    data = batches_on(pair, device)
+    data = batches_on(pair, device, cached_dm if mode == "cached" else None)
     for _ in range(steps + 1):
         _tick(ticker)
-        x, y, labeled = next(data)
-        with torch.no_grad():
-            t_logits = teacher(x)
+        x, y, labeled, t_logits = next(data)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(x)
         s_logits = student(x)
         terms = objective(DistillInputs(student_logits=s_logits, teacher_logits=t_logits, target=y, labeled=labeled))
         opt.zero_grad(set_to_none=True)
@@ -380,7 +393,7 @@ def loss_delta_ms(pair: Pair, device: torch.device, clock: Clock, n: int = 300) 
     from kd_lightning.losses import CE
 
     data = batches_on(pair, device)
-    x, y, labeled = next(data)
+    x, y, labeled, _ = next(data)
     with torch.no_grad():
         s0, t = pair.make_student().to(device)(x), copy.deepcopy(pair.teacher).to(device).eval()(x)
     best = {}
@@ -437,8 +450,9 @@ def peak_since(device: torch.device, base: Optional[float]) -> Optional[float]:
 
 # ----------------------------------------------------------------------------------------- bench
 def run_config(pair, config, steps, ticker, device, cached_dm, log_dir) -> None:
-    if config == "plain":
-        plain_run(pair, steps, ticker, device)
+    if config.startswith("plain"):
+        mode = {"plain": "online", "plain_student": "student", "plain_cached": "cached"}[config]
+        plain_run(pair, steps, ticker, device, mode, cached_dm)
     elif config == "teacher_fwd":
         teacher_fwd_run(pair, steps, ticker, device)
     else:
@@ -513,6 +527,11 @@ def bench_pair(pair: Pair, args, clock: Clock, device: torch.device, work: str) 
         "online_over_student_plus_teacher_fwd": ratio(lambda m: m["online"] / (m["student"] + m["teacher_fwd"])),
         "cached_over_student": ratio(lambda m: m["cached"] / m["student"]),
         "lightning_over_plain_loop": ratio(lambda m: m["online"] / m["plain"]),
+        # The same ratio as the first target, with no framework at all: what the machine charges for
+        # running the teacher inside the student's step (caches, allocator) plus the KD loss arithmetic.
+        "plain_over_plain_student_plus_teacher_fwd": ratio(
+            lambda m: m["plain"] / (m["plain_student"] + m["teacher_fwd"])),
+        "plain_cached_over_plain_student": ratio(lambda m: m["plain_cached"] / m["plain_student"]),
         "peak_memory_mb": {c: (round(v, 2) if v is not None else None) for c, v in memory.items()},
     }
 
@@ -529,6 +548,10 @@ def print_table(name: str, res: Dict[str, Any], clock_name: str) -> None:
           f"online / plain loop = {res['lightning_over_plain_loop']:.3f}   ({clock_name} time)")
     print(f"KD loss minus CE loss (forward + backward on the logits): {res['kd_minus_ce_loss_ms']:.3f} ms; "
           f"online / (student + teacher_fwd + that) = {res['online_over_student_plus_teacher_fwd_plus_loss']:.3f}")
+    print(f"without Lightning: plain / (plain_student + teacher_fwd) = "
+          f"{res['plain_over_plain_student_plus_teacher_fwd']:.3f}   "
+          f"plain_cached / plain_student = {res['plain_cached_over_plain_student']:.3f}   "
+          f"student / plain_student = {res['ms_per_step']['student'] / res['ms_per_step']['plain_student']:.3f}")
 
 
 def parse_args(argv=None):
@@ -587,6 +610,8 @@ def main(argv=None) -> Dict[str, Any]:
         "online_over_student_plus_teacher_fwd": head["online_over_student_plus_teacher_fwd"],
         "cached_over_student": head["cached_over_student"],
         "lightning_over_plain_loop": head["lightning_over_plain_loop"],
+        "plain_over_plain_student_plus_teacher_fwd": head["plain_over_plain_student_plus_teacher_fwd"],
+        "plain_cached_over_plain_student": head["plain_cached_over_plain_student"],
         "peak_memory_mb": head["peak_memory_mb"],
         "targets_met": {
             "online_over_student_plus_teacher_fwd<=1.05": head["online_over_student_plus_teacher_fwd"] <= 1.05,
