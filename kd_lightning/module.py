@@ -17,8 +17,17 @@ from .teacher import FrozenTeacher, TeacherEnsemble, TeacherSource, build_teache
 
 TEACHER_PREFIX = "teacher."
 
-# The frozen teacher is in eval mode on purpose; Lightning would warn about it at every fit.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+
+def quiet_lightning_notes() -> None:
+    """Silence Lightning's notes about what this module does on purpose (installed at import)."""
+    # The frozen teacher is in eval mode on purpose; Lightning would warn about it at every fit.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # Our transfer_batch_to_device is only a fast path (a DataModule that defines its own still wins),
+    # so notes that the LightningModule overrides it would puzzle a user who never wrote one.
+    warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device` in (both )?`LightningModule`.*")
+
+
+quiet_lightning_notes()
 
 
 def _default_objective(has_teacher: bool) -> Objective:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import io
+import warnings
 from dataclasses import dataclass
 
 import lightning as L
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from kd_lightning import ClassifierModule
 from kd_lightning.batch import move_flat_batch
 from kd_lightning.cache import TeacherOutputCache
+from kd_lightning.module import quiet_lightning_notes
 from kd_lightning.progress import ThrottledRichProgressBar
 
 
@@ -96,3 +98,37 @@ def test_cache_rows_accept_every_index_form_and_name_out_of_range_rows(tmp_path)
     assert torch.allclose(cache.rows(torch.arange(10)), want, atol=1e-6)
     with pytest.raises(IndexError, match="out of range for a teacher cache of 10 rows"):
         cache.rows([10])
+
+
+class TaggingDataModule(L.LightningDataModule):
+    """A user's DataModule with its own transfer hook: it must keep working under our module."""
+
+    def __init__(self):
+        super().__init__()
+        self.moved = 0
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,))), batch_size=8)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        self.moved += 1
+        return [t.to(device) for t in batch]
+
+
+def test_a_datamodule_transfer_hook_still_wins_and_ours_warns_nothing(tmp_path):
+    from lightning.pytorch.trainer.connectors import data_connector
+
+    def fit(datamodule):
+        data_connector.warning_cache.clear()  # Lightning warns once per process; start afresh
+        trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                            enable_model_summary=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+        with warnings.catch_warnings(record=True) as seen:
+            quiet_lightning_notes()  # pytest drops filters installed while it imports test modules
+            trainer.fit(ClassifierModule(nn.Linear(4, 3)), datamodule=datamodule)
+        return [str(w.message) for w in seen if "transfer_batch_to_device" in str(w.message)]
+
+    dm = TaggingDataModule()
+    assert fit(dm) == [] and dm.moved == 4
+    plain = L.LightningDataModule.from_datasets(TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,))),
+                                                batch_size=8)
+    assert fit(plain) == []
