@@ -121,6 +121,14 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
         self.val_history: list = []
 
     # ----------------------------------------------------------------------------------- forward
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name (a str or None) around every hook, ~45 times a step; nn.Module's
+        # __setattr__ checks parameters, submodules and buffers each time, a few percent of a small model's step.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
 

@@ -132,3 +132,20 @@ def test_a_datamodule_transfer_hook_still_wins_and_ours_warns_nothing(tmp_path):
     plain = L.LightningDataModule.from_datasets(TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,))),
                                                 batch_size=8)
     assert fit(plain) == []
+
+
+def test_lightning_still_sees_the_current_hook_name(tmp_path):
+    class Recording(ClassifierModule):
+        seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(self._current_fx_name)
+            return super().training_step(batch, batch_idx)
+
+    module = Recording(nn.Linear(4, 3))
+    assert "_current_fx_name" not in module._parameters and "_current_fx_name" not in module._modules
+    data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,))), batch_size=8)
+    L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+              enable_progress_bar=False, default_root_dir=str(tmp_path)).fit(module, train_dataloaders=data)
+    assert Recording.seen == ["training_step", "training_step"]
+    assert module._current_fx_name is None  # Lightning resets it after the hooks
