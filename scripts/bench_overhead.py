@@ -34,7 +34,7 @@ Also printed: the forward + backward cost of the KD loss minus that of CE on the
 Targets on the MNIST-1D job: online <= 1.05 x (student + teacher_fwd), cached <= 1.05 x student,
 online <= 1.2 x plain. The last line printed is one JSON object with the figures.
 
-    python scripts/bench_overhead.py            # ~2 minutes on 2 CPU cores
+    python scripts/bench_overhead.py            # ~2.5 minutes on 2 CPU cores
     python scripts/bench_overhead.py --quick    # < 1 minute
     python scripts/bench_overhead.py --device cuda --pairs mnist1d,cifar
 """
