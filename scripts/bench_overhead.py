@@ -35,7 +35,7 @@ Targets on the MNIST-1D job: online <= 1.05 x (student + teacher_fwd), cached <=
 online <= 1.2 x plain. The last line printed is one JSON object with the figures.
 
     python scripts/bench_overhead.py            # ~2.5 minutes on 2 CPU cores
-    python scripts/bench_overhead.py --quick    # < 1 minute
+    python scripts/bench_overhead.py --quick    # ~1 minute
     python scripts/bench_overhead.py --device cuda --pairs mnist1d,cifar
 """
 from __future__ import annotations
@@ -556,7 +556,7 @@ def print_table(name: str, res: Dict[str, Any], clock_name: str) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer steps and repetitions (< 1 minute)")
+    p.add_argument("--quick", action="store_true", help="fewer steps and repetitions (about 1 minute)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: 1 on the CPU for steady numbers; 0 keeps torch's default)")
