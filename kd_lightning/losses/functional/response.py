@@ -118,6 +118,21 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return per_sample.sum() / zs.shape[0] * temperature ** 2
 
 
+def _forward_kl_parts(zs: Tensor, zt: Tensor, temperature: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(T² · (1/B) Σ_i KL(p_t,i ‖ p_s,i), log p_s, p_t)``, computed without autograd for the Functions below."""
+    log_ps = torch.log_softmax(zs / temperature if temperature != 1.0 else zs, dim=-1)
+    log_pt = torch.log_softmax(zt / temperature if temperature != 1.0 else zt, dim=-1)
+    pt = log_pt.exp()
+    # Σ p_t (log p_t − log p_s) as one dot product; p_t = 0 contributes 0, never NaN.
+    kd = torch.dot(pt.reshape(-1), (log_pt - log_ps).reshape(-1)) * (temperature ** 2 / zs.shape[0])
+    return kd, log_ps, pt
+
+
+def _forward_kl_grad(log_ps: Tensor, pt: Tensor, scale: float) -> Tensor:
+    """``scale · (p_s − p_t)``: the gradient of the KD term with ``scale = weight · T / B``."""
+    return torch.sub(log_ps.exp(), pt).mul_(scale)
+
+
 class _ForwardKL(torch.autograd.Function):
     """``T² · (1/B) Σ_i KL(p_t,i ‖ p_s,i)`` for a teacher without gradient, with the gradient written out:
     ``∂/∂z_s = (T/B) (p_s − p_t)``. The same value as the composite form in :func:`kd_loss`, in about
@@ -126,19 +141,16 @@ class _ForwardKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, zs: Tensor, zt: Tensor, temperature: float) -> Tensor:
-        log_ps = torch.log_softmax(zs / temperature, dim=-1)
-        log_pt = torch.log_softmax(zt / temperature, dim=-1)
-        pt = log_pt.exp()
+        kd, log_ps, pt = _forward_kl_parts(zs, zt, temperature)
         ctx.save_for_backward(log_ps, pt)
         ctx.scale = temperature / zs.shape[0]
-        # Σ p_t (log p_t − log p_s) as one dot product; p_t = 0 contributes 0, never NaN.
-        return torch.dot(pt.reshape(-1), (log_pt - log_ps).reshape(-1)) * (temperature ** 2 / zs.shape[0])
+        return kd
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None, None]:
         log_ps, pt = ctx.saved_tensors
-        return torch.sub(log_ps.exp(), pt).mul_(grad * ctx.scale), None, None
+        return _forward_kl_grad(log_ps, pt, ctx.scale).mul_(grad), None, None
 
 
 def kd_ce_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, labeled: Optional[Tensor] = None,
@@ -163,10 +175,7 @@ class _KDCE(torch.autograd.Function):
     def forward(ctx: Any, zs: Tensor, zt: Tensor, target: Tensor, labeled: Optional[Tensor], temperature: float,
                 ce_weight: float, kd_weight: float) -> Tuple[Tensor, Tensor, Tensor]:
         b = zs.shape[0]
-        log_ps = torch.log_softmax(zs / temperature, dim=-1) if temperature != 1.0 else torch.log_softmax(zs, dim=-1)
-        log_pt = torch.log_softmax(zt / temperature, dim=-1)
-        pt = log_pt.exp()
-        kd = torch.dot(pt.reshape(-1), (log_pt - log_ps).reshape(-1)) * (temperature ** 2 / b)
+        kd, log_ps, pt = _forward_kl_parts(zs, zt, temperature)
         log_p1 = log_ps if temperature == 1.0 else torch.log_softmax(zs, dim=-1)
         target = target.long()
         if labeled is None:
@@ -189,7 +198,7 @@ class _KDCE(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor, _ce: Any, _kd: Any) -> tuple:
         log_ps, pt, log_p1, target, row_weight = ctx.saved_tensors
-        g_kd = torch.sub(log_ps.exp(), pt).mul_(ctx.scale)
+        g_kd = _forward_kl_grad(log_ps, pt, ctx.scale)
         # softmax − onehot, row-weighted
         g_ce = log_p1.exp().scatter_add_(1, target[:, None], torch.full_like(pt[:, :1], -1.0))
         g_ce.mul_(row_weight if row_weight is not None else ctx.row_weight)
