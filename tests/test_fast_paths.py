@@ -19,6 +19,12 @@ from kd_lightning.module import quiet_lightning_notes
 from kd_lightning.progress import ThrottledRichProgressBar
 
 
+def one_epoch_trainer(tmp_path, **kw) -> L.Trainer:
+    opts = dict(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                enable_model_summary=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    return L.Trainer(**{**opts, **kw})
+
+
 # ---------------------------------------------------------------------------------- batch transfer
 def test_flat_batches_are_moved_per_tensor_and_keep_their_type():
     x, y = torch.randn(3, 2), torch.tensor([0, 1, 0])
@@ -73,8 +79,7 @@ def test_throttled_bar_updates_at_most_at_its_rate_and_always_at_an_epoch_end(tm
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(240, 4), torch.randint(0, 3, (240,))), batch_size=8)
     bar = ThrottledRichProgressBar(refresh_rate=1)  # one update a second: a 30-batch epoch takes far less
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, callbacks=[bar], default_root_dir=str(tmp_path))
+    trainer = one_epoch_trainer(tmp_path, max_epochs=2, enable_progress_bar=True, callbacks=[bar])
     module = ClassifierModule(nn.Linear(4, 3), optimizer=functools.partial(torch.optim.SGD, lr=0.1))
     trainer.fit(module, train_dataloaders=data)
     assert shown.count(29) == 2  # each epoch's last batch reaches the bar
@@ -120,8 +125,7 @@ def test_a_datamodule_transfer_hook_still_wins_and_ours_warns_nothing(tmp_path):
 
     def fit(datamodule):
         data_connector.warning_cache.clear()  # Lightning warns once per process; start afresh
-        trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                            enable_model_summary=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+        trainer = one_epoch_trainer(tmp_path)
         with warnings.catch_warnings(record=True) as seen:
             quiet_lightning_notes()  # pytest drops filters installed while it imports test modules
             trainer.fit(ClassifierModule(nn.Linear(4, 3)), datamodule=datamodule)
@@ -145,7 +149,6 @@ def test_lightning_still_sees_the_current_hook_name(tmp_path):
     module = Recording(nn.Linear(4, 3))
     assert "_current_fx_name" not in module._parameters and "_current_fx_name" not in module._modules
     data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,))), batch_size=8)
-    L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-              enable_progress_bar=False, default_root_dir=str(tmp_path)).fit(module, train_dataloaders=data)
+    one_epoch_trainer(tmp_path).fit(module, train_dataloaders=data)
     assert Recording.seen == ["training_step", "training_step"]
     assert module._current_fx_name is None  # Lightning resets it after the hooks
