@@ -53,18 +53,3 @@ def unpack(batch: Any, input_key: Optional[str] = None, target_key: Optional[str
             return Batch(x=batch[0], y=batch[1], index=batch[2] if len(batch) == 3 else None)
         raise ValueError(f"tuple batches must be (x, y) or (x, y, index); got {len(batch)} elements — use a dict batch")
     return Batch(x=batch)
-
-
-def move_flat_batch(batch: Any, device: Any) -> Optional[Any]:
-    """``batch`` on ``device`` when it is a plain dict, tuple or list of tensors (what our loaders yield),
-    else None. Lightning's generic walk checks every element against dataclasses and abstract collection
-    types at every step, a visible cost next to a small model; this does one ``.to`` per tensor."""
-    kind = type(batch)
-    values = batch.values() if kind is dict else batch if kind in (tuple, list) else None
-    if values is None or not all(type(v) is Tensor for v in values):
-        return None
-    # As Lightning does: non-blocking copies except to the CPU and MPS, where they are not safe.
-    kw = {} if getattr(device, "type", str(device)) in ("cpu", "mps") else {"non_blocking": True}
-    if kind is dict:
-        return {k: v.to(device, **kw) for k, v in batch.items()}
-    return kind(v.to(device, **kw) for v in batch)

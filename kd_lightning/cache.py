@@ -28,7 +28,7 @@ Storage options and their exact reconstruction (see :func:`reconstruct_topk`):
   ``C - k`` classes, so the reconstructed logits are ``z'_i = log p_i`` for the top-k classes and
   ``z'_j = log(r / (C - k))`` for the rest: ``softmax(z')`` reproduces the top-k probabilities exactly
   and gives every other class ``r / (C - k)``. The logits differ from the teacher's by a per-row
-  constant on the top-k classes (softmax-invariant), so objectives that compare raw logits
+  constant on the top-k classes (softmax-invariant), so losses that compare raw logits
   (``LogitMSE``) must not use top-k storage, and at a temperature T != 1 the tail is an approximation
   (the KD loss error is then bounded by how much mass lies outside the top-k; see the tests).
 

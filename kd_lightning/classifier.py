@@ -10,7 +10,7 @@ from .module import DistillationModule
 
 
 class ClassifierModule(DistillationModule):
-    """A plain classifier: ``DistillationModule`` with no teacher and a cross-entropy objective.
+    """A plain classifier: ``DistillationModule`` with no teacher and a cross-entropy loss.
 
     Its checkpoints store the network under ``student.``, which :func:`kd_lightning.teacher.load_teacher`
     reads back when the trained classifier becomes a teacher.

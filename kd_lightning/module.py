@@ -1,36 +1,24 @@
 """DistillationModule: a drop-in LightningModule that distills a frozen teacher into a student."""
 from __future__ import annotations
 
-import warnings
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 
-from .batch import Batch, move_flat_batch, unpack
-from .losses.base import DistillInputs, Objective
-from .step_log import SyncFreeMean, TrainTermsWindow
+from .batch import Batch, unpack
+from .losses.base import DistillInputs, Loss
+from .callbacks import FiniteLossCheck, TrainTermLogger
 from .taps import FeatureTaps
 from .teacher import FrozenTeacher, TeacherEnsemble, TeacherSource, build_teacher
 
 TEACHER_PREFIX = "teacher."
 
 
-def quiet_lightning_notes() -> None:
-    """Silence Lightning's notes about what this module does on purpose (installed at import)."""
-    # The frozen teacher is in eval mode on purpose; Lightning would warn about it at every fit.
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-    # Our transfer_batch_to_device is only a fast path (a DataModule that defines its own still wins),
-    # so notes that the LightningModule overrides it would puzzle a user who never wrote one.
-    warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device` in (both )?`LightningModule`.*")
 
-
-quiet_lightning_notes()
-
-
-def _default_objective(has_teacher: bool) -> Objective:
+def _default_objective(has_teacher: bool) -> Loss:
     if has_teacher:
         from .losses import KD
 
@@ -40,14 +28,14 @@ def _default_objective(has_teacher: bool) -> Objective:
     return CE()
 
 
-class DistillationModule(TrainTermsWindow, L.LightningModule):
+class DistillationModule(L.LightningModule):
     """Train ``student`` against a frozen ``teacher`` with a distillation ``loss``.
 
     Args:
         student: any ``nn.Module`` returning logits ``[batch, classes]``.
         teacher: an ``nn.Module``, a list of them (an ensemble), a checkpoint path (with
             ``teacher_architecture``), or None (labels-only training, or teacher logits in the batch).
-        loss: an :class:`~kd_lightning.losses.Objective`; default ``KD()`` with a teacher, ``CE()`` without.
+        loss: an :class:`~kd_lightning.losses.Loss`; default ``KD()`` with a teacher, ``CE()`` without.
         optimizer: a callable ``params -> Optimizer`` such as ``functools.partial(torch.optim.SGD, lr=0.05)``.
         scheduler: optional callable ``optimizer -> LRScheduler``; stepped every ``scheduler_interval``.
         input_key / target_key: keys of dict batches (common names are found without them).
@@ -65,14 +53,22 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
         channels_last: use the channels-last memory format for the networks and for 4-D inputs.
 
     Training terms are logged as ``train/<term>`` every ``log_every_n_steps`` steps (and at the end of
-    each epoch) as the mean over the steps since the last log, so no step waits for the device.
+    each epoch) as the mean over the steps since the last log, so no step waits for the device
+    (:class:`~kd_lightning.callbacks.TrainTermLogger` and
+    :class:`~kd_lightning.callbacks.FiniteLossCheck`, added through ``configure_callbacks``).
+
+    Example::
+
+        module = DistillationModule(student, teacher, loss=KD(temperature=4.0, ce_weight=0.1, kd_weight=0.9),
+                                    optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+        lightning.Trainer(max_epochs=240).fit(module, datamodule=my_datamodule)
     """
 
     def __init__(
         self,
         student: nn.Module,
         teacher: Optional[TeacherSource] = None,
-        loss: Optional[Objective] = None,
+        loss: Optional[Loss] = None,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
         input_key: Optional[str] = None,
@@ -91,7 +87,7 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
         channels_last: bool = False,
     ):
         super().__init__()
-        # Networks, objectives and factories are not hyperparameters: never pickle them into hparams.
+        # Networks, losses and factories are not hyperparameters: never pickle them into hparams.
         self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "teacher_architecture",
                                           "batch_transform", "model"])
         if finite_check_interval is not None and int(finite_check_interval) < 1:
@@ -110,25 +106,21 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
         self.save_teacher = save_teacher
         self.batch_transform = batch_transform
         self._speedups_done = False
-        self._reset_windows()
         self._shapes_checked = False
+        # The latest training step's terms and batch size, for the step callbacks.
+        self.train_terms: Dict[str, Tensor] = {}
+        self.train_batch_size: Optional[int] = None
         self._taps: Optional[tuple] = None
+        # nan_strategy="disable": no per-update NaN test, whose .any() would wait for the device every step
+        # (a NaN then shows in the result instead).
         for stage in ("val", "test"):
             for name in ("acc", "acc_top5", "teacher_acc", "agreement", "loss"):
-                setattr(self, f"_{stage}_{name}", SyncFreeMean())
+                setattr(self, f"_{stage}_{name}", MeanMetric(nan_strategy="disable"))
         self.val_acc_best = MaxMetric()
         # Validation accuracy after each epoch (the run report plots it).
         self.val_history: list = []
 
     # ----------------------------------------------------------------------------------- forward
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets _current_fx_name (a str or None) around every hook, ~45 times a step; nn.Module's
-        # __setattr__ checks parameters, submodules and buffers each time, a few percent of a small model's step.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
 
@@ -137,7 +129,7 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
         if self._taps is None:
             s_paths, t_paths = self.loss.student_taps, self.loss.teacher_taps
             if t_paths and self.teacher is None:
-                raise ValueError("the objective needs teacher features but there is no teacher network")
+                raise ValueError("the loss needs teacher features but there is no teacher network")
             self._taps = (
                 FeatureTaps(self.student, s_paths, "student") if s_paths else None,
                 FeatureTaps(self.teacher.net, t_paths, "teacher") if t_paths else None,
@@ -166,12 +158,12 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
     def _example_batch(self) -> Any:
         if self.example_input_array is not None:
             return self.example_input_array
-        trainer = self._trainer
-        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
-        if dm is not None:
-            return next(iter(dm.train_dataloader()))
-        try:  # fit(module, train_dataloaders=...): the loader Lightning was given
-            return next(iter(trainer.fit_loop._data_source.dataloader()))
+        trainer = self.trainer
+        if trainer.datamodule is not None:
+            return next(iter(trainer.datamodule.train_dataloader()))
+        try:  # fit(module, train_dataloaders=...): let the fit loop load its data now (it does so only once)
+            trainer.fit_loop.setup_data()
+            return next(iter(trainer.train_dataloader))
         except Exception:
             raise ValueError(
                 f"{type(self.loss).__name__} builds adapters from the feature shapes and needs one example "
@@ -201,10 +193,6 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
             if taps is not None:
                 taps.remove()
         self._taps = None
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        moved = move_flat_batch(batch, device)
-        return moved if moved is not None else super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _run(self, batch: Any, stage: str) -> tuple:
         b: Batch = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key)
@@ -271,8 +259,18 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
     # -------------------------------------------------------------------------------- the steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         b, _, _, terms = self._run(batch, "train")
-        self._record_train_terms(terms, batch_idx, b.x.shape[0] if isinstance(b.x, Tensor) else None)
+        # What the step callbacks read (TrainTermLogger, FiniteLossCheck): detached, still on the device.
+        self.train_terms = {name: value.detach() for name, value in terms.items()}
+        self.train_batch_size = b.x.shape[0] if isinstance(b.x, Tensor) else None
         return terms["loss"]
+
+    def configure_callbacks(self) -> List[L.Callback]:
+        callbacks: List[L.Callback] = [TrainTermLogger()]
+        if self.hparams.check_finite:
+            callbacks.append(FiniteLossCheck(self.hparams.finite_check_interval))
+        # Lightning asks again at test time: keep the ones a Trainer already holds (its own or ours).
+        held = tuple(type(c) for c in self.trainer.callbacks)
+        return [c for c in callbacks if not isinstance(c, held)]
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         b, s_logits, t_logits, terms = self._run(batch, stage)
@@ -329,7 +327,7 @@ class DistillationModule(TrainTermsWindow, L.LightningModule):
 
     # ------------------------------------------------------------------------------ optimization
     def trainable_parameters(self):
-        """The student's and the objective's own parameters — never the teacher's."""
+        """The student's and the loss's own parameters — never the teacher's."""
         params = [p for p in self.student.parameters() if p.requires_grad]
         params += [p for p in self.loss.parameters() if p.requires_grad]
         return params

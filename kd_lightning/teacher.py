@@ -63,7 +63,7 @@ class TeacherEnsemble(nn.Module):
 
     ``mode="probs"`` averages ``softmax(z_k / T)`` (weighted) and returns ``T * log(p_avg)``, which are
     logits whose softmax at temperature ``T`` is exactly the averaged distribution; ``T`` is the
-    distillation temperature (set by :class:`~kd_lightning.DistillationModule` from its objective).
+    distillation temperature (set by :class:`~kd_lightning.DistillationModule` from its loss).
     ``mode="logits"`` returns the weighted mean of the raw logits.
     """
 

@@ -6,7 +6,7 @@ For two teacher/student pairs it times one training step of
   (a) student      the student alone (ClassifierModule, labels only) through Lightning
   (b) online       online KD: DistillationModule with the frozen teacher, through Lightning
   (c) cached       offline KD: DistillationModule(teacher=None) on stored teacher logits (kd_lightning.cache)
-  (d) plain        the same online KD as a hand-written PyTorch loop (same loader, objective, optimizer)
+  (d) plain        the same online KD as a hand-written PyTorch loop (same loader, loss, optimizer)
   (s) plain_student  the student alone (CE) as a hand-written loop
   (c) plain_cached   offline KD as a hand-written loop on the same stored teacher logits
                    (s) and (c) give the two target ratios with no framework at all, i.e. what this
@@ -90,7 +90,7 @@ class Pair:
     teacher: nn.Module
     make_student: Callable[[], nn.Module]
     datamodule: L.LightningDataModule
-    objective: Callable[[], Any]
+    loss: Callable[[], Any]
     optimizer: Callable[..., torch.optim.Optimizer]
     steps: int
     warmup: int
@@ -123,7 +123,7 @@ def isolate_rich_consoles() -> None:
 def app_config():
     from hydra import compose, initialize_config_dir
 
-    from kd_lightning.confdir import CONFIG_DIR
+    from kd_lightning.app.confdir import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("train")
@@ -134,7 +134,7 @@ def mnist1d_pair(args, cache_dir: str) -> Pair:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from kd_lightning.pipeline import build_objective
+    from kd_lightning.app.build import build_loss
 
     cfg = app_config()
     data_cfg = OmegaConf.to_container(cfg.data, resolve=False)
@@ -159,7 +159,7 @@ def mnist1d_pair(args, cache_dir: str) -> Pair:
         return out
     return Pair(
         name="mnist1d", teacher=teacher, make_student=lambda: instantiate(cfg.student.net), datamodule=dm,
-        objective=lambda: build_objective(cfg.distill), optimizer=instantiate(cfg.optim.optimizer),
+        loss=lambda: build_loss(cfg.distill), optimizer=instantiate(cfg.optim.optimizer),
         steps=args.steps, warmup=args.warmup, reps=args.reps, chunk=args.chunk, trainer_kwargs=trainer_kwargs, callbacks=callbacks,
         description=(f"MNIST-1D default job: {cfg.teacher.net.channels}-channel CNN1D -> "
                      f"{cfg.student.net.channels}-channel CNN1D, batch {cfg.data.batch_size}{extra}, "
@@ -211,7 +211,7 @@ def cifar_pair(args) -> Pair:
     torch.manual_seed(0)
     return Pair(
         name="cifar", teacher=make_t(), make_student=make_s, datamodule=dm,
-        objective=lambda: KD(temperature=4.0, ce_weight=0.1, kd_weight=0.9),
+        loss=lambda: KD(temperature=4.0, ce_weight=0.1, kd_weight=0.9),
         optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4),
         steps=args.cifar_steps, warmup=args.cifar_warmup, reps=args.cifar_reps, chunk=1,
         trainer_kwargs={"precision": "32-true", "log_every_n_steps": 20, "enable_progress_bar": True},
@@ -323,9 +323,9 @@ def lightning_run(pair: Pair, config: str, steps: int, ticker: Optional[Ticker],
         module, dm = ClassifierModule(student, **kw), pair.datamodule
     elif config == "online":
         teacher = copy.deepcopy(pair.teacher)
-        module, dm = DistillationModule(student, teacher, loss=pair.objective(), **kw), pair.datamodule
+        module, dm = DistillationModule(student, teacher, loss=pair.loss(), **kw), pair.datamodule
     else:
-        module, dm = DistillationModule(student, None, loss=pair.objective(), **kw), cached_dm
+        module, dm = DistillationModule(student, None, loss=pair.loss(), **kw), cached_dm
     from lightning.pytorch.loggers import CSVLogger
 
     trainer = L.Trainer(
@@ -358,8 +358,8 @@ def plain_run(pair: Pair, steps: int, ticker: Optional[Ticker], device: torch.de
     teacher = copy.deepcopy(pair.teacher).to(device).eval() if mode == "online" else None
     for p in teacher.parameters() if teacher is not None else ():
         p.requires_grad_(False)
-    objective = (CE() if mode == "student" else pair.objective()).to(device)
-    opt = pair.optimizer(list(student.parameters()) + list(objective.parameters()))
+    loss = (CE() if mode == "student" else pair.loss()).to(device)
+    opt = pair.optimizer(list(student.parameters()) + list(loss.parameters()))
     data = batches_on(pair, device, cached_dm if mode == "cached" else None)
     for _ in range(steps + 1):
         _tick(ticker)
@@ -368,7 +368,7 @@ def plain_run(pair: Pair, steps: int, ticker: Optional[Ticker], device: torch.de
             with torch.no_grad():
                 t_logits = teacher(x)
         s_logits = student(x)
-        terms = objective(DistillInputs(student_logits=s_logits, teacher_logits=t_logits, target=y, labeled=labeled))
+        terms = loss(DistillInputs(student_logits=s_logits, teacher_logits=t_logits, target=y, labeled=labeled))
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
@@ -388,7 +388,7 @@ def teacher_fwd_run(pair: Pair, steps: int, ticker: Optional[Ticker], device: to
 
 
 def loss_delta_ms(pair: Pair, device: torch.device, clock: Clock, n: int = 300) -> float:
-    """Forward + backward of the KD objective minus those of plain CE, on one batch's logits: the part of
+    """Forward + backward of the KD loss minus those of plain CE, on one batch's logits: the part of
     (online - student - teacher_fwd) that is arithmetic of the loss, not framework."""
     from kd_lightning.losses import CE
 
@@ -397,7 +397,7 @@ def loss_delta_ms(pair: Pair, device: torch.device, clock: Clock, n: int = 300) 
     with torch.no_grad():
         s0, t = pair.make_student().to(device)(x), copy.deepcopy(pair.teacher).to(device).eval()(x)
     best = {}
-    for name, obj in (("kd", pair.objective().to(device)), ("ce", CE().to(device))):
+    for name, obj in (("kd", pair.loss().to(device)), ("ce", CE().to(device))):
         times = []
         for _ in range(5):
             t0 = clock.now()

@@ -12,8 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from kd_lightning.confdir import CONFIG_DIR
-from kd_lightning.pipeline import ConfigError, run
+from kd_lightning.app.confdir import CONFIG_DIR
+from kd_lightning.app.errors import ConfigError
+from kd_lightning.app.pipeline import run
 
 GROUPS = ["data", "teacher", "student", "distill", "optim", "trainer", "callbacks", "logger", "experiment",
           "hparams_search", "debug"]

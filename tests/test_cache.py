@@ -390,8 +390,10 @@ def test_app_teacher_cache_rejects_feature_objectives_and_topk_logit_mse(tmp_pat
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from kd_lightning.confdir import CONFIG_DIR
-    from kd_lightning.pipeline import ConfigError, build_objective, teacher_cache_datamodule
+    from kd_lightning.app.confdir import CONFIG_DIR
+    from kd_lightning.app.build import build_loss
+    from kd_lightning.app.errors import ConfigError
+    from kd_lightning.app.pipeline import teacher_cache_datamodule
 
     def cfg_for(*overrides):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -402,14 +404,14 @@ def test_app_teacher_cache_rejects_feature_objectives_and_topk_logit_mse(tmp_pat
 
     off = cfg_for()
     assert off.distill.teacher_cache is False
-    assert teacher_cache_datamodule(off, make_teacher(), build_objective(off.distill), Arrays()) is None
+    assert teacher_cache_datamodule(off, make_teacher(), build_loss(off.distill), Arrays()) is None
     fit = cfg_for("distill=fitnet", "distill.teacher_cache=true")
     with pytest.raises(ConfigError, match="teacher features"):
-        teacher_cache_datamodule(fit, make_teacher(), build_objective(fit.distill), Arrays())
+        teacher_cache_datamodule(fit, make_teacher(), build_loss(fit.distill), Arrays())
     mse = cfg_for("distill=logit_mse", "distill.teacher_cache=true", "distill.teacher_cache_top_k=3")
     with pytest.raises(ConfigError, match="raw teacher logits"):
-        teacher_cache_datamodule(mse, make_teacher(), build_objective(mse.distill), Arrays())
+        teacher_cache_datamodule(mse, make_teacher(), build_loss(mse.distill), Arrays())
     kd = cfg_for("distill.teacher_cache=true")
-    dm = teacher_cache_datamodule(kd, make_teacher(), build_objective(kd.distill), Arrays())
+    dm = teacher_cache_datamodule(kd, make_teacher(), build_loss(kd.distill), Arrays())
     assert isinstance(dm, CachedTeacherDataModule)
     assert all(str(c.directory).startswith(str(tmp_path / "teacher_outputs")) for c in dm.caches.values())

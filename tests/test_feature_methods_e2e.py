@@ -132,7 +132,7 @@ def test_methods_composed_with_kd_train(group):
             continue
         assert not objective.needs_build and len(objective.adapters) == len(objective.pairs)
         changed = [k for k, v in objective.state_dict().items() if k.startswith("adapters")
-                   and v.is_floating_point() and not torch.equal(rec.start[f"objectives.{i}.{k}"], v)]
+                   and v.is_floating_point() and not torch.equal(rec.start[f"losses.{i}.{k}"], v)]
         assert changed, f"the {name} adapter parameters were not trained"
         assert all(id(p) in trainable for p in objective.adapters.parameters())
 
@@ -236,7 +236,7 @@ def test_crd_end_to_end_with_indexed_dataset():
     assert int(changed_rows.sum()) == N_TRAIN  # one epoch touched every sample's row
     norms = crd.memory_student[changed_rows].norm(dim=1)
     torch.testing.assert_close(norms, torch.ones_like(norms))
-    assert any(not torch.equal(rec.start["objectives.1." + k], v)
+    assert any(not torch.equal(rec.start["losses.1." + k], v)
                for k, v in crd.state_dict().items() if k.startswith("adapters"))
 
 

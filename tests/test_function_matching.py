@@ -224,8 +224,8 @@ def test_app_gives_the_transfer_set_to_the_student_stage_only(tmp_path, monkeypa
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from kd_lightning import pipeline
-    from kd_lightning.confdir import CONFIG_DIR
+    from kd_lightning.app import pipeline
+    from kd_lightning.app.confdir import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[
@@ -239,10 +239,10 @@ def test_app_gives_the_transfer_set_to_the_student_stage_only(tmp_path, monkeypa
     stages = {}
     real = pipeline.fit_and_test
 
-    def spy(cfg, stage, module, datamodule, net, *a, **kw):
+    def spy(stage, trainer, module, datamodule, net, *a, **kw):
         batch = next(iter(datamodule.train_dataloader()))
         stages[stage] = (type(datamodule).__name__, len(datamodule.train_dataloader().dataset), module, batch)
-        return real(cfg, stage, module, datamodule, net, *a, **kw)
+        return real(stage, trainer, module, datamodule, net, *a, **kw)
 
     monkeypatch.setattr(pipeline, "fit_and_test", spy)
     pipeline.run(cfg)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from kd_lightning import ClassifierModule, DistillationModule
-from kd_lightning.losses import CE, KD, DistillInputs, Objective
+from kd_lightning.losses import CE, KD, DistillInputs, Loss
 from kd_lightning.losses import functional as KF
 from kd_lightning.teacher import FrozenTeacher, TeacherEnsemble
 
@@ -73,7 +73,7 @@ class ExplodingTeacher(nn.Module):
         raise AssertionError("the teacher network ran although the batch carried teacher logits")
 
 
-class AdaptedKD(Objective):
+class AdaptedKD(Loss):
     """KD through a trainable adapter on the student logits: an objective that owns parameters."""
 
     def __init__(self, temperature: float = 4.0, num_classes: int = NUM_CLASSES):
@@ -87,7 +87,7 @@ class AdaptedKD(Objective):
         return {"loss": 0.5 * ce + kd, "ce": ce, "kd": kd}
 
 
-class ShapeBlind(Objective):
+class ShapeBlind(Loss):
     """Uses the teacher logits without looking at their class dimension (only the module can catch a mismatch)."""
 
     def forward(self, inputs: DistillInputs) -> Dict[str, Tensor]:
@@ -704,7 +704,7 @@ def test_nan_input_names_the_ce_term(tmp_path, data):
 def test_nan_only_in_weighted_loss_names_loss(tmp_path, data):
     x, y = data
 
-    class BadTotal(Objective):
+    class BadTotal(Loss):
         needs_teacher = False
 
         def forward(self, inputs):

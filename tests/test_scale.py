@@ -16,8 +16,9 @@ from omegaconf import OmegaConf, open_dict
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from kd_lightning.callbacks import FiniteLossCheck, TrainTermLogger
 from kd_lightning import DistillationModule
-from kd_lightning.confdir import CONFIG_DIR
+from kd_lightning.app.confdir import CONFIG_DIR
 from kd_lightning.losses import KD
 
 D, C = 8, 4
@@ -64,23 +65,28 @@ def test_ordinary_training_steps_never_wait_for_the_device(tmp_path, monkeypatch
 
         monkeypatch.setattr(torch.Tensor, name, counting)
 
-    class Counting(DistillationModule):
-        def training_step(self, batch, batch_idx):
-            state["step"] = self.global_step
+    def counted(fn, step_of):
+        def wrapper(*args, **kw):
+            state["step"] = step_of(*args)
             try:
-                return super().training_step(batch, batch_idx)
+                return fn(*args, **kw)
             finally:
                 state["step"] = None
+        return wrapper
 
-        def validation_step(self, batch, batch_idx):
-            state["step"] = -1
-            try:
-                return super().validation_step(batch, batch_idx)
-            finally:
-                state["step"] = None
+    # Our code in each step: the module's step functions and the two step callbacks (Lightning's own
+    # bookkeeping is not ours to count).
+    monkeypatch.setattr(DistillationModule, "training_step",
+                        counted(DistillationModule.training_step, lambda self, *a: self.global_step))
+    monkeypatch.setattr(DistillationModule, "validation_step",
+                        counted(DistillationModule.validation_step, lambda *a: -1))
+    monkeypatch.setattr(TrainTermLogger, "on_train_batch_end",
+                        counted(TrainTermLogger.on_train_batch_end, lambda self, trainer, *a: trainer.global_step - 1))
+    monkeypatch.setattr(FiniteLossCheck, "on_before_backward",
+                        counted(FiniteLossCheck.on_before_backward, lambda self, trainer, *a: trainer.global_step))
 
     teacher, student = nets()
-    module = Counting(student, teacher, loss=KD(), finite_check_interval=4)
+    module = DistillationModule(student, teacher, loss=KD(), finite_check_interval=4)
     x, y = data(64)
     make_trainer(tmp_path, max_steps=-1, max_epochs=1, log_every_n_steps=4, limit_val_batches=2).fit(
         module, DataLoader(TensorDataset(x, y), batch_size=4), DataLoader(TensorDataset(x, y), batch_size=8))
@@ -190,17 +196,23 @@ def test_compile_flag_keeps_checkpoint_keys_clean(tmp_path):
                                    if k.startswith("student.")})
 
 
-def test_app_passes_compile_and_channels_last(tmp_path):
-    from kd_lightning.pipeline import _module_kwargs
+def test_module_node_sets_every_constructor_argument():
+    """conf/module maps onto DistillationModule: each argument a user may want is a key, and it arrives."""
+    import inspect
 
-    cfg = compose_cfg()
-    kw = _module_kwargs(cfg)
-    assert kw["compile"] is False and kw["channels_last"] is False
-    with open_dict(cfg):
-        cfg.compile = True
-        cfg.channels_last = True
-    kw = _module_kwargs(cfg)
-    assert kw["compile"] is True and kw["channels_last"] is True
+    from kd_lightning import DistillationModule
+    from kd_lightning.app.build import build_module_factory
+
+    built_by_app = {"student", "teacher", "loss", "batch_transform", "teacher_architecture"}
+    cfg = compose_cfg("module.compile=true", "module.channels_last=true", "module.save_teacher=true",
+                      "module.ensemble_mode=logits", "module.check_finite=false", "module.input_key=signal")
+    params = set(inspect.signature(DistillationModule.__init__).parameters) - {"self"}
+    assert params - built_by_app == set(cfg.module) - {"_target_", "_partial_"}
+    module = build_module_factory(cfg.module)(student=nets()[1], teacher=nets()[0], loss=KD())
+    assert module.hparams.compile and module.hparams.channels_last and module.save_teacher
+    assert module.hparams.ensemble_mode == "logits" and not module.hparams.check_finite
+    assert module.hparams.input_key == "signal"
+    assert module.optimizer_factory.func is torch.optim.Adam and module.optimizer_factory.keywords["lr"] == 0.01
 
 
 # ---------------------------------------------------------------------------------- multi-node
@@ -228,7 +240,7 @@ def test_ddp_sim_matches_a_single_process(tmp_path):
     The digits MLPs converge in a few hundred steps, so the comparison is made where the two runs'
     different shuffling orders no longer matter (on an unconverged curve they can differ by more).
     """
-    from kd_lightning.pipeline import run
+    from kd_lightning.app.pipeline import run
 
     common = ["data=digits", "teacher=mlp_digits_large", "student=mlp_digits", "trainer.max_epochs=15",
               "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",

@@ -137,7 +137,7 @@ def test_cifar_experiment_runs_through_kd_train(compose_train, tmp_path, monkeyp
     import torchvision.datasets.cifar as tv_cifar
     from omegaconf import open_dict
 
-    from kd_lightning.pipeline import run
+    from kd_lightning.app.pipeline import run
     from test_vision_data import write_cifar100
 
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: _os.path.isfile(fpath))

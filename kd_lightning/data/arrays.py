@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
 class IndexedTensorDataset(Dataset):
-    """(x, y, index) triples over tensors, for objectives that key a memory bank by sample index."""
+    """(x, y, index) triples over tensors, for losses that key a memory bank by sample index."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y

@@ -1,6 +1,6 @@
 """IndexedDataset: make any map-style dataset also return each sample's index.
 
-Objectives that keep per-sample state (CRD's memory banks, teacher-logit caches) need to know which
+Losses that keep per-sample state (CRD's memory banks, teacher-logit caches) need to know which
 samples a batch holds. ``IndexedDataset(ds)[i]`` is ``(x, y, i)`` for a dataset of ``(x, y)`` pairs and
 ``{**item, "index": i}`` for a dataset of dicts; :func:`kd_lightning.batch.unpack` turns the third
 element (or the ``"index"`` key) into ``DistillInputs.index``.

@@ -4,7 +4,7 @@
 data. Training items become dicts ``{"input", "target", "labeled", "index"}``: labeled samples keep their
 target and ``labeled=True``; transfer samples get ``target=-1`` and ``labeled=False``. Shuffling mixes the
 two, so batches carry both kinds in proportion to their sizes (an epoch covers both; scale
-``max_epochs`` or the batch size if you want the labeled budget unchanged). Objectives honour
+``max_epochs`` or the batch size if you want the labeled budget unchanged). Losses honour
 ``DistillInputs.labeled``: CE skips unlabeled samples, the KD term uses all of them.
 
 The wrapped data module keeps serving its labeled data only, so teachers and labels-only baselines that

@@ -1,5 +1,5 @@
-"""Distillation objectives: ``nn.Module`` wrappers over :mod:`kd_lightning.losses.functional`."""
-from .base import Compose, DistillInputs, Objective, resolve_pairs
+"""Distillation losses: ``nn.Module`` wrappers over :mod:`kd_lightning.losses.functional`."""
+from .base import Compose, DistillInputs, Loss, resolve_pairs
 from .ce import CE
 from .kd import KD
 from .dkd import DKD

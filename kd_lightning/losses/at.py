@@ -1,4 +1,4 @@
-"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017) as an objective."""
+"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017) as a loss."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -6,11 +6,11 @@ from typing import Dict, Optional, Sequence
 from torch import Tensor
 
 from .base import DistillInputs
-from .feature_base import FeatureObjective
+from .feature_base import FeatureLoss
 from .functional.feature import at_loss
 
 
-class AT(FeatureObjective):
+class AT(FeatureLoss):
     """Attention transfer summed over layer pairs: ``{"loss": weight · at, "at": at}``.
 
     ``at = Σ_pairs at_loss(f_s, f_t, p, mode)`` (see :func:`~kd_lightning.losses.functional.at_loss`);

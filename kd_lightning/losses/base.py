@@ -1,6 +1,6 @@
-"""The contract every distillation objective follows.
+"""The contract every distillation loss follows.
 
-An objective is an ``nn.Module`` that receives one :class:`DistillInputs` per step and returns a
+A loss is an ``nn.Module`` that receives one :class:`DistillInputs` per step and returns a
 dict of named scalar terms whose ``"loss"`` entry is the weighted total that gets back-propagated.
 It declares the features it needs through ``student_taps`` / ``teacher_taps`` (module paths, see
 :mod:`kd_lightning.taps`) and owns any trainable adapters, so the module's optimizer picks them up.
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 @dataclass
 class DistillInputs:
-    """Everything an objective may look at for one batch."""
+    """Everything a loss may look at for one batch."""
 
     student_logits: Tensor
     teacher_logits: Optional[Tensor] = None
@@ -54,27 +54,27 @@ def check_weights(**weights: float) -> Dict[str, float]:
     return out
 
 
-class Objective(nn.Module):
+class Loss(nn.Module):
     """Base class: subclasses implement :meth:`forward` returning ``{"loss": total, term: value, ...}``.
 
-    ``needs_teacher`` is False for labels-only objectives (the module then runs no teacher);
+    ``needs_teacher`` is False for labels-only losses (the module then runs no teacher);
     ``needs_target`` says whether hard labels are used (transfer sets skip the CE part).
     Terms other than ``"loss"`` are logged unweighted under ``train/<name>``.
     """
 
     needs_teacher: bool = True
     needs_target: bool = True
-    # True when the objective reads ``inputs.index`` (a memory bank): the data must yield sample indices.
+    # True when the loss reads ``inputs.index`` (a memory bank): the data must yield sample indices.
     needs_index: bool = False
 
     @property
     def student_taps(self) -> List[str]:
-        """Student module paths whose outputs this objective reads from ``student_features``."""
+        """Student module paths whose outputs this loss reads from ``student_features``."""
         return []
 
     @property
     def teacher_taps(self) -> List[str]:
-        """Teacher module paths whose outputs this objective reads from ``teacher_features``."""
+        """Teacher module paths whose outputs this loss reads from ``teacher_features``."""
         return []
 
     @property
@@ -93,47 +93,47 @@ class Objective(nn.Module):
         raise NotImplementedError
 
 
-class Compose(Objective):
-    """Sum of several objectives; each keeps its own weights and its term names.
+class Compose(Loss):
+    """Sum of several losses; each keeps its own weights and its term names.
 
     ``Compose([KD(...), AT(...)])`` logs ``ce``, ``kd``, ``at`` and back-propagates their weighted sum.
-    Two objectives producing the same term name is an error, because the log would be ambiguous.
+    Two losses producing the same term name is an error, because the log would be ambiguous.
     """
 
-    def __init__(self, objectives: Sequence[Objective]):
+    def __init__(self, losses: Sequence[Loss]):
         super().__init__()
-        if not objectives:
-            raise ValueError("Compose needs at least one objective")
-        self.objectives = nn.ModuleList(objectives)
+        if not losses:
+            raise ValueError("Compose needs at least one loss")
+        self.losses = nn.ModuleList(losses)
 
     @property
     def needs_teacher(self) -> bool:  # type: ignore[override]
-        return any(o.needs_teacher for o in self.objectives)
+        return any(o.needs_teacher for o in self.losses)
 
     @property
     def needs_index(self) -> bool:  # type: ignore[override]
-        return any(getattr(o, "needs_index", False) for o in self.objectives)
+        return any(getattr(o, "needs_index", False) for o in self.losses)
 
     @property
     def student_taps(self) -> List[str]:
-        return _unique(p for o in self.objectives for p in o.student_taps)
+        return _unique(p for o in self.losses for p in o.student_taps)
 
     @property
     def teacher_taps(self) -> List[str]:
-        return _unique(p for o in self.objectives for p in o.teacher_taps)
+        return _unique(p for o in self.losses for p in o.teacher_taps)
 
     @property
     def needs_build(self) -> bool:  # type: ignore[override]
-        return any(o.needs_build for o in self.objectives)
+        return any(o.needs_build for o in self.losses)
 
     def build(self, inputs: DistillInputs) -> None:
-        for o in self.objectives:
+        for o in self.losses:
             if o.needs_build:
                 o.build(inputs)
 
     @property
     def temperature(self) -> Optional[float]:
-        for o in self.objectives:
+        for o in self.losses:
             if getattr(o, "temperature", None) is not None:
                 return o.temperature
         return None
@@ -141,14 +141,14 @@ class Compose(Objective):
     def forward(self, inputs: DistillInputs) -> Dict[str, Tensor]:
         total: Optional[Tensor] = None
         terms: Dict[str, Tensor] = {}
-        for o in self.objectives:
+        for o in self.losses:
             out = o(inputs)
             total = out["loss"] if total is None else total + out["loss"]
             for name, value in out.items():
                 if name == "loss":
                     continue
                 if name in terms:
-                    raise ValueError(f"two objectives both report a term named {name!r}; give one of them another name")
+                    raise ValueError(f"two losses both report a term named {name!r}; give one of them another name")
                 terms[name] = value
         terms["loss"] = total  # type: ignore[assignment]
         return terms

@@ -1,4 +1,4 @@
-"""Correlation congruence (Peng et al., ICCV 2019) as an objective."""
+"""Correlation congruence (Peng et al., ICCV 2019) as a loss."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -6,11 +6,11 @@ from typing import Dict, Optional, Sequence
 from torch import Tensor
 
 from .base import DistillInputs
-from .feature_base import FeatureObjective
+from .feature_base import FeatureLoss
 from .functional.relation import cc_loss
 
 
-class CC(FeatureObjective):
+class CC(FeatureLoss):
     """Correlation congruence on embeddings, summed over pairs: ``{"loss": weight · cc, "cc": cc}``.
 
     ``kernel="gaussian"`` (Taylor-expanded Gaussian RBF, γ=0.4, order 2, the paper's form) or

@@ -1,4 +1,4 @@
-"""Labels-only objective: trains a teacher or a baseline through the same module path."""
+"""Labels-only loss: trains a teacher or a baseline through the same module path."""
 from __future__ import annotations
 
 from typing import Dict
@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import DistillInputs, Objective
+from .base import DistillInputs, Loss
 
 
 IGNORE_INDEX = -100  # the target of samples without a label, inside the loss functions
 
 
-class CE(Objective):
+class CE(Loss):
     """Cross-entropy on hard labels (optionally label-smoothed); runs no teacher."""
 
     needs_teacher = False

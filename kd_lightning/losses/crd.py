@@ -1,4 +1,4 @@
-"""Contrastive representation distillation (Tian et al., ICLR 2020) as an objective."""
+"""Contrastive representation distillation (Tian et al., ICLR 2020) as a loss."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DistillInputs
-from .feature_base import AdapterObjective, Shape
+from .feature_base import AdapterLoss, Shape
 from .functional.relation import crd_nce_loss
 
 
@@ -25,7 +25,7 @@ class CRDHeads(nn.Module):
         return F.normalize(self.student(fs), dim=1), F.normalize(self.teacher(ft), dim=1)
 
 
-class CRD(AdapterObjective):
+class CRD(AdapterLoss):
     """Contrastive representation distillation: ``{"loss": weight · crd, "crd": crd}``.
 
     Student and teacher embeddings (one pair, usually the classifier heads' inputs, flattened) are
@@ -42,7 +42,7 @@ class CRD(AdapterObjective):
     Data: the training set must yield sample indices, ``(x, y, index)`` — wrap it with
     :class:`kd_lightning.data.indexed.IndexedDataset` (or set ``data.return_index=true``);
     ``num_data`` is the size of that training set. The memory banks are updated only in training
-    mode; in validation/test the objective contributes nothing (validation indices would address
+    mode; in validation/test the loss contributes nothing (validation indices would address
     other samples). Under DDP each process keeps its own banks (no synchronisation).
     """
 

@@ -1,16 +1,16 @@
-"""DIST objective: correlation-based distillation (Huang et al., NeurIPS 2022)."""
+"""DIST loss: correlation-based distillation (Huang et al., NeurIPS 2022)."""
 from __future__ import annotations
 
 from typing import Dict
 
 from torch import Tensor
 
-from .base import DistillInputs, Objective, check_temperature, check_weights
+from .base import DistillInputs, Loss, check_temperature, check_weights
 from .functional.response import dist_terms
 from .kd import ce_term, require_teacher_logits, weighted_total
 
 
-class DIST(Objective):
+class DIST(Loss):
     """``ce_weight · CE + kd_weight · (beta · inter + gamma · intra)``; see
     :func:`~kd_lightning.losses.functional.dist_terms`. CIFAR recipe: τ=4, β=γ=1, CE 1 + 2·dist
     (the defaults); ImageNet uses ``temperature=1``.

@@ -1,4 +1,4 @@
-"""Decoupled Knowledge Distillation objective (Zhao et al., CVPR 2022)."""
+"""Decoupled Knowledge Distillation loss (Zhao et al., CVPR 2022)."""
 from __future__ import annotations
 
 import math
@@ -7,12 +7,12 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from .base import DistillInputs, Objective, check_temperature, check_weights
+from .base import DistillInputs, Loss, check_temperature, check_weights
 from .functional.response import dkd_terms
 from .kd import ce_term, require_teacher_logits, weighted_total
 
 
-class DKD(Objective):
+class DKD(Loss):
     """``ce_weight · CE + min(epoch / warmup_epochs, 1) · (alpha · TCKD + beta · NCKD)``.
 
     ``inputs.epoch`` is the 1-based epoch in progress (mdistiller's convention), so with the published

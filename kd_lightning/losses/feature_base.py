@@ -1,11 +1,11 @@
-"""Shared plumbing of the feature- and relation-based objectives.
+"""Shared plumbing of the feature- and relation-based losses.
 
-:class:`FeatureObjective` holds the ``(student_path, teacher_path)`` pairs, declares them as taps and
-fetches the captured tensors. :class:`AdapterObjective` adds trainable adapters that depend on the
-feature shapes: they are created by :meth:`~AdapterObjective.build` from the dry run that
+:class:`FeatureLoss` holds the ``(student_path, teacher_path)`` pairs, declares them as taps and
+fetches the captured tensors. :class:`AdapterLoss` adds trainable adapters that depend on the
+feature shapes: they are created by :meth:`~AdapterLoss.build` from the dry run that
 :class:`~kd_lightning.DistillationModule` performs before the optimizer exists, and the observed shapes
 are stored in the module's extra state, so ``load_state_dict`` (checkpoints, ``load_from_checkpoint``)
-re-creates the adapters of an un-built objective before their weights are loaded.
+re-creates the adapters of an un-built loss before their weights are loaded.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .base import DistillInputs, Objective, check_weights, resolve_pairs
+from .base import DistillInputs, Loss, check_weights, resolve_pairs
 
 Shape = Tuple[int, ...]
 
@@ -22,8 +22,8 @@ _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
-class FeatureObjective(Objective):
-    """An objective over tapped feature pairs with one non-negative ``weight``."""
+class FeatureLoss(Loss):
+    """A loss over tapped feature pairs with one non-negative ``weight``."""
 
     def __init__(self, pairs: Optional[Sequence[Sequence[str]]] = None,
                  student_layers: Optional[Sequence[str] | str] = None,
@@ -46,10 +46,10 @@ class FeatureObjective(Objective):
         for s, t in self.pairs:
             if s not in inputs.student_features:
                 raise KeyError(f"{type(self).__name__}: no student feature {s!r} was captured "
-                               f"(captured: {sorted(inputs.student_features)}); is the objective's student_taps tapped?")
+                               f"(captured: {sorted(inputs.student_features)}); is the loss's student_taps tapped?")
             if t not in inputs.teacher_features:
                 raise KeyError(f"{type(self).__name__}: no teacher feature {t!r} was captured "
-                               f"(captured: {sorted(inputs.teacher_features)}); is the objective's teacher_taps tapped?")
+                               f"(captured: {sorted(inputs.teacher_features)}); is the loss's teacher_taps tapped?")
             out.append((inputs.student_features[s], inputs.teacher_features[t]))
         return out
 
@@ -57,8 +57,8 @@ class FeatureObjective(Objective):
         return f"pairs={self.pairs}, weight={self.weight}"
 
 
-class AdapterObjective(FeatureObjective):
-    """A :class:`FeatureObjective` owning one shape-dependent trainable adapter per pair.
+class AdapterLoss(FeatureLoss):
+    """A :class:`FeatureLoss` owning one shape-dependent trainable adapter per pair.
 
     Subclasses implement :meth:`make_adapter` ``(student_shape, teacher_shape) -> nn.Module`` (shapes
     without the batch dimension) and optionally :meth:`on_built`.
@@ -101,9 +101,9 @@ class AdapterObjective(FeatureObjective):
         if self._shapes is None:
             raise RuntimeError(
                 f"{type(self).__name__} has not built its adapters yet: DistillationModule does it in setup('fit'); "
-                "standalone, call objective.build(inputs) once with an example DistillInputs")
+                "standalone, call loss.build(inputs) once with an example DistillInputs")
 
-    # Checkpoints carry the observed shapes so an un-built objective can re-create its adapters.
+    # Checkpoints carry the observed shapes so an un-built loss can re-create its adapters.
     def get_extra_state(self) -> Dict[str, Any]:
         shapes = None if self._shapes is None else [[list(s), list(t)] for s, t in self._shapes]
         return {"shapes": shapes}

@@ -1,4 +1,4 @@
-"""FitNets hints (Romero et al., ICLR 2015) as an objective with trainable regressors."""
+"""FitNets hints (Romero et al., ICLR 2015) as a loss with trainable regressors."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -6,11 +6,11 @@ from typing import Dict, Optional, Sequence
 from torch import Tensor, nn
 
 from .base import DistillInputs
-from .feature_base import AdapterObjective, Shape, conv_bn, spatial_dims
+from .feature_base import AdapterLoss, Shape, conv_bn, spatial_dims
 from .functional.feature import fitnet_loss
 
 
-class FitNet(AdapterObjective):
+class FitNet(AdapterLoss):
     """Hint loss ``Σ_pairs MSE(r(f_s), f_t)``: ``{"loss": weight · fitnet, "fitnet": fitnet}``.
 
     The regressor ``r`` is built from the observed shapes (:meth:`build`): for maps a

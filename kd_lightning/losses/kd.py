@@ -1,4 +1,4 @@
-"""Hinton-style knowledge distillation objective (and the small helpers the logit objectives share)."""
+"""Hinton-style knowledge distillation loss (and the small helpers the logit losses share)."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -6,12 +6,12 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import DistillInputs, Objective, check_temperature, check_weights
+from .base import DistillInputs, Loss, check_temperature, check_weights
 from .ce import hard_label_ce
 from .functional.response import kd_ce_terms, kd_loss
 
 
-# ------------------------------------------------------------------ shared by the logit objectives
+# ------------------------------------------------------------------ shared by the logit losses
 def require_teacher_logits(inputs: DistillInputs, who: str) -> Tensor:
     if inputs.teacher_logits is None:
         raise ValueError(
@@ -52,7 +52,7 @@ def check_label_smoothing(label_smoothing: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------- KD
-class KD(Objective):
+class KD(Loss):
     """``ce_weight · CE(z_s, y) + kd_weight · kd`` with ``kd`` from :func:`~kd_lightning.losses.functional.kd_loss`
     (Hinton et al. 2015). CIFAR convention: ``temperature=4, ce_weight=0.1, kd_weight=0.9``.
 

@@ -1,16 +1,16 @@
-"""Logit regression objective (Ba & Caruana, 2014)."""
+"""Logit regression loss (Ba & Caruana, 2014)."""
 from __future__ import annotations
 
 from typing import Dict
 
 from torch import Tensor
 
-from .base import DistillInputs, Objective, check_weights
+from .base import DistillInputs, Loss, check_weights
 from .functional.response import logit_mse
 from .kd import ce_term, require_teacher_logits, weighted_total
 
 
-class LogitMSE(Objective):
+class LogitMSE(Loss):
     """``ce_weight · CE + kd_weight · mean((z_s − z_t)²)``: match the teacher's raw logits.
 
     Uses no temperature (``self.temperature`` is None, so a teacher ensemble averages raw logits).

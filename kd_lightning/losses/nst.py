@@ -1,4 +1,4 @@
-"""Neuron selectivity transfer (Huang & Wang, 2017) as an objective."""
+"""Neuron selectivity transfer (Huang & Wang, 2017) as a loss."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -6,11 +6,11 @@ from typing import Dict, Optional, Sequence
 from torch import Tensor
 
 from .base import DistillInputs
-from .feature_base import FeatureObjective
+from .feature_base import FeatureLoss
 from .functional.feature import nst_loss
 
 
-class NST(FeatureObjective):
+class NST(FeatureLoss):
     """Polynomial-kernel MMD between channel activation maps, summed over pairs: ``{"loss", "nst"}``.
 
     Default weight 50 (CIFAR tables), kernel ``(xᵀy + c)^degree`` with degree 2, c 0 (the authors').

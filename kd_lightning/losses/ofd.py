@@ -1,4 +1,4 @@
-"""A Comprehensive Overhaul of Feature Distillation (Heo et al., ICCV 2019) as an objective."""
+"""A Comprehensive Overhaul of Feature Distillation (Heo et al., ICCV 2019) as a loss."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import DistillInputs
-from .feature_base import AdapterObjective, Shape, conv_bn, spatial_dims
+from .feature_base import AdapterLoss, Shape, conv_bn, spatial_dims
 from .functional.feature import ofd_loss, ofd_margin_from_samples
 
 
@@ -41,7 +41,7 @@ class OFDConnector(nn.Module):
         return self.connector(x)
 
 
-class OFD(AdapterObjective):
+class OFD(AdapterLoss):
     """Margin-ReLU teacher transform + partial L2 (:func:`~kd_lightning.losses.functional.ofd_loss`).
 
     Returns ``{"loss": weight · ofd, "ofd": ofd}`` with ``ofd = Σ_i decay_i · ofd_loss_i`` over the pairs,

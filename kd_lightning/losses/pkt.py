@@ -1,4 +1,4 @@
-"""Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018) as an objective."""
+"""Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018) as a loss."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -6,11 +6,11 @@ from typing import Dict, Optional, Sequence
 from torch import Tensor
 
 from .base import DistillInputs
-from .feature_base import FeatureObjective
+from .feature_base import FeatureLoss
 from .functional.relation import pkt_loss
 
 
-class PKT(FeatureObjective):
+class PKT(FeatureLoss):
     """PKT on embeddings (usually the classifier's input), summed over pairs: ``{"loss", "pkt"}``.
 
     Default weight 30000 (CIFAR tables). Student and teacher widths may differ.

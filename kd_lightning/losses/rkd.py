@@ -1,4 +1,4 @@
-"""Relational knowledge distillation (Park et al., CVPR 2019) as an objective."""
+"""Relational knowledge distillation (Park et al., CVPR 2019) as a loss."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -6,11 +6,11 @@ from typing import Dict, Optional, Sequence
 from torch import Tensor
 
 from .base import DistillInputs, check_weights
-from .feature_base import FeatureObjective
+from .feature_base import FeatureLoss
 from .functional.relation import rkd_terms
 
 
-class RKD(FeatureObjective):
+class RKD(FeatureLoss):
     """RKD on embeddings: ``rkd = Σ_pairs distance_weight · distance + angle_weight · angle``.
 
     Returns ``{"loss": weight · rkd, "rkd": rkd, "rkd_distance": Σ distance, "rkd_angle": Σ angle}``

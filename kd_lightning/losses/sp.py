@@ -1,4 +1,4 @@
-"""Similarity-preserving KD (Tung & Mori, ICCV 2019) as an objective."""
+"""Similarity-preserving KD (Tung & Mori, ICCV 2019) as a loss."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -6,11 +6,11 @@ from typing import Dict, Optional, Sequence
 from torch import Tensor
 
 from .base import DistillInputs
-from .feature_base import FeatureObjective
+from .feature_base import FeatureLoss
 from .functional.feature import sp_loss
 
 
-class SP(FeatureObjective):
+class SP(FeatureLoss):
     """Similarity preservation summed over layer pairs: ``{"loss": weight · sp, "sp": sp}``.
 
     Default weight 3000 (CIFAR tables). Any widths and spatial sizes (only B×B similarities are compared).

@@ -1,35 +1,35 @@
-"""Staged: switch from one objective to another at a given epoch (e.g. two-stage FitNet)."""
+"""Staged: switch from one loss to another at a given epoch (e.g. two-stage FitNet)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional
 
 from torch import Tensor
 
-from .base import DistillInputs, Objective
+from .base import DistillInputs, Loss
 
 
-class Staged(Objective):
+class Staged(Loss):
     """Use ``first`` for epochs ``<= switch_epoch`` (1-based ``inputs.epoch``) and ``then`` afterwards.
 
-    Both objectives are built, tapped and owned (their parameters are trained and saved) from the
+    Both losses are built, tapped and owned (their parameters are trained and saved) from the
     start; the one not in use contributes nothing. The original FitNet recipe is
     ``Staged(FitNet(...), KD(...), switch_epoch=N)``: hint training, then KD. Layers behind the hint
     receive no gradient in the first stage (the hint loss does not depend on them), but an optimizer
     with weight decay still decays them.
     """
 
-    def __init__(self, first: Objective, then: Objective, switch_epoch: int = 1):
+    def __init__(self, first: Loss, then: Loss, switch_epoch: int = 1):
         super().__init__()
-        if not isinstance(first, Objective) or not isinstance(then, Objective):
-            raise TypeError("Staged takes two Objective instances, first and then")
+        if not isinstance(first, Loss) or not isinstance(then, Loss):
+            raise TypeError("Staged takes two Loss instances, first and then")
         if switch_epoch < 0:
             raise ValueError(f"switch_epoch must be >= 0 (0: 'then' from the start), got {switch_epoch!r}")
         self.first = first
         self.then = then
         self.switch_epoch = float(switch_epoch)
 
-    def current(self, epoch: float) -> Objective:
-        """The objective in use at (1-based) ``epoch``."""
+    def current(self, epoch: float) -> Loss:
+        """The loss in use at (1-based) ``epoch``."""
         return self.first if epoch <= self.switch_epoch else self.then
 
     @property

@@ -1,4 +1,4 @@
-"""Variational information distillation (Ahn et al., CVPR 2019) as an objective."""
+"""Variational information distillation (Ahn et al., CVPR 2019) as a loss."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import DistillInputs
-from .feature_base import AdapterObjective, Shape, pointwise, spatial_dims
+from .feature_base import AdapterLoss, Shape, pointwise, spatial_dims
 from .functional.feature import vid_loss
 
 
@@ -31,7 +31,7 @@ class VIDHead(nn.Module):
         return self.regressor(x)
 
 
-class VID(AdapterObjective):
+class VID(AdapterLoss):
     """Variational information distillation summed over pairs: ``{"loss": weight · vid, "vid": vid}``.
 
     Per pair a trainable mean regressor ``μ(f_s)`` (three 1×1 convolutions, or linear layers for

@@ -149,7 +149,7 @@ def fitnet_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     if s.shape != t.shape:
         raise ValueError(
             f"fitnet_loss needs the regressed student feature to match the teacher's shape; got "
-            f"{tuple(s.shape)} vs {tuple(t.shape)}. Use the FitNet objective, which builds the regressor")
+            f"{tuple(s.shape)} vs {tuple(t.shape)}. Use the FitNet loss, which builds the regressor")
     return F.mse_loss(s, t)
 
 
@@ -218,14 +218,14 @@ def ofd_loss(student_feature: Tensor, teacher_feature: Tensor, margin: Tensor) -
     ``ofd = (1/B) Σ_{positions} (s - σ_m(t))² · [s > σ_m(t) or σ_m(t) > 0]``
 
     i.e. the authors' per-sample sum (their training loop divides by the batch size and scales by
-    α = 1/1000 on CIFAR, 1/10000 on ImageNet; that α is the objective's weight here).
+    α = 1/1000 on CIFAR, 1/10000 on ImageNet; that α is the loss's weight here).
     ``student_feature`` is the connector's output, with the teacher's channels.
     """
     _check_batch(student_feature, teacher_feature, "ofd_loss")
     s, t = match_spatial(_fp32(student_feature), _fp32(teacher_feature))
     if s.shape != t.shape:
         raise ValueError(f"ofd_loss: student {tuple(s.shape)} and teacher {tuple(t.shape)} shapes differ; "
-                         "the OFD objective's connector maps the student to the teacher's channels")
+                         "the OFD loss's connector maps the student to the teacher's channels")
     target = torch.maximum(t, _channel_view(_fp32(margin).to(t.dtype), t))
     mask = (s > target) | (target > 0)
     return ((s - target).pow(2) * mask.to(s.dtype)).sum() / s.shape[0]
@@ -249,7 +249,7 @@ def ofd_margin_from_bn(bn_weight: Tensor, bn_bias: Tensor, min_mass: float = 1e-
 def ofd_margin_from_samples(teacher_feature: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-channel sum and count of the negative entries of a teacher feature ``[B, C, *spatial]``.
 
-    ``sum / count`` is the empirical ``E[t | t < 0]``; the OFD objective accumulates both over batches,
+    ``sum / count`` is the empirical ``E[t | t < 0]``; the OFD loss accumulates both over batches,
     so its margin converges to the data set's expectation without a Gaussian assumption.
     """
     t = _fp32(teacher_feature).detach()

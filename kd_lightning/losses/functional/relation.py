@@ -135,7 +135,7 @@ def cc_loss(student_embedding: Tensor, teacher_embedding: Tensor, kernel: str = 
 
 # ------------------------------------------------------------------------------------------ CRD
 def crd_nce_loss(scores: Tensor, num_data: int, eps: float = 1e-7) -> Tensor:
-    """The NCE objective of contrastive representation distillation (Tian et al., ICLR 2020).
+    """The NCE loss of contrastive representation distillation (Tian et al., ICLR 2020).
 
     ``scores`` ``[B, K+1]`` are the normalized unnormalized-probabilities ``exp(vᵀm / τ) / Z`` of the
     positive pair (column 0) and K negatives drawn uniformly from ``num_data`` samples (noise

@@ -155,7 +155,7 @@ class _ForwardKL(torch.autograd.Function):
 
 def kd_ce_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, labeled: Optional[Tensor] = None,
                 temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9) -> Tuple[Tensor, Tensor, Tensor]:
-    """Hinton et al.'s whole objective in one autograd node: ``(loss, ce, kd)`` with
+    """Hinton et al.'s whole loss in one autograd node: ``(loss, ce, kd)`` with
     ``loss = ce_weight · ce + kd_weight · kd``, ``kd`` the forward :func:`kd_loss` and ``ce`` the mean
     cross-entropy over the samples with ``labeled`` True (all when ``labeled`` is None; 0 when none are).
 
@@ -256,7 +256,7 @@ def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, alp
 
     See :func:`dkd_terms` for the two parts. With ``alpha = beta = 1`` the sample-wise identity of the
     paper, ``KL(p_t‖p_s) = KL(b_t‖b_s) + (1 − p_t,y) · KL(p̂_t‖p̂_s)``, links it to :func:`kd_loss`.
-    The published recipe's warm-up (``min(epoch / 20, 1)``) belongs to the objective, not here.
+    The published recipe's warm-up (``min(epoch / 20, 1)``) belongs to the loss, not here.
     """
     tckd, nckd = dkd_terms(student_logits, teacher_logits, target, temperature)
     return alpha * tckd + beta * nckd
@@ -295,7 +295,7 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0,
               temperature: float = 1.0) -> Tensor:
     """DIST, ``beta · inter + gamma · intra`` (Huang et al., NeurIPS 2022); see :func:`dist_terms`.
 
-    CIFAR recipe: ``τ = 4``, ``beta = gamma = 1``, objective ``CE + 2 · dist``; ImageNet ``τ = 1``.
+    CIFAR recipe: ``τ = 4``, ``beta = gamma = 1``, loss ``CE + 2 · dist``; ImageNet ``τ = 1``.
     """
     inter, intra = dist_terms(student_logits, teacher_logits, temperature)
     return beta * inter + gamma * intra

@@ -10,17 +10,18 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from . import io
+from .. import io
 from .confdir import CONFIG_DIR
+from .quiet import quiet_known_noise
 
 log = logging.getLogger(__name__)
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 def _example_batch(cfg: DictConfig) -> torch.Tensor:
-    from .pipeline import build_datamodule
+    from .build import build_datamodule
 
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(cfg.data)
     dm.setup("test")
     return next(iter(dm.test_dataloader()))[0][:16].float()
 
@@ -49,7 +50,7 @@ def export_torchscript(net: torch.nn.Module, x: torch.Tensor, path: Path) -> np.
 
 def export(cfg: DictConfig) -> Dict[str, Any]:
     from .checkpoint import load_student
-    from .pipeline import ConfigError
+    from .errors import ConfigError
 
     fmt = str(cfg.format).lower()
     if fmt not in SUFFIX:
@@ -70,7 +71,7 @@ def export(cfg: DictConfig) -> Dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def _main(cfg: DictConfig) -> None:
-    from .pipeline import ConfigError
+    from .errors import ConfigError
 
     try:
         export(cfg)
@@ -79,6 +80,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    quiet_known_noise()
     _main()
 
 

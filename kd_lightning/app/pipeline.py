@@ -1,4 +1,8 @@
-"""The kd-train process: teacher (given, cached or trained) -> labels-only baseline -> student -> report."""
+"""The kd-train process: teacher (given, cached or trained) -> labels-only baseline -> student -> report.
+
+:func:`run` reads as the process: each step instantiates one config node and hands built objects
+(networks, a data module, a module, a Trainer) to the stage functions of :mod:`.stage`.
+"""
 from __future__ import annotations
 
 import copy
@@ -7,7 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import lightning as L
 import torch
@@ -15,58 +19,47 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from . import io
-from .classifier import ClassifierModule
-from .losses import Compose, Objective
-from .module import DistillationModule
+from .. import io
+from ..losses import CE, Loss
+from ..teacher import load_teacher
+from .build import build_callbacks, build_datamodule, build_loggers, build_loss, build_module_factory, build_net
+from .errors import ConfigError
 from .report import write_report
-from .stage import StageResult, fit_and_test, test_only
-from .teacher import load_teacher
+from .stage import StageResult, count_params, fit_and_test, test_only
 
 log = logging.getLogger(__name__)
+ModuleFactory = Callable[..., L.LightningModule]
 
 
-class ConfigError(ValueError):
-    """A problem with the configuration, found before any training; its message says how to fix it."""
+class Stages:
+    """Builds each stage's Trainer (own checkpoint and log directories) from ``trainer``/``callbacks``/``logger``."""
 
+    def __init__(self, cfg: DictConfig):
+        self.trainer_cfg, self.callbacks_cfg, self.logger_cfg = cfg.trainer, cfg.get("callbacks"), cfg.get("logger")
+        self.out_dir = Path(cfg.paths.output_dir)
+        self.test_ckpt = str(cfg.get("test_ckpt", "best"))
 
-# ------------------------------------------------------------------------------------ building blocks
-def build_objective(distill_cfg: DictConfig) -> Objective:
-    entries = distill_cfg.get("objectives") or {}
-    objectives = [instantiate(v) for v in entries.values() if v is not None]
-    if not objectives:
-        raise ConfigError("distill.objectives is empty: choose a method, e.g. distill=kd")
-    return objectives[0] if len(objectives) == 1 else Compose(objectives)
+    def trainer(self, stage: str, max_epochs: Optional[int] = None) -> L.Trainer:
+        stage_dir = self.out_dir / stage
+        callbacks = build_callbacks(self.callbacks_cfg, str(stage_dir / "checkpoints"),
+                                    progress_bar=bool(self.trainer_cfg.get("enable_progress_bar", True)))
+        overrides: Dict[str, Any] = {"default_root_dir": str(stage_dir), "callbacks": callbacks,
+                                     "logger": build_loggers(self.logger_cfg, stage) or False}
+        if max_epochs is not None:
+            overrides["max_epochs"] = int(max_epochs)
+        if not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
+            overrides["enable_checkpointing"] = False
+        return instantiate(self.trainer_cfg, **overrides)
 
+    def fit(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
+            max_epochs: Optional[int] = None) -> StageResult:
+        log.info("stage %s: training %s (%s parameters)", name, type(net).__name__, f"{count_params(net):,}")
+        return fit_and_test(name, self.trainer(name, max_epochs), module, datamodule, net, self.test_ckpt)
 
-def build_net(model_cfg: DictConfig, role: str) -> nn.Module:
-    try:
-        net = instantiate(model_cfg.net)
-    except Exception as err:  # hydra wraps constructor errors; keep the first useful line
-        raise ConfigError(f"could not build the {role} network from {role}.net: {_root_cause(err)}") from None
-    if model_cfg.get("ckpt_path"):
-        net = load_teacher(model_cfg.ckpt_path, net)
-    return net
-
-
-def build_datamodule(cfg: DictConfig, return_index: bool = False) -> L.LightningDataModule:
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data_cfg.pop("num_train", None)  # informational (objectives size memory banks with it)
-    if return_index:
-        data_cfg["return_index"] = True
-    return instantiate(data_cfg)
-
-
-def optimizer_factories(cfg: DictConfig) -> Tuple[Any, Any]:
-    opt = instantiate(cfg.optim.optimizer)
-    sched = instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None
-    return opt, sched
-
-
-def _root_cause(err: BaseException) -> str:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return f"{type(err).__name__}: {err}"
+    def test(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
+             wall_s: float, source: str) -> StageResult:
+        log.info("stage %s: testing %s (%s)", name, type(net).__name__, source)
+        return test_only(name, self.trainer(name), module, datamodule, net, wall_s, source)
 
 
 def config_hash(*nodes: Any) -> str:
@@ -75,15 +68,11 @@ def config_hash(*nodes: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _module_kwargs(cfg: DictConfig) -> Dict[str, Any]:
-    opt, sched = optimizer_factories(cfg)
-    return {"optimizer": opt, "scheduler": sched, "scheduler_interval": cfg.optim.get("scheduler_interval", "epoch"),
-            "compile": bool(cfg.get("compile", False)), "channels_last": bool(cfg.get("channels_last", False))}
-
-
 def check_classes(net: nn.Module, datamodule: L.LightningDataModule, role: str, num_classes: int) -> None:
     """One forward pass on a training batch: the output width must equal the data's class count."""
-    x = next(iter(datamodule.train_dataloader()))[0][:2]
+    from ..batch import unpack
+
+    x = unpack(next(iter(datamodule.train_dataloader()))).x[:2]
     was = net.training
     net.eval()
     with torch.no_grad():
@@ -96,6 +85,11 @@ def check_classes(net: nn.Module, datamodule: L.LightningDataModule, role: str, 
             f"{role} checkpoint trained on this data")
 
 
+def labels_only(make_module: ModuleFactory, net: nn.Module) -> L.LightningModule:
+    """The module of the teacher and baseline stages: cross-entropy on labels, no teacher."""
+    return make_module(student=net, teacher=None, loss=CE())
+
+
 # --------------------------------------------------------------------------------------- the stages
 def teacher_cache_dir(cfg: DictConfig) -> Path:
     key = config_hash(cfg.teacher, cfg.data, cfg.seed, cfg.teacher_fit.max_epochs, cfg.optim,
@@ -103,7 +97,8 @@ def teacher_cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.cache_dir) / "teachers" / key
 
 
-def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> Tuple[nn.Module, StageResult]:
+def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: Stages,
+                   make_module: ModuleFactory) -> Tuple[nn.Module, StageResult]:
     """Load the teacher from teacher.ckpt_path, or from this machine's cache, or train it."""
     num_classes = int(cfg.data.num_classes)
     given = cfg.teacher.get("ckpt_path")
@@ -111,17 +106,18 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> Tuple[
     cached_ckpt = cache / "teacher.ckpt"
     use_cache = bool(cfg.teacher_fit.get("use_cache", True)) and not cfg.trainer.get("fast_dev_run")
     t0 = time.perf_counter()
+    net = build_net(cfg.teacher, "teacher")
     if not given and cfg.teacher_fit.max_epochs == 0:  # e.g. torchvision weights: test them as they are
-        net = build_net(cfg.teacher, "teacher")
         check_classes(net, datamodule, "teacher", num_classes)
-        return net, test_only(cfg, "teacher", ClassifierModule(net), datamodule, net, time.perf_counter() - t0,
-                              "pretrained")
+        module = labels_only(make_module, net)
+        return net, stages.test("teacher", module, datamodule, net, time.perf_counter() - t0, "pretrained")
     if given or (use_cache and cached_ckpt.exists()):
         source = "checkpoint" if given else "cache"
-        net = build_net(cfg.teacher, "teacher") if given else load_teacher(cached_ckpt, build_net(cfg.teacher, "teacher"))
+        if not given:
+            net = load_teacher(cached_ckpt, net)
         check_classes(net, datamodule, "teacher", num_classes)
-        module = ClassifierModule(net)
-        result = test_only(cfg, "teacher", module, datamodule, net, time.perf_counter() - t0, source)
+        module = labels_only(make_module, net)
+        result = stages.test("teacher", module, datamodule, net, time.perf_counter() - t0, source)
         if source == "cache":
             meta = json.loads((cache / "meta.json").read_text()) if (cache / "meta.json").exists() else {}
             result.val_curve = meta.get("val_curve", [])
@@ -129,10 +125,8 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> Tuple[
         else:
             result.ckpt_path = str(given)
         return net, result
-    net = build_net(cfg.teacher, "teacher")
     check_classes(net, datamodule, "teacher", num_classes)
-    module = ClassifierModule(net, **_module_kwargs(cfg))
-    result = fit_and_test(cfg, "teacher", module, datamodule, net, cfg.teacher_fit.max_epochs)
+    result = stages.fit("teacher", labels_only(make_module, net), datamodule, net, cfg.teacher_fit.max_epochs)
     result.source = "trained"
     if use_cache:
         io.torch_save({"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}}, cached_ckpt)
@@ -142,36 +136,27 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> Tuple[
     return net, result
 
 
-def train_baseline(cfg: DictConfig, datamodule: L.LightningDataModule) -> StageResult:
+def distill_student(cfg: DictConfig, teacher: nn.Module, loss: Loss, datamodule: L.LightningDataModule,
+                    stages: Stages, make_module: ModuleFactory, stage: str = "student") -> Tuple[nn.Module, StageResult]:
     net = build_net(cfg.student, "student")
-    module = ClassifierModule(net, **_module_kwargs(cfg))
-    return fit_and_test(cfg, "baseline", module, datamodule, net)
-
-
-def distill_student(cfg: DictConfig, teacher: nn.Module, objective: Objective,
-                    datamodule: L.LightningDataModule, stage: str = "student") -> Tuple[nn.Module, StageResult]:
-    net = build_net(cfg.student, "student")
-    kwargs = _module_kwargs(cfg)
-    if cfg.distill.get("batch_transform"):
-        kwargs["batch_transform"] = instantiate(cfg.distill.batch_transform)
-    data = with_transfer_set(datamodule, objective)  # the teacher and the baseline never see it
-    cached = teacher_cache_datamodule(cfg, teacher, objective, data, "batch_transform" in kwargs)
+    batch_transform = instantiate(cfg.distill.batch_transform) if cfg.distill.get("batch_transform") else None
+    data = with_transfer_set(datamodule, loss)  # the teacher and the baseline never see it
+    cached = teacher_cache_datamodule(cfg, teacher, loss, data, batch_transform is not None)
     if cached is not None:  # offline KD: no teacher runs during training, the batches carry its logits
         data, teacher = cached, None
-    module = DistillationModule(student=net, teacher=teacher, loss=objective, **kwargs)
-    result = fit_and_test(cfg, stage, module, data, net)
-    return net, result
+    module = make_module(student=net, teacher=teacher, loss=loss, batch_transform=batch_transform)
+    return net, stages.fit(stage, module, data, net)
 
 
-def with_transfer_set(datamodule: L.LightningDataModule, objective: Objective) -> L.LightningDataModule:
+def with_transfer_set(datamodule: L.LightningDataModule, loss: Loss) -> L.LightningDataModule:
     """The student's data: ``datamodule`` plus its transfer set (unlabeled samples), when it has one."""
-    from .data.transfer import TransferDataModule, has_transfer_set
+    from ..data.transfer import TransferDataModule, has_transfer_set
 
     if not has_transfer_set(datamodule):
         return datamodule
-    if getattr(objective, "needs_index", False):
+    if loss.needs_index:
         log.warning("%s keeps a per-sample memory bank of the labeled training set, so the student trains without "
-                    "the transfer set (set data.transfer_samples=0 to silence this)", type(objective).__name__)
+                    "the transfer set (set data.transfer_samples=0 to silence this)", type(loss).__name__)
         return datamodule
     return TransferDataModule(datamodule)
 
@@ -180,24 +165,24 @@ _LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "p
                 "num_train")
 
 
-def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, objective: Objective,
+def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: Loss,
                              datamodule: L.LightningDataModule, has_batch_transform: bool = False):
     """``distill.teacher_cache``: wrap ``datamodule`` so batches carry the teacher's stored logits (or None)."""
     setting = cfg.distill.get("teacher_cache", False)
     if setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("", "false", "null")):
         return None
-    from .cache import CachedTeacherDataModule, RandomTransformError, TeacherCacheError
-    from .losses import LogitMSE
+    from ..cache import CachedTeacherDataModule, RandomTransformError, TeacherCacheError
+    from ..losses import LogitMSE
 
-    name = cfg.distill.get("name", type(objective).__name__)
-    if objective.teacher_taps:
+    name = cfg.distill.get("name", type(loss).__name__)
+    if loss.teacher_taps:
         raise ConfigError(f"distill.teacher_cache stores teacher logits only, but {name} reads teacher features "
-                          f"({', '.join(objective.teacher_taps)}); set distill.teacher_cache=false")
+                          f"({', '.join(loss.teacher_taps)}); set distill.teacher_cache=false")
     if has_batch_transform:
         raise ConfigError("distill.batch_transform changes the inputs at every step, so the teacher must label them "
                           "online (consistent teaching); set distill.teacher_cache=false")
     top_k = cfg.distill.get("teacher_cache_top_k")
-    parts = list(getattr(objective, "objectives", [objective]))
+    parts = list(getattr(loss, "losses", [loss]))
     if top_k and any(isinstance(o, LogitMSE) for o in parts):
         raise ConfigError("LogitMSE matches raw teacher logits, which top-k storage does not keep; "
                           "set distill.teacher_cache_top_k=null")
@@ -225,64 +210,65 @@ def save_student(cfg: DictConfig, net: nn.Module, name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the run
-def validate(cfg: DictConfig) -> Objective:
+def validate(cfg: DictConfig) -> Loss:
     """Checks that need no data: anything wrong here is reported before any training."""
     given = cfg.teacher.get("ckpt_path")
     if given and not Path(given).is_file():
         raise ConfigError(f"teacher.ckpt_path={given!r} does not exist; point it at a teacher .ckpt, "
                           "or drop it (teacher.ckpt_path=null) to train a teacher")
-    try:
-        return build_objective(cfg.distill)
-    except ConfigError:
-        raise
-    except Exception as err:
-        raise ConfigError(f"bad distill config ({cfg.distill.get('name')}): {_root_cause(err)}") from None
+    return build_loss(cfg.distill)
 
 
 def run(cfg: DictConfig) -> Dict[str, Any]:
     """Run the whole process and return the summary (also written to the run directory)."""
-    objective = validate(cfg)
+    loss = validate(cfg)
+    make_module = build_module_factory(cfg.module)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg, return_index=bool(getattr(objective, "needs_index", False)))
+    datamodule = build_datamodule(cfg.data, return_index=loss.needs_index)
     try:
         datamodule.setup("fit")
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
     check_classes(build_net(cfg.student, "student"), datamodule, "student", int(cfg.data.num_classes))
+    stages = Stages(cfg)
 
-    teacher, teacher_res = obtain_teacher(cfg, datamodule)
+    teacher, teacher_res = obtain_teacher(cfg, datamodule, stages, make_module)
     baseline_res: Optional[StageResult] = None
     if cfg.baseline.get("enabled", True):
         L.seed_everything(cfg.seed, workers=True)
-        baseline_res = train_baseline(cfg, datamodule)
+        net = build_net(cfg.student, "student")
+        baseline_res = stages.fit("baseline", labels_only(make_module, net), datamodule, net)
     # Teacher-assistant chain (TAKD): teacher -> assistant 1 -> ... -> student.
     links = []
     for i, preset in enumerate(cfg.get("assistants") or []):
         link_cfg = relink(cfg, teacher_model=cfg.teacher if i == 0 else links[-1][0], student_model=preset_config(preset))
         L.seed_everything(cfg.seed, workers=True)
-        teacher, res = distill_student(link_cfg, teacher, validate(link_cfg), datamodule, stage=f"assistant{i + 1}")
+        teacher, res = distill_student(link_cfg, teacher, validate(link_cfg), datamodule, stages, make_module,
+                                       stage=f"assistant{i + 1}")
         res.source = str(preset)
         links.append((link_cfg.student, res))
     student_cfg = relink(cfg, teacher_model=links[-1][0], student_model=cfg.student) if links else cfg
     L.seed_everything(cfg.seed, workers=True)
-    student, student_res = distill_student(student_cfg, teacher, validate(student_cfg) if links else objective,
-                                           datamodule)
+    student, student_res = distill_student(student_cfg, teacher, validate(student_cfg) if links else loss,
+                                           datamodule, stages, make_module)
     # Born-again generations: the student of generation k teaches an identical student k+1.
     generations = [student_res]
     for g in range(2, int(cfg.get("generations") or 1) + 1):
         gen_cfg = relink(cfg, teacher_model=cfg.student, student_model=cfg.student)
         L.seed_everything(cfg.seed + g, workers=True)
-        student, student_res = distill_student(gen_cfg, student, validate(gen_cfg), datamodule, stage=f"student_gen{g}")
+        student, student_res = distill_student(gen_cfg, student, validate(gen_cfg), datamodule, stages, make_module,
+                                               stage=f"student_gen{g}")
         generations.append(student_res)
     student_res.ckpt_path = save_student(cfg, student, "student")
-    extra = {}
+    extra: Dict[str, Any] = {"distill": {"name": cfg.distill.get("name"), "temperature": cfg.distill.get("temperature")},
+                             "data": cfg.data.get("_target_", "").rsplit(".", 1)[-1], "seed": cfg.seed}
     if links:
         extra["assistants"] = [r.to_dict() for _, r in links]
     if len(generations) > 1:
         extra["generations"] = [r.to_dict() for r in generations]
-    return write_report(cfg, teacher_res, baseline_res, student_res, extra)
+    return write_report(Path(cfg.paths.output_dir), teacher_res, baseline_res, student_res, extra)
 
 
 def preset_config(name: str) -> DictConfig:
@@ -300,7 +286,9 @@ def preset_config(name: str) -> DictConfig:
     try:
         return compose("train", overrides=[f"student={name}"]).student
     except Exception as err:
-        raise ConfigError(f"unknown model preset {name!r} in assistants: {_root_cause(err)}") from None
+        from .errors import root_cause
+
+        raise ConfigError(f"unknown model preset {name!r} in assistants: {root_cause(err)}") from None
 
 
 def relink(cfg: DictConfig, teacher_model: DictConfig, student_model: DictConfig) -> DictConfig:

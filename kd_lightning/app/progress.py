@@ -18,12 +18,18 @@ class ThrottledRichProgressBar(RichProgressBar):
 
     def __init__(self, refresh_rate: int = 2, **kwargs: Any):
         super().__init__(refresh_rate=refresh_rate, **kwargs)
-        self._interval = 1.0 / refresh_rate if refresh_rate > 0 else float("inf")
-        self._last_train_update = float("-inf")
+        self.throttle_s = 1.0 / refresh_rate if refresh_rate > 0 else float("inf")
+        self.last_train_update = float("-inf")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.monotonic()
-        if now - self._last_train_update < self._interval and batch_idx + 1 < trainer.num_training_batches:
+        if now - self.last_train_update < self.throttle_s and batch_idx + 1 < trainer.num_training_batches:
             return
-        self._last_train_update = now
+        self.last_train_update = now
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict:
+        # The logger's version is the stage name in kd-train ("v_num: cher"); the bar's title says it already.
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items

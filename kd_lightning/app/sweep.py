@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import io
+from .. import io
 from .report import flatten
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from omegaconf import DictConfig, OmegaConf
-
-from . import io
+from .. import io
+from .stage import StageResult
 
 log = logging.getLogger(__name__)
 STAGES = ("teacher", "baseline", "student")
@@ -25,7 +24,7 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def build_summary(cfg: DictConfig, teacher, baseline, student) -> Dict[str, Any]:
+def build_summary(teacher: StageResult, baseline: Optional[StageResult], student: StageResult) -> Dict[str, Any]:
     summary: Dict[str, Any] = {
         "teacher": teacher.to_dict(),
         "baseline": baseline.to_dict() if baseline is not None else None,
@@ -35,9 +34,6 @@ def build_summary(cfg: DictConfig, teacher, baseline, student) -> Dict[str, Any]
         "speedup": round(teacher.latency_ms / max(student.latency_ms, 1e-9), 3),
         "acc_retained": round(student.acc / teacher.acc, 4) if teacher.acc > 0 else None,
         "kd_gain": round(student.acc - baseline.acc, 4) if baseline is not None else None,
-        "distill": {"name": cfg.distill.get("name"), "temperature": cfg.distill.get("temperature")},
-        "data": cfg.data.get("_target_", "").rsplit(".", 1)[-1],
-        "seed": cfg.seed,
     }
     if summary["baseline"] is None:
         del summary["baseline"]
@@ -112,10 +108,11 @@ def plot_summary(summary: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: DictConfig, teacher, baseline, student, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    summary = build_summary(cfg, teacher, baseline, student)
+def write_report(out: Path, teacher: StageResult, baseline: Optional[StageResult], student: StageResult,
+                 extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """summary.json, summary.md and summary.png in ``out``, and the table on the console."""
+    summary = build_summary(teacher, baseline, student)
     summary.update(extra or {})
-    out = Path(cfg.paths.output_dir)
     io.write_json(out / "summary.json", summary)
     io.write_text(out / "summary.md", markdown_table(summary))
     try:

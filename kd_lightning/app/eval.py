@@ -10,20 +10,21 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from . import io
-from .classifier import ClassifierModule
+from .. import io
+from ..classifier import ClassifierModule
 from .confdir import CONFIG_DIR
+from .quiet import quiet_known_noise
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     from .checkpoint import load_student
-    from .pipeline import build_datamodule
+    from .build import build_datamodule
 
     net, cfg = load_student(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg.data)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
                           default_root_dir=cfg.paths.output_dir)
     metrics = trainer.test(ClassifierModule(net), datamodule=datamodule, verbose=False)[0]
@@ -35,7 +36,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def _main(cfg: DictConfig) -> float:
-    from .pipeline import ConfigError
+    from .errors import ConfigError
 
     try:
         return evaluate(cfg)["test/acc"]
@@ -44,6 +45,7 @@ def _main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    quiet_known_noise()
     _main()
 
 

@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
-from pathlib import Path
 from typing import Optional
 
 import hydra
 from omegaconf import DictConfig
 
 from .confdir import CONFIG_DIR
+from .errors import ConfigError
+from .quiet import quiet_known_noise
 
 log = logging.getLogger(__name__)
 
 
 def run_task(cfg: DictConfig) -> Optional[float]:
-    from .pipeline import ConfigError, run
+    from .pipeline import run
     from .report import flatten
 
     try:
@@ -40,6 +39,7 @@ def _main(cfg: DictConfig) -> Optional[float]:
 
 
 def main() -> None:
+    quiet_known_noise()
     _main()
 
 

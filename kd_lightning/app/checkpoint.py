@@ -8,8 +8,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from .pipeline import ConfigError, build_net
-from .teacher import load_state_dict_file
+from .build import build_net
+from .errors import ConfigError
+from ..teacher import load_state_dict_file
 
 
 def load_student(cfg: DictConfig) -> Tuple[nn.Module, DictConfig]:

@@ -1,0 +1,29 @@
+"""What the command-line tools hide: notes about things kd-lightning does on purpose, and ads.
+
+Called by the entry points only; importing kd_lightning changes no warnings filter or logger.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+# Lightning's rank-zero notes that say nothing about this run: product tips and hardware inventory.
+_NOISE = ("Tip:", "GPU available:", "TPU available:", "HPU available:", "`Trainer.fit` stopped")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in _NOISE)
+
+
+def quiet_known_noise() -> None:
+    # The frozen teacher is in eval mode on purpose; Lightning notes it at every fit.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # Deprecations inside torch/Lightning that a kd-train user can do nothing about.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|lightning|lightning_fabric)\b.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(torch|lightning|lightning_fabric)\b.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropNoise())
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # kd-train logs its seed

@@ -1,0 +1,113 @@
+"""One stage of the process: fit a built module with a built Trainer, test it, measure the network."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import lightning as L
+import torch
+from torch import nn
+
+from ..batch import unpack
+
+
+@dataclass
+class StageResult:
+    """What the report keeps of one stage."""
+
+    name: str
+    acc: float
+    params: int
+    size_bytes: int
+    latency_ms: float
+    wall_s: float
+    acc_top5: Optional[float] = None
+    agreement: Optional[float] = None
+    val_curve: List[float] = field(default_factory=list)
+    ckpt_path: Optional[str] = None
+    source: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "name"}
+
+
+def count_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def state_dict_bytes(net: nn.Module) -> int:
+    """Size of the network's weights as ``torch.save`` writes them (what a deployment ships)."""
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    return buf.tell()
+
+
+@torch.no_grad()
+def cpu_latency_ms(net: nn.Module, example: torch.Tensor, repeats: int = 50) -> float:
+    """Median CPU time of one single-sample forward pass, in milliseconds."""
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval().cpu()
+    x = example[:1].cpu().float()
+    for _ in range(5):
+        net(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        net(x)
+        times.append(time.perf_counter() - t0)
+    net.to(device).train(was_training)
+    times.sort()
+    return 1000.0 * times[len(times) // 2]
+
+
+def measure(name: str, net: nn.Module, datamodule: L.LightningDataModule, test: Dict[str, Any],
+            wall_s: float, **extra: Any) -> StageResult:
+    """A :class:`StageResult` from Lightning's test metrics plus the network's size and latency."""
+    example = unpack(next(iter(datamodule.test_dataloader()))).x  # tuple or dict batches
+    return StageResult(
+        name=name, acc=float(test["test/acc"]), acc_top5=_maybe(test, "test/acc_top5"),
+        agreement=_maybe(test, "test/agreement"), params=count_params(net), size_bytes=state_dict_bytes(net),
+        latency_ms=cpu_latency_ms(net, example), wall_s=round(wall_s, 2), **extra)
+
+
+def fit_and_test(name: str, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+                 net: nn.Module, test_ckpt: str = "best") -> StageResult:
+    """Train ``module``, test its best (or last) weights, and measure ``net`` (the deployable model)."""
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    wall = time.perf_counter() - t0
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if test_ckpt == "best" and best:
+        # Load the best weights into this very module, so `net` is what gets measured and saved.
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        module.on_load_checkpoint(state)
+        module.load_state_dict(state["state_dict"])
+    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    curve = list(getattr(module, "val_history", [])) or _csv_curve(trainer)
+    return measure(name, net, datamodule, test, wall, val_curve=curve, ckpt_path=best or None)
+
+
+def test_only(name: str, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+              net: nn.Module, wall_s: float, source: str) -> StageResult:
+    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    return measure(name, net, datamodule, test, wall_s, source=source)
+
+
+def _maybe(d: Dict[str, Any], key: str) -> Optional[float]:
+    return float(d[key]) if key in d else None
+
+
+def _csv_curve(trainer: L.Trainer) -> List[float]:
+    # Under ddp_spawn the module that logged lives in the worker processes; the CSV log is the record then.
+    for logger in trainer.loggers:
+        if isinstance(logger, L.pytorch.loggers.CSVLogger):
+            path = Path(logger.log_dir) / "metrics.csv"
+            if path.exists():
+                with open(path) as f:
+                    return [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+    return []
