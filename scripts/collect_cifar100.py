@@ -3,8 +3,8 @@
 published numbers (RepDistiller README; DKD from the mdistiller README).
 
 Every directory under the given roots that holds a ``summary.json`` (written by kd-train) is one run;
-its experiment is read from ``.hydra/overrides.yaml`` (``experiment=cifar100_<teacher>_<student>_<method>``)
-or, failing that, from the directory name. Repeated runs of one experiment are averaged.
+its pair and method are read from ``.hydra/overrides.yaml`` (``pair=<name>``, ``distill=<method>``), and
+the published numbers from ``conf/pair/<name>.yaml``. Repeated runs of one cell are averaged.
 
     python scripts/collect_cifar100.py outputs/cifar100 [more roots ...] [--output table.md]
 """
@@ -21,34 +21,32 @@ from typing import Dict, List, Optional, Tuple
 
 METHODS = ["kd", "fitnet", "at", "rkd", "crd", "dkd"]
 METHOD_TITLES = {"kd": "KD", "fitnet": "FitNet", "at": "AT", "rkd": "RKD", "crd": "CRD", "dkd": "DKD"}
-# (teacher, student) -> teacher, student alone, then one entry per METHODS, top-1 in percent.
-PUBLISHED: Dict[Tuple[str, str], List[float]] = {
-    ("resnet32x4", "resnet8x4"): [79.42, 72.50, 73.33, 73.50, 73.44, 71.90, 75.51, 76.32],
-    ("wrn_40_2", "wrn_16_2"): [75.61, 73.26, 74.92, 73.58, 74.08, 73.35, 75.48, 76.23],
-    ("resnet56", "resnet20"): [72.34, 69.06, 70.66, 69.21, 70.55, 69.61, 71.16, 71.97],
-    ("vgg13", "vgg8"): [74.64, 70.36, 72.98, 71.02, 71.43, 71.48, 73.94, 74.68],
-    ("resnet32x4", "ShuffleV2"): [79.42, 71.82, 74.45, 73.54, 72.73, 73.21, 75.65, 77.07],
-}
-TEACHER_RUN = re.compile(r"cifar100_teacher_(?P<teacher>.+)$")
+PAIR_DIR = Path(__file__).resolve().parent.parent / "conf" / "pair"
 
 
-def parse_experiment(name: str) -> Optional[Tuple[str, str, str]]:
-    """``cifar100_wrn_40_2_wrn_16_2_dkd`` -> ``("wrn_40_2", "wrn_16_2", "dkd")`` (names may hold underscores)."""
-    for (teacher, student) in PUBLISHED:
-        for method in METHODS:
-            if name == f"cifar100_{teacher}_{student}_{method}":
-                return teacher, student, method
-    return None
+def load_pairs(pair_dir: Path = PAIR_DIR) -> Dict[str, dict]:
+    """``conf/pair/<name>.yaml`` -> its teacher, student and published numbers (the one place they live)."""
+    import yaml
+
+    pairs = {}
+    for path in sorted(pair_dir.glob("*.yaml")):
+        node = yaml.safe_load(path.read_text())
+        overrides = {k.split("/")[-1]: v for item in node["defaults"] if isinstance(item, dict) for k, v in item.items()}
+        pairs[path.stem] = {"teacher": overrides["teacher"], "student": overrides["student"],
+                            "published": node["pair"]["published"]}
+    return pairs
 
 
-def experiment_of(run_dir: Path) -> str:
+def run_of(run_dir: Path) -> Tuple[Optional[str], Optional[str]]:
+    """The ``pair=`` and ``distill=`` a kd-train run was given (from ``.hydra/overrides.yaml``)."""
+    found: Dict[str, str] = {}
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if overrides.is_file():
         for line in overrides.read_text().splitlines():
-            m = re.search(r"experiment=([\w\-]+)", line)
+            m = re.search(r"\b(pair|distill)=([\w\-]+)", line)
             if m:
-                return m.group(1)
-    return run_dir.name
+                found[m.group(1)] = m.group(2)
+    return found.get("pair"), found.get("distill")
 
 
 def percent(acc) -> Optional[float]:
@@ -69,7 +67,8 @@ def collect(roots: List[Path]) -> List[dict]:
             except (OSError, ValueError) as err:
                 print(f"collect_cifar100: skipping unreadable {summary}: {err}", file=sys.stderr)
                 continue
-            record = {"experiment": experiment_of(summary.parent), "dir": str(summary.parent)}
+            pair, method = run_of(summary.parent)
+            record = {"pair": pair, "method": method, "dir": str(summary.parent)}
             for stage in ("teacher", "baseline", "student"):
                 record[stage] = percent((data.get(stage) or {}).get("acc"))
             # Runs that reuse one teacher (cache or teacher.ckpt_path) must count it once.
@@ -91,26 +90,28 @@ def cell(values: List[float], published: float) -> str:
     return f"**{fmt(values)}** / {published:.2f} ({statistics.fmean(values) - published:+.2f})"
 
 
-def markdown(records: List[dict]) -> str:
+def markdown(records: List[dict], pairs: Optional[Dict[str, dict]] = None) -> str:
     """One row per teacher -> student pair; each cell reads ``ours / published (difference)``."""
+    pairs = load_pairs() if pairs is None else pairs
     header = ["teacher → student", "teacher", "student"] + [METHOD_TITLES[m] for m in METHODS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (teacher, student), pub in PUBLISHED.items():
+    for name, pair in pairs.items():
+        pub = pair["published"]
         teachers: Dict[str, float] = {}
         baselines: List[float] = []
         students: Dict[str, List[float]] = defaultdict(list)
         for r in records:
-            parsed = parse_experiment(r["experiment"])
-            m = TEACHER_RUN.match(r["experiment"])
-            if ((parsed and parsed[0] == teacher) or (m and m.group("teacher") == teacher)) and r["teacher"] is not None:
+            if r["pair"] != name:
+                continue
+            if r["teacher"] is not None:
                 teachers[r["teacher_key"]] = r["teacher"]
-            if parsed and parsed[:2] == (teacher, student):
-                if r["baseline"] is not None:
-                    baselines.append(r["baseline"])
-                if r["student"] is not None:
-                    students[parsed[2]].append(r["student"])
-        row = [f"{teacher} → {student}", cell(list(teachers.values()), pub[0]), cell(baselines, pub[1])]
-        row += [cell(students[method], pub[2 + i]) for i, method in enumerate(METHODS)]
+            if r["baseline"] is not None:
+                baselines.append(r["baseline"])
+            if r["student"] is not None and r["method"] in METHODS:
+                students[r["method"]].append(r["student"])
+        row = [f"{pair['teacher']} → {pair['student']}", cell(list(teachers.values()), pub["teacher"]),
+               cell(baselines, pub["student"])]
+        row += [cell(students[method], pub[method]) for method in METHODS]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append("CIFAR-100 top-1 (%): **ours** / published (ours − published). Published: RepDistiller README "

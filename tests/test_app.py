@@ -16,15 +16,19 @@ from kd_lightning.app.confdir import CONFIG_DIR
 from kd_lightning.app.errors import ConfigError
 from kd_lightning.app.pipeline import run
 
-GROUPS = ["data", "teacher", "student", "distill", "optim", "trainer", "callbacks", "logger", "experiment",
-          "hparams_search", "debug"]
+GROUPS = ["data", "teacher", "student", "distill", "module", "optim", "trainer", "callbacks", "logger", "recipe",
+          "pair", "experiment", "hparams_search", "debug"]
 # Tiny but real budgets: enough steps that every stage trains, validates and tests.
 FAST = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
 
 
 def options(group: str):
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+    """The choices Hydra offers for ``group`` (files in conf/ and the registry's model presets)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
 def make_cfg(tmp_path: Path, *overrides: str, name: str = "train"):
@@ -38,7 +42,7 @@ def make_cfg(tmp_path: Path, *overrides: str, name: str = "train"):
 
 def cli(tool: str, *args: str, cwd: Path, env_extra=None, timeout=600) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / tool
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", f"kd_lightning.{tool.split('-')[1]}"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", f"kd_lightning.app.{tool.split('-')[1]}"]
     env = {**os.environ, "KD_CACHE_DIR": str(cwd / "cache"), "KD_LOG_DIR": str(cwd / "outputs"),
            "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -55,10 +59,12 @@ def test_every_option_of_every_group_composes(group, tmp_path):
             OmegaConf.to_container(cfg[key], resolve=True)
 
 
-def test_same_preset_names_in_teacher_and_student_groups():
-    assert options("teacher") == options("student")
-    for name in options("teacher"):
-        assert (CONFIG_DIR / "model" / f"{name}.yaml").exists()
+def test_teacher_and_student_choices_are_the_registry_and_no_private_bases():
+    from kd_lightning.models import list_models
+
+    assert options("teacher") == options("student") == list_models()
+    for group in GROUPS:
+        assert not [o for o in options(group) if o.startswith("_")], group
 
 
 def test_default_models_match_the_paper_and_compress_10x(tmp_path):
