@@ -12,7 +12,7 @@ from .batch import Batch, unpack
 from .losses.base import DistillInputs, Loss
 from .callbacks import FiniteLossCheck, TrainTermLogger
 from .taps import FeatureTaps
-from .teacher import FrozenTeacher, TeacherEnsemble, TeacherSource, build_teacher
+from .teacher import FrozenTeacher, TeacherSource, build_teacher
 
 TEACHER_PREFIX = "teacher."
 
@@ -210,7 +210,7 @@ class DistillationModule(L.LightningModule):
         student_logits = self.student(b.x)
         s_feats = s_taps.pop() if s_taps is not None else {}
         if not self._shapes_checked:
-            self._check_shapes(student_logits, teacher_logits, b)
+            self._check_shapes(student_logits, teacher_logits, b, stage)
         inputs = DistillInputs(
             student_logits=student_logits, teacher_logits=teacher_logits, target=b.y,
             student_features=s_feats, teacher_features=t_feats,
@@ -237,13 +237,18 @@ class DistillationModule(L.LightningModule):
         if labeled is not None:
             b.labeled = labeled if b.labeled is None else (b.labeled & labeled)
 
-    def _check_shapes(self, student_logits: Tensor, teacher_logits: Optional[Tensor], b: Batch) -> None:
+    def _check_shapes(self, student_logits: Tensor, teacher_logits: Optional[Tensor], b: Batch, stage: str) -> None:
         if student_logits.ndim != 2:
             raise ValueError(f"the student must return logits [batch, classes]; got shape {tuple(student_logits.shape)}")
         if self.loss.needs_teacher and teacher_logits is None:
             raise ValueError(
                 f"{type(self.loss).__name__} needs a teacher, but none was given and the batch carries no "
                 "teacher logits; pass teacher=... or use loss=CE() for labels-only training")
+        if stage == "train" and b.y is None and self.loss.needs_target:
+            raise ValueError(
+                f"the training batches carry no labels, but {type(self.loss).__name__} weighs a hard-label term "
+                "(ce_weight > 0), which would be logged as 0 and train nothing; set ce_weight=0 for label-free "
+                "distillation, or give the batches a target")
         if teacher_logits is not None and teacher_logits.shape[-1] != student_logits.shape[-1]:
             raise ValueError(
                 f"class count mismatch: the teacher outputs {teacher_logits.shape[-1]} classes but the student "

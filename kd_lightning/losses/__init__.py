@@ -1,11 +1,17 @@
-"""Distillation losses: ``nn.Module`` wrappers over :mod:`kd_lightning.losses.functional`."""
-from .base import Compose, DistillInputs, Loss, resolve_pairs
+"""Distillation losses: ``nn.Module`` wrappers over :mod:`kd_lightning.losses.functional`.
+
+Every loss takes one :class:`DistillInputs` per step and returns ``{"loss": total, term: value, ...}``.
+To write a method, subclass :class:`Loss` (logits), :class:`FeatureLoss` (features read by module
+path) or :class:`AdapterLoss` (features through trainable adapters built from the observed shapes).
+"""
+from .base import CompositeLoss, Compose, DistillInputs, Loss
+from .feature_base import AdapterLoss, FeatureLoss
+from .staged import Staged
 from .ce import CE
 from .kd import KD
 from .dkd import DKD
 from .dist import DIST
 from .mse import LogitMSE
-from .staged import Staged
 from .fitnet import FitNet
 from .at import AT
 from .sp import SP
@@ -16,3 +22,9 @@ from .nst import NST
 from .vid import VID
 from .ofd import OFD
 from .crd import CRD
+
+__all__ = [
+    "Loss", "FeatureLoss", "AdapterLoss", "CompositeLoss", "Compose", "Staged", "DistillInputs",
+    "CE", "KD", "DKD", "DIST", "LogitMSE",
+    "FitNet", "AT", "SP", "RKD", "PKT", "CC", "NST", "VID", "OFD", "CRD",
+]

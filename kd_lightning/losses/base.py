@@ -7,12 +7,13 @@ It declares the features it needs through ``student_taps`` / ``teacher_taps`` (m
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from .functional.response import hard_label_ce
 
 
 @dataclass
@@ -32,33 +33,12 @@ class DistillInputs:
     labeled: Optional[Tensor] = None
 
 
-def check_temperature(temperature: float) -> float:
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(
-            f"temperature must be a positive finite number, got {temperature!r}; "
-            "use e.g. temperature=4.0 (CIFAR convention) or 1.0 (ImageNet)"
-        )
-    return float(temperature)
-
-
-def check_weights(**weights: float) -> Dict[str, float]:
-    """Weights must be finite and non-negative, and not all zero."""
-    out = {}
-    for name, value in weights.items():
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        out[name] = float(value)
-    if out and all(v == 0 for v in out.values()):
-        names = ", ".join(out)
-        raise ValueError(f"all loss weights are zero ({names}): nothing would be trained; set at least one > 0")
-    return out
-
-
 class Loss(nn.Module):
     """Base class: subclasses implement :meth:`forward` returning ``{"loss": total, term: value, ...}``.
 
     ``needs_teacher`` is False for labels-only losses (the module then runs no teacher);
-    ``needs_target`` says whether hard labels are used (transfer sets skip the CE part).
+    ``needs_target`` says whether hard labels are weighed in (DistillationModule refuses unlabeled
+    training batches then, instead of logging a CE of zero).
     Terms other than ``"loss"`` are logged unweighted under ``train/<name>``.
     """
 
@@ -93,7 +73,51 @@ class Loss(nn.Module):
         raise NotImplementedError
 
 
-class Compose(Loss):
+class CompositeLoss(Loss):
+    """A loss made of others (:class:`Compose`, :class:`Staged`): what it needs is what its parts need."""
+
+    def parts(self) -> List[Loss]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def needs_teacher(self) -> bool:  # type: ignore[override]
+        return any(o.needs_teacher for o in self.parts())
+
+    @property
+    def needs_target(self) -> bool:  # type: ignore[override]
+        return any(o.needs_target for o in self.parts())
+
+    @property
+    def needs_index(self) -> bool:  # type: ignore[override]
+        return any(o.needs_index for o in self.parts())
+
+    @property
+    def student_taps(self) -> List[str]:
+        return _unique(p for o in self.parts() for p in o.student_taps)
+
+    @property
+    def teacher_taps(self) -> List[str]:
+        return _unique(p for o in self.parts() for p in o.teacher_taps)
+
+    @property
+    def needs_build(self) -> bool:  # type: ignore[override]
+        return any(o.needs_build for o in self.parts())
+
+    def build(self, inputs: DistillInputs) -> None:
+        for o in self.parts():
+            if o.needs_build:
+                o.build(inputs)
+
+    @property
+    def temperature(self) -> Optional[float]:
+        """The first part's temperature (the teacher ensemble averages softened probabilities at it)."""
+        for o in self.parts():
+            if getattr(o, "temperature", None) is not None:
+                return o.temperature
+        return None
+
+
+class Compose(CompositeLoss):
     """Sum of several losses; each keeps its own weights and its term names.
 
     ``Compose([KD(...), AT(...)])`` logs ``ce``, ``kd``, ``at`` and back-propagates their weighted sum.
@@ -106,37 +130,8 @@ class Compose(Loss):
             raise ValueError("Compose needs at least one loss")
         self.losses = nn.ModuleList(losses)
 
-    @property
-    def needs_teacher(self) -> bool:  # type: ignore[override]
-        return any(o.needs_teacher for o in self.losses)
-
-    @property
-    def needs_index(self) -> bool:  # type: ignore[override]
-        return any(getattr(o, "needs_index", False) for o in self.losses)
-
-    @property
-    def student_taps(self) -> List[str]:
-        return _unique(p for o in self.losses for p in o.student_taps)
-
-    @property
-    def teacher_taps(self) -> List[str]:
-        return _unique(p for o in self.losses for p in o.teacher_taps)
-
-    @property
-    def needs_build(self) -> bool:  # type: ignore[override]
-        return any(o.needs_build for o in self.losses)
-
-    def build(self, inputs: DistillInputs) -> None:
-        for o in self.losses:
-            if o.needs_build:
-                o.build(inputs)
-
-    @property
-    def temperature(self) -> Optional[float]:
-        for o in self.losses:
-            if getattr(o, "temperature", None) is not None:
-                return o.temperature
-        return None
+    def parts(self) -> List[Loss]:
+        return list(self.losses)
 
     def forward(self, inputs: DistillInputs) -> Dict[str, Tensor]:
         total: Optional[Tensor] = None
@@ -152,6 +147,40 @@ class Compose(Loss):
                 terms[name] = value
         terms["loss"] = total  # type: ignore[assignment]
         return terms
+
+
+# ------------------------------------------------------------------ helpers the losses share
+def require_teacher_logits(inputs: DistillInputs, who: str) -> Tensor:
+    if inputs.teacher_logits is None:
+        raise ValueError(
+            f"{who} needs teacher logits, but DistillInputs.teacher_logits is None; give the module a "
+            "teacher (or a batch carrying teacher logits), or use CE() for labels-only training")
+    return inputs.teacher_logits
+
+
+def ce_term(inputs: DistillInputs, ce_weight: float, label_smoothing: float = 0.0) -> Tensor:
+    """Hard-label CE for the logged ``"ce"`` term.
+
+    Returns a zero fp32 scalar (no graph) when ``ce_weight == 0`` (CE is then not computed at all) or when
+    the batch has no labels (``inputs.target is None``, e.g. an unlabeled transfer set).
+    """
+    if ce_weight == 0 or inputs.target is None:
+        return torch.zeros((), dtype=torch.float32, device=inputs.student_logits.device)
+    return hard_label_ce(inputs.student_logits, inputs.target, inputs.labeled, label_smoothing)
+
+
+def weighted_total(inputs: DistillInputs, *weighted: Tuple[float, Tensor]) -> Tensor:
+    """``Σ w · term`` over the pairs with ``w != 0`` (a zero weight never turns a NaN term into the loss).
+
+    If nothing contributes, returns a zero that is still attached to the student's graph.
+    """
+    total: Optional[Tensor] = None
+    for weight, term in weighted:
+        if weight != 0:
+            total = weight * term if total is None else total + weight * term
+    if total is None:
+        total = inputs.student_logits.float().sum() * 0.0
+    return total
 
 
 def resolve_pairs(pairs: Optional[Sequence[Sequence[str]]] = None,

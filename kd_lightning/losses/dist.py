@@ -5,9 +5,9 @@ from typing import Dict
 
 from torch import Tensor
 
-from .base import DistillInputs, Loss, check_temperature, check_weights
+from .base import DistillInputs, Loss, ce_term, require_teacher_logits, weighted_total
 from .functional.response import dist_terms
-from .kd import ce_term, require_teacher_logits, weighted_total
+from .checks import check_temperature, check_weights
 
 
 class DIST(Loss):

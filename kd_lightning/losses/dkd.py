@@ -7,9 +7,9 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from .base import DistillInputs, Loss, check_temperature, check_weights
+from .base import DistillInputs, Loss, ce_term, require_teacher_logits, weighted_total
 from .functional.response import dkd_terms
-from .kd import ce_term, require_teacher_logits, weighted_total
+from .checks import check_temperature, check_weights
 
 
 class DKD(Loss):

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .base import DistillInputs, Loss, check_weights, resolve_pairs
+from .base import DistillInputs, Loss, resolve_pairs
+from .checks import check_weights
 
 Shape = Tuple[int, ...]
 
@@ -24,6 +25,8 @@ _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 class FeatureLoss(Loss):
     """A loss over tapped feature pairs with one non-negative ``weight``."""
+
+    needs_target = False  # features only; compose with KD or CE for a label term
 
     def __init__(self, pairs: Optional[Sequence[Sequence[str]]] = None,
                  student_layers: Optional[Sequence[str] | str] = None,

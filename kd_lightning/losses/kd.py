@@ -1,54 +1,13 @@
-"""Hinton-style knowledge distillation loss (and the small helpers the logit losses share)."""
+"""Hinton-style knowledge distillation loss."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
-import torch
 from torch import Tensor
 
-from .base import DistillInputs, Loss, check_temperature, check_weights
-from .ce import hard_label_ce
+from .base import DistillInputs, Loss, ce_term, require_teacher_logits, weighted_total
+from .checks import check_label_smoothing, check_temperature, check_weights
 from .functional.response import kd_ce_terms, kd_loss
-
-
-# ------------------------------------------------------------------ shared by the logit losses
-def require_teacher_logits(inputs: DistillInputs, who: str) -> Tensor:
-    if inputs.teacher_logits is None:
-        raise ValueError(
-            f"{who} needs teacher logits, but DistillInputs.teacher_logits is None; give the module a "
-            "teacher (or a batch carrying teacher logits), or use CE() for labels-only training")
-    return inputs.teacher_logits
-
-
-def ce_term(inputs: DistillInputs, ce_weight: float, label_smoothing: float = 0.0) -> Tensor:
-    """Hard-label CE for the logged ``"ce"`` term.
-
-    Returns a zero fp32 scalar (no graph) when ``ce_weight == 0`` (CE is then not computed at all) or when
-    the batch has no labels (``inputs.target is None``, e.g. an unlabeled transfer set).
-    """
-    if ce_weight == 0 or inputs.target is None:
-        return torch.zeros((), dtype=torch.float32, device=inputs.student_logits.device)
-    return hard_label_ce(inputs.student_logits, inputs.target, inputs.labeled, label_smoothing)
-
-
-def weighted_total(inputs: DistillInputs, *weighted: Tuple[float, Tensor]) -> Tensor:
-    """``Σ w · term`` over the pairs with ``w != 0`` (a zero weight never turns a NaN term into the loss).
-
-    If nothing contributes, returns a zero that is still attached to the student's graph.
-    """
-    total: Optional[Tensor] = None
-    for weight, term in weighted:
-        if weight != 0:
-            total = weight * term if total is None else total + weight * term
-    if total is None:
-        total = inputs.student_logits.float().sum() * 0.0
-    return total
-
-
-def check_label_smoothing(label_smoothing: float) -> float:
-    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-    return float(label_smoothing)
 
 
 # ------------------------------------------------------------------------------------------- KD

@@ -5,7 +5,8 @@ from typing import Dict, Optional, Sequence
 
 from torch import Tensor
 
-from .base import DistillInputs, check_weights
+from .base import DistillInputs
+from .checks import check_weights
 from .feature_base import FeatureLoss
 from .functional.relation import rkd_terms
 

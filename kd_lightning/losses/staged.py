@@ -1,14 +1,14 @@
 """Staged: switch from one loss to another at a given epoch (e.g. two-stage FitNet)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from torch import Tensor
 
-from .base import DistillInputs, Loss
+from .base import CompositeLoss, DistillInputs, Loss
 
 
-class Staged(Loss):
+class Staged(CompositeLoss):
     """Use ``first`` for epochs ``<= switch_epoch`` (1-based ``inputs.epoch``) and ``then`` afterwards.
 
     Both losses are built, tapped and owned (their parameters are trained and saved) from the
@@ -32,41 +32,9 @@ class Staged(Loss):
         """The loss in use at (1-based) ``epoch``."""
         return self.first if epoch <= self.switch_epoch else self.then
 
-    @property
-    def needs_teacher(self) -> bool:  # type: ignore[override]
-        return self.first.needs_teacher or self.then.needs_teacher
-
-    @property
-    def needs_target(self) -> bool:  # type: ignore[override]
-        return self.first.needs_target or self.then.needs_target
-
-    @property
-    def needs_index(self) -> bool:
-        return bool(getattr(self.first, "needs_index", False) or getattr(self.then, "needs_index", False))
-
-    @property
-    def student_taps(self) -> List[str]:
-        return list(dict.fromkeys(self.first.student_taps + self.then.student_taps))
-
-    @property
-    def teacher_taps(self) -> List[str]:
-        return list(dict.fromkeys(self.first.teacher_taps + self.then.teacher_taps))
-
-    @property
-    def needs_build(self) -> bool:  # type: ignore[override]
-        return self.first.needs_build or self.then.needs_build
-
-    def build(self, inputs: DistillInputs) -> None:
-        for o in (self.first, self.then):
-            if o.needs_build:
-                o.build(inputs)
-
-    @property
-    def temperature(self) -> Optional[float]:
-        for o in (self.then, self.first):
-            if getattr(o, "temperature", None) is not None:
-                return o.temperature
-        return None
+    def parts(self) -> List[Loss]:
+        # The later stage first: its temperature is the one the run ends with.
+        return [self.then, self.first]
 
     def forward(self, inputs: DistillInputs) -> Dict[str, Tensor]:
         return self.current(inputs.epoch)(inputs)

@@ -1,6 +1,6 @@
 """Response-based (logit) distillation losses as pure tensor functions.
 
-Notation (see ``REFERENCE.md``): ``z_s``, ``z_t`` are student / teacher logits of shape ``[B, C]``,
+Notation (the formulas are written out in the documentation, ``docs/methods.md``): ``z_s``, ``z_t`` are student / teacher logits of shape ``[B, C]``,
 ``p = softmax(z / T)``, ``KL(a‖b) = Σ_c a_c (log a_c − log b_c)`` and "mean over the batch" is the sum
 over samples divided by ``B``.
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..base import check_temperature
+from ..checks import check_temperature
 
 __all__ = [
     "kd_loss",
@@ -311,3 +311,19 @@ def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
             f"{tuple(teacher_logits.shape)} must have the same shape")
     zs, zt = _upcast(student_logits, teacher_logits)
     return F.mse_loss(zs, zt, reduction="mean")
+
+
+IGNORE_INDEX = -100  # the target of samples without a label, inside the loss functions
+
+
+def hard_label_ce(logits: Tensor, target: Tensor, labeled: Optional[Tensor] = None, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy in fp32 over the samples that carry a label (all when ``labeled`` is None)."""
+    logits = logits.float()
+    if labeled is None:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    # A masked mean instead of boolean indexing: no data-dependent shape, so no device sync per step.
+    # Unlabeled samples get the ignored class, which also drops them from the label-smoothing term.
+    target = torch.where(labeled, target, IGNORE_INDEX)
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum",
+                            label_smoothing=label_smoothing)
+    return total / labeled.sum().clamp_min(1)

@@ -1,0 +1,52 @@
+"""Teacher-output cache for offline distillation: run the teacher once, train the student on stored logits.
+
+The teacher runs once over a data set (eval mode, ``torch.inference_mode``) and its logits are written to
+memory-mapped ``.npy`` files, one row per dataset sample index, in a directory named by a hash of
+
+* the teacher's weights (every tensor of its ``state_dict``, bit for bit),
+* the data: a fingerprint of the dataset (its tensors where it has any, else its type and length) and
+  the data config given by the caller,
+* the transform (its ``repr``, which lists every parameter of torchvision transforms),
+* the storage options (fp16, top-k).
+
+So a retrained teacher, another split or another normalization gets another directory and never
+reads stale targets. A cache directory holds ``meta.json`` and ``logits.npy`` (full storage) or
+``topk_logprobs.npy`` + ``topk_indices.npy`` (top-k storage). Every array is written to a temporary
+file and moved into place with ``os.replace``; ``meta.json`` (shape, dtype, key, row count, a SHA-256 of
+the array bytes) is written last, so a directory without it is an unfinished write and is rebuilt, and
+a directory with it is validated on open: a wrong shape, dtype, key or a truncated file is an error
+(:class:`TeacherCacheError`), never silently wrong targets. Checksums are verified on request
+(``verify=True``), because reading a large cache in full costs a pass over the disk.
+
+Storage options and their exact reconstruction (see :func:`reconstruct_topk`):
+
+* full fp32: the teacher's logits, exactly.
+* ``fp16=True``: logits rounded to float16 (relative error <= 2**-11 per logit, i.e. an absolute error
+  below 0.01 for |z| < 20; a logit beyond the float16 range is refused). Rows are returned as float32.
+* ``top_k=k``: per sample the ``k`` largest log-probabilities ``log p_i = z_i - logsumexp(z)`` at T=1
+  and their class indices. The remaining mass ``r = 1 - sum_topk p_i`` is shared equally by the other
+  ``C - k`` classes, so the reconstructed logits are ``z'_i = log p_i`` for the top-k classes and
+  ``z'_j = log(r / (C - k))`` for the rest: ``softmax(z')`` reproduces the top-k probabilities exactly
+  and gives every other class ``r / (C - k)``. The logits differ from the teacher's by a per-row
+  constant on the top-k classes (softmax-invariant), so losses that compare raw logits
+  (``LogitMSE``) must not use top-k storage, and at a temperature T != 1 the tail is an approximation
+  (the KD loss error is then bounded by how much mass lies outside the top-k; see the tests).
+
+:class:`CachedLogitsDataset` serves ``{"input", "target", "index", "teacher_logits"}`` dicts (plus
+``"labeled"`` when the base data has it) so shuffled loaders and DDP ranks read the rows of the samples
+they actually got; :class:`CachedTeacherDataModule` wraps a LightningDataModule and caches its train,
+val and test sets, and :class:`~kd_lightning.DistillationModule` with ``teacher=None`` trains on them.
+
+Cached targets are fixed per sample: a random training transform (random crops, flips, ...) would show
+the student a view the teacher never saw, so such transforms are refused unless
+``allow_random_transform=True``.
+"""
+from .data import CachedLogitsDataset, CachedTeacherDataModule
+from .fingerprint import cache_key, fingerprint_dataset, fingerprint_module
+from .store import TeacherCacheError, TeacherOutputCache
+from .topk import reconstruct_topk, topk_logprobs
+from .transforms import RandomTransformError, check_transform, dataset_transform, find_random_transforms
+
+__all__ = ["TeacherOutputCache", "TeacherCacheError", "CachedLogitsDataset", "CachedTeacherDataModule",
+           "RandomTransformError", "cache_key", "fingerprint_module", "fingerprint_dataset", "check_transform",
+           "dataset_transform", "find_random_transforms", "topk_logprobs", "reconstruct_topk"]
