@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from ..batch import unpack
+from ..data.wrapper import WrappedDataModule
 from .store import TeacherCacheError, TeacherOutputCache
 from .transforms import check_transform, dataset_transform
 
@@ -84,7 +85,7 @@ def _loader_settings(loader: DataLoader) -> Dict[str, Any]:
             "shuffle": isinstance(loader.sampler, RandomSampler)}
 
 
-class CachedTeacherDataModule(L.LightningDataModule):
+class CachedTeacherDataModule(WrappedDataModule):
     """Wraps ``datamodule`` so its train/val/test batches carry cached ``teacher_logits``.
 
     The caches are built (or reused) in :meth:`prepare_caches`, called by :meth:`setup` or earlier by the
@@ -96,8 +97,7 @@ class CachedTeacherDataModule(L.LightningDataModule):
                  data_config: Any = None, fp16: bool = False, top_k: Optional[int] = None,
                  allow_random_transform: bool = False, splits: Iterable[str] = ("train", "val", "test"),
                  device: Union[str, torch.device, None] = None, verify: bool = False, batch_size: int = 512):
-        super().__init__()
-        self.datamodule = datamodule
+        super().__init__(datamodule)
         self.teacher = teacher
         self.root = Path(root)
         self.data_config = data_config
@@ -109,12 +109,6 @@ class CachedTeacherDataModule(L.LightningDataModule):
         self._settings: Dict[str, Dict[str, Any]] = {}
         self._datasets: Dict[str, Dataset] = {}
         self._collate: Dict[str, Callable] = {}
-
-    def __getattr__(self, name: str) -> Any:  # num_classes, num_train, ... of the wrapped module
-        inner = self.__dict__.get("datamodule")
-        if inner is None or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(inner, name)
 
     def _loader(self, split: str) -> Optional[DataLoader]:
         fn = getattr(self.datamodule, f"{split}_dataloader", None)
@@ -149,9 +143,6 @@ class CachedTeacherDataModule(L.LightningDataModule):
             self._collate[split] = collate
         return self.caches
 
-    def prepare_data(self) -> None:
-        self.datamodule.prepare_data()
-
     def setup(self, stage: Optional[str] = None) -> None:
         self.datamodule.setup(stage)
         self.prepare_caches()
@@ -176,9 +167,3 @@ class CachedTeacherDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.cached_dataloader("test")
-
-    def predict_dataloader(self) -> Any:
-        return self.datamodule.predict_dataloader()
-
-    def teardown(self, stage: Optional[str] = None) -> None:
-        self.datamodule.teardown(stage)

@@ -12,12 +12,16 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from .wrapper import Delegating
 
-class IndexedDataset(Dataset):
+
+class IndexedDataset(Delegating, Dataset):
     """Wrap ``dataset`` so each item carries its index: ``(x, y) -> (x, y, index)``.
 
     Other attributes (``classes``, ``targets`` ...) are read through from the wrapped dataset.
     """
+
+    wrapped_attr = "dataset"
 
     def __init__(self, dataset: Any, index_key: str = "index"):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
@@ -39,12 +43,6 @@ class IndexedDataset(Dataset):
             return item[0], item[1], index
         kind = f"a {len(item)}-tuple" if isinstance(item, (tuple, list)) else type(item).__name__
         raise ValueError(f"IndexedDataset expects items (x, y) or dicts; the wrapped dataset returned {kind}")
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for attributes not found normally; guard against recursion while unpickling.
-        if name == "dataset" or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
     def __repr__(self) -> str:
         return f"IndexedDataset({self.dataset!r})"

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, default_collate
 
 from ..batch import unpack
+from .wrapper import WrappedDataModule
 
 
 _NO_LABEL = torch.tensor(-1, dtype=torch.long)
@@ -112,19 +113,12 @@ def _passthrough(batch: Any) -> Any:
     return batch
 
 
-class TransferDataModule(L.LightningDataModule):
+class TransferDataModule(WrappedDataModule):
     """``datamodule`` with a transfer set appended to its training data (validation and test unchanged)."""
 
     def __init__(self, datamodule: L.LightningDataModule, transfer: Union[Dataset, Tensor, None] = None):
-        super().__init__()
-        self.datamodule = datamodule
+        super().__init__(datamodule)
         self._transfer = transfer
-
-    def __getattr__(self, name: str) -> Any:  # num_classes, batch_size, ... of the wrapped module
-        inner = self.__dict__.get("datamodule")
-        if inner is None or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(inner, name)
 
     def transfer_set(self) -> Dataset:
         transfer = self._transfer
@@ -136,12 +130,6 @@ class TransferDataModule(L.LightningDataModule):
                              "or configure it (e.g. MNIST1DDataModule(transfer_samples=4000))")
         return TensorDataset(transfer) if isinstance(transfer, Tensor) else transfer
 
-    def prepare_data(self) -> None:
-        self.datamodule.prepare_data()
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        self.datamodule.setup(stage)
-
     def train_dataloader(self) -> DataLoader:
         base = self.datamodule.train_dataloader()
         default = base.collate_fn in (None, default_collate)
@@ -151,18 +139,6 @@ class TransferDataModule(L.LightningDataModule):
                           num_workers=base.num_workers, pin_memory=base.pin_memory, drop_last=base.drop_last,
                           persistent_workers=base.persistent_workers,
                           collate_fn=_passthrough if default else base.collate_fn)
-
-    def val_dataloader(self) -> Any:
-        return self.datamodule.val_dataloader()
-
-    def test_dataloader(self) -> Any:
-        return self.datamodule.test_dataloader()
-
-    def predict_dataloader(self) -> Any:
-        return self.datamodule.predict_dataloader()
-
-    def teardown(self, stage: Optional[str] = None) -> None:
-        self.datamodule.teardown(stage)
 
 
 def has_transfer_set(datamodule: Any) -> bool:
