@@ -16,3 +16,4 @@ from .nst import NST
 from .vid import VID
 from .ofd import OFD
 from .crd import CRD
+from .token import TokenKD
