@@ -289,7 +289,7 @@ class CausalLMDistillationModule(L.LightningModule):
             return
         counts = self.reduce_sum(torch.stack([self.step_tokens, self.step_inputs]))
         total = counts[0]
-        scale = (self.step_ref / total.clamp_min(1.0)).float()
+        scale = self.step_ref / total.clamp_min(1.0)  # float64: exact enough for any grad dtype
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
