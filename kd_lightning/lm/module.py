@@ -271,7 +271,8 @@ class CausalLMDistillationModule(L.LightningModule):
         with torch.autocast(device_type=ids.device.type, enabled=False):
             terms = self.loss(student_logits, teacher_logits, labels, mask,
                               num_tokens=self.step_ref / (world * accum))
-        self.log_train_terms(terms, labels, mask, world * accum, ids.shape[0])
+        if self.attached_trainer() is not None:
+            self.log_train_terms(terms, labels, mask, world * accum, ids.shape[0])
         return terms["loss"]
 
     def log_train_terms(self, terms: Dict[str, Tensor], labels: Tensor, mask: Tensor, split: int, batch_size: int) -> None:
