@@ -1,0 +1,394 @@
+"""Text DataModules for causal language models: batches of ``input_ids``, ``attention_mask``, ``labels``.
+
+- :class:`PydocTextDataModule`: the English help texts shipped with CPython (``pydoc_data.topics``),
+  split by topic, with a small byte-level BPE tokenizer trained on the training topics — an offline
+  corpus that every Python installation has.
+- :class:`TextFileDataModule`: a local ``.txt`` file, or a folder of them.
+- :class:`PromptResponseDataModule`: a local JSON-lines file of prompt/response pairs; prompt tokens carry
+  the label -100 (no loss), so only responses are learned.
+
+Labels equal ``input_ids`` (the model shifts: position ``i`` predicts token ``i + 1``); padding has
+``attention_mask`` 0 and label -100. ``transformers`` and ``tokenizers`` are imported when needed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..io import atomic_path, write_json
+
+IGNORE_INDEX = -100
+PAD_TOKEN, EOS_TOKEN = "<pad>", "<eos>"
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["PydocTextDataModule", "TextFileDataModule", "PromptResponseDataModule", "train_bpe_tokenizer",
+           "pydoc_topics", "check_context_length", "check_tokenizer", "PackedSequences"]
+
+
+# ----------------------------------------------------------------------------------- checks
+def check_context_length(seq_len: int, model: Any) -> int:
+    """Raise when ``seq_len`` exceeds the model's context (``max_position_embeddings`` / ``n_positions``)."""
+    config = getattr(model, "config", None)
+    limit = None
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        limit = getattr(config, attr, None) if config is not None else getattr(model, attr, None)
+        if limit is not None:
+            break
+    if limit is not None and int(seq_len) > int(limit):
+        raise ValueError(f"seq_len={seq_len} is longer than the model's context of {limit} positions; "
+                         f"use seq_len <= {limit} or build the model with max_position_embeddings >= {seq_len}")
+    return int(seq_len)
+
+
+def check_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer must have a pad token (batches are padded with it)."""
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"tokenizer {name!r} has no pad token; set one first, e.g. "
+                         "tokenizer.pad_token = tokenizer.eos_token")
+    return tokenizer
+
+
+# ------------------------------------------------------------------------------------ corpus
+def pydoc_topics() -> Dict[str, str]:
+    """``pydoc_data.topics.topics``: CPython's help texts, topic name -> English text."""
+    from pydoc_data.topics import topics
+
+    return dict(topics)
+
+
+def split_by_name(docs: Dict[str, str], val_every: int) -> Tuple[List[str], List[str]]:
+    """Deterministic split: sorted names, every ``val_every``-th one held out."""
+    names = sorted(docs)
+    train = [docs[n] for i, n in enumerate(names) if i % val_every != val_every // 2]
+    held = [docs[n] for i, n in enumerate(names) if i % val_every == val_every // 2]
+    return train, held
+
+
+# --------------------------------------------------------------------------------- tokenizer
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 2048, cache_dir: Optional[PathLike] = None,
+                        min_frequency: int = 2) -> Any:
+    """A byte-level BPE tokenizer (``<pad>``, ``<eos>`` specials) as a ``PreTrainedTokenizerFast``.
+
+    With ``cache_dir`` the trained tokenizer is stored under ``cache_dir/tokenizers/<key>/`` where ``key``
+    hashes the training text and every setting (and the ``tokenizers`` version); ``meta.json`` records
+    the SHA-256 of ``tokenizer.json`` and is written last, so a reuse first checks the key and the digest
+    and retrains on any mismatch. Files are replaced atomically.
+    """
+    import tokenizers
+
+    settings = {"kind": "byte_level_bpe", "vocab_size": int(vocab_size), "min_frequency": int(min_frequency),
+                "special_tokens": [PAD_TOKEN, EOS_TOKEN], "tokenizers": tokenizers.__version__}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for text in texts:
+        h.update(_sha256_bytes(text.encode("utf-8")).encode())
+    key = h.hexdigest()[:32]
+    if cache_dir is not None:
+        directory = Path(cache_dir) / "tokenizers" / key
+        cached = _load_cached_tokenizer(directory, key)
+        if cached is not None:
+            return _wrap(cached)
+    tok = _train(texts, settings)
+    if cache_dir is not None:
+        blob = tok.to_str().encode("utf-8")
+        with atomic_path(directory / "tokenizer.json") as tmp:
+            tmp.write_bytes(blob)
+        write_json(directory / "meta.json", {"key": key, "sha256": _sha256_bytes(blob), "settings": settings})
+    return _wrap(tok)
+
+
+def _load_cached_tokenizer(directory: Path, key: str) -> Any:
+    from tokenizers import Tokenizer
+
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        blob = (directory / "tokenizer.json").read_bytes()
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key or meta.get("sha256") != _sha256_bytes(blob):
+        return None  # stale or damaged: retrain and overwrite, never use
+    return Tokenizer.from_str(blob.decode("utf-8"))
+
+
+def _train(texts: Sequence[str], settings: Dict[str, Any]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=settings["vocab_size"], min_frequency=settings["min_frequency"],
+                                  special_tokens=settings["special_tokens"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return tok
+
+
+def _wrap(tok: Any) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN,
+                                   bos_token=EOS_TOKEN, unk_token=None)
+
+
+# ----------------------------------------------------------------------------------- datasets
+class PackedSequences(Dataset):
+    """A token stream cut into rows of ``seq_len``; the last partial row is padded (label -100)."""
+
+    def __init__(self, stream: Tensor, seq_len: int, pad_id: int):
+        n = stream.numel()
+        rows = max(1, -(-n // seq_len))
+        ids = torch.full((rows * seq_len,), pad_id, dtype=torch.long)
+        ids[:n] = stream
+        self.input_ids = ids.view(rows, seq_len)
+        self.attention_mask = torch.zeros_like(self.input_ids)
+        self.attention_mask.view(-1)[:n] = 1
+        self.labels = self.input_ids.masked_fill(self.attention_mask == 0, IGNORE_INDEX)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def __getitem__(self, i: int) -> Dict[str, Tensor]:
+        return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
+
+
+def encode_stream(tokenizer: Any, docs: Sequence[str]) -> Tensor:
+    """Each document's tokens followed by the end-of-sequence token, concatenated."""
+    eos = tokenizer.eos_token_id
+    out: List[int] = []
+    for doc in docs:
+        out.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            out.append(eos)
+    return torch.tensor(out, dtype=torch.long)
+
+
+class _PackedTextDataModule(L.LightningDataModule):
+    """Shared part: documents -> tokenizer -> packed train / held-out sequences."""
+
+    def __init__(self, seq_len: int = 128, batch_size: int = 16, tokenizer: Any = None, vocab_size: int = 2048,
+                 cache_dir: Optional[PathLike] = None, num_workers: int = 0):
+        super().__init__()
+        if int(seq_len) < 2:
+            raise ValueError(f"seq_len={seq_len} is too short: a sequence needs >= 2 tokens to predict one")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.seq_len, self.batch_size, self.num_workers = int(seq_len), int(batch_size), int(num_workers)
+        self.vocab_size = int(vocab_size)
+        self.cache_dir = cache_dir
+        self.tokenizer = check_tokenizer(tokenizer) if tokenizer is not None else None
+        self.train_set: Optional[PackedSequences] = None
+        self.val_set: Optional[PackedSequences] = None
+        self.bytes_per_token: Optional[float] = None
+
+    def documents(self) -> Tuple[List[str], List[str]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        train_docs, val_docs = self.documents()
+        if self.tokenizer is None:
+            self.tokenizer = train_bpe_tokenizer(train_docs, self.vocab_size, self.cache_dir)
+        pad = self.tokenizer.pad_token_id
+        train_stream, val_stream = encode_stream(self.tokenizer, train_docs), encode_stream(self.tokenizer, val_docs)
+        self.train_set = PackedSequences(train_stream, self.seq_len, pad)
+        self.val_set = PackedSequences(val_stream, self.seq_len, pad)
+        # Bits per byte: UTF-8 bytes of the held-out text (with one byte per end-of-sequence) per token.
+        val_bytes = sum(len(d.encode("utf-8")) + 1 for d in val_docs)
+        self.bytes_per_token = val_bytes / max(1, val_stream.numel())
+
+    def prepare_data(self) -> None:
+        # Train (or check) the cached tokenizer once, in the main process.
+        if self.tokenizer is None and self.cache_dir is not None:
+            train_bpe_tokenizer(self.documents()[0], self.vocab_size, self.cache_dir)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class PydocTextDataModule(_PackedTextDataModule):
+    """CPython's ``pydoc_data.topics`` help texts; every ``val_every``-th topic (sorted by name) is held out.
+
+    Args:
+        seq_len: context length of the packed sequences (default 128).
+        vocab_size: size of the byte-level BPE vocabulary trained on the training topics (default 2048).
+        cache_dir: where the tokenizer is cached (keyed by content hash; None: retrain each time).
+        tokenizer: use this tokenizer instead of training one.
+    """
+
+    def __init__(self, seq_len: int = 128, batch_size: int = 16, vocab_size: int = 2048,
+                 cache_dir: Optional[PathLike] = None, tokenizer: Any = None, val_every: int = 10,
+                 num_workers: int = 0):
+        super().__init__(seq_len, batch_size, tokenizer, vocab_size, cache_dir, num_workers)
+        if int(val_every) < 2:
+            raise ValueError(f"val_every={val_every} must be >= 2 (one topic in val_every is held out)")
+        self.val_every = int(val_every)
+
+    def documents(self) -> Tuple[List[str], List[str]]:
+        return split_by_name(pydoc_topics(), self.val_every)
+
+
+class TextFileDataModule(_PackedTextDataModule):
+    """A local text file or a folder of ``.txt`` files.
+
+    A folder: files sorted by name, every ``val_every``-th one held out (at least one file each side).
+    One file: the last ``val_fraction`` of its lines is held out.
+    """
+
+    def __init__(self, path: PathLike, seq_len: int = 128, batch_size: int = 16, vocab_size: int = 2048,
+                 cache_dir: Optional[PathLike] = None, tokenizer: Any = None, val_every: int = 10,
+                 val_fraction: float = 0.1, num_workers: int = 0):
+        super().__init__(seq_len, batch_size, tokenizer, vocab_size, cache_dir, num_workers)
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"text path {os.fspath(path)!r} does not exist; point at a .txt file or a folder of them")
+        if not 0.0 < float(val_fraction) < 1.0:
+            raise ValueError(f"val_fraction={val_fraction} must be in (0, 1)")
+        self.val_every, self.val_fraction = max(2, int(val_every)), float(val_fraction)
+
+    def documents(self) -> Tuple[List[str], List[str]]:
+        if self.path.is_dir():
+            files = sorted(self.path.rglob("*.txt"))
+            if not files:
+                raise ValueError(f"folder {os.fspath(self.path)!r} holds no .txt files; add some or point at a file")
+            if len(files) >= 2:
+                docs = {str(f.relative_to(self.path)): f.read_text(encoding="utf-8") for f in files}
+                train, held = split_by_name(docs, min(self.val_every, len(files)))
+                if train and held:
+                    return train, held
+            text = "\n".join(f.read_text(encoding="utf-8") for f in files)
+        else:
+            text = self.path.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        if len(lines) < 2:
+            raise ValueError(f"{os.fspath(self.path)!r} has fewer than 2 lines: too little text for a train and "
+                             "a held-out part")
+        cut = min(len(lines) - 1, max(1, round(len(lines) * (1 - self.val_fraction))))
+        return ["".join(lines[:cut])], ["".join(lines[cut:])]
+
+
+# ------------------------------------------------------------------------------ prompt/response
+class PromptResponseDataset(Dataset):
+    def __init__(self, rows: List[Tuple[List[int], List[int]]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Tuple[List[int], List[int]]:
+        return self.rows[i]
+
+
+class PadCollate:
+    """Right-pads ``(input_ids, labels)`` lists to the longest in the batch."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = int(pad_id)
+
+    def __call__(self, rows: List[Tuple[List[int], List[int]]]) -> Dict[str, Tensor]:
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (x, y) in enumerate(rows):
+            ids[r, :len(x)] = torch.tensor(x)
+            labels[r, :len(y)] = torch.tensor(y)
+            mask[r, :len(x)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class PromptResponseDataModule(L.LightningDataModule):
+    """Prompt/response pairs from a local JSON-lines file; loss only on response tokens.
+
+    Each line is a JSON object with ``prompt_key`` and ``response_key`` fields. A row is
+    ``prompt tokens + response tokens + eos``, truncated to ``seq_len``; prompt positions get label -100.
+    The last ``val_fraction`` of the lines is held out (or all of ``val_path`` when given).
+    """
+
+    def __init__(self, path: PathLike, tokenizer: Any, seq_len: int = 128, batch_size: int = 16,
+                 prompt_key: str = "prompt", response_key: str = "response", val_path: Optional[PathLike] = None,
+                 val_fraction: float = 0.1, num_workers: int = 0):
+        super().__init__()
+        for p in (path, val_path):
+            if p is not None and not Path(p).is_file():
+                raise FileNotFoundError(f"JSON-lines file {os.fspath(p)!r} does not exist; point at a local .jsonl file")
+        if tokenizer is None:
+            raise ValueError("PromptResponseDataModule needs a tokenizer (e.g. the teacher's); got None")
+        self.tokenizer = check_tokenizer(tokenizer)
+        self.path, self.val_path = Path(path), Path(val_path) if val_path is not None else None
+        self.seq_len, self.batch_size, self.num_workers = int(seq_len), int(batch_size), int(num_workers)
+        self.prompt_key, self.response_key = prompt_key, response_key
+        self.val_fraction = float(val_fraction)
+        self.train_set: Optional[PromptResponseDataset] = None
+        self.val_set: Optional[PromptResponseDataset] = None
+
+    def _read(self, path: Path) -> List[Tuple[List[int], List[int]]]:
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{os.fspath(path)!r} line {n} is not valid JSON ({err.msg}); write one JSON object per line") from None
+            missing = [k for k in (self.prompt_key, self.response_key) if not isinstance(obj, dict) or k not in obj]
+            if missing:
+                have = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                raise ValueError(f"{os.fspath(path)!r} line {n} has no field {missing[0]!r} (it has {have}); set "
+                                 "prompt_key / response_key to the field names of your file")
+            prompt = self.tokenizer(str(obj[self.prompt_key]), add_special_tokens=False)["input_ids"]
+            response = self.tokenizer(str(obj[self.response_key]), add_special_tokens=False)["input_ids"]
+            if self.tokenizer.eos_token_id is not None:
+                response = response + [self.tokenizer.eos_token_id]
+            ids = (prompt + response)[: self.seq_len]
+            labels = ([IGNORE_INDEX] * len(prompt) + response)[: self.seq_len]
+            rows.append((ids, labels))
+        if not rows:
+            raise ValueError(f"{os.fspath(path)!r} holds no examples")
+        return rows
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        rows = self._read(self.path)
+        if self.val_path is not None:
+            train, val = rows, self._read(self.val_path)
+        else:
+            cut = min(len(rows) - 1, max(1, round(len(rows) * (1 - self.val_fraction)))) if len(rows) > 1 else 1
+            train, val = rows[:cut], rows[cut:] or rows[-1:]
+        self.train_set, self.val_set = PromptResponseDataset(train), PromptResponseDataset(val)
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=PadCollate(self.tokenizer.pad_token_id))
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

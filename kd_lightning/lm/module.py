@@ -1,0 +1,433 @@
+"""CausalLMDistillationModule: distill a frozen causal language model into a smaller one, token by token."""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import SumMetric
+
+from ..losses.token import IGNORE_INDEX, TokenKD
+from ..teacher import FrozenTeacher
+
+TEACHER_PREFIX = "teacher."
+VOCAB_ALIGNMENTS = ("strict", "truncate")
+_STAT_NAMES = ("ce", "teacher_ce", "kd", "agree", "tokens", "kd_tokens", "bytes")
+
+
+def lm_logits(net: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor], passes_mask: bool,
+              passes_use_cache: bool) -> Tensor:
+    """Call a causal LM and return its logits ``[B, T, V]``.
+
+    Accepts Hugging Face models (outputs with ``.logits``), modules returning a tuple whose first item is
+    the logits, and plain modules returning the logits tensor.
+    """
+    kwargs: Dict[str, Any] = {}
+    if passes_mask and attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if passes_use_cache:
+        kwargs["use_cache"] = False
+    out = net(input_ids, **kwargs)
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"{type(net).__name__} returned a {type(out).__name__}; a language model must return logits "
+                    "[batch, time, vocab], an object with .logits, or a tuple whose first item is the logits")
+
+
+def _call_signature(net: nn.Module) -> Tuple[bool, bool]:
+    """(passes attention_mask, passes use_cache): only arguments the forward names explicitly."""
+    try:
+        params = inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return False, False
+    return "attention_mask" in params, "use_cache" in params
+
+
+def _tokenizer_name(tok: Any) -> str:
+    return f"{getattr(tok, 'name_or_path', '') or type(tok).__name__!r} ({len(tok.get_vocab())} tokens)"
+
+
+def _batch_fields(batch: Any) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    if not isinstance(batch, dict) or "input_ids" not in batch:
+        got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"language-model batches must be dicts with input_ids (attention_mask, labels optional); "
+                         f"got {got}")
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask
+    labels = batch.get("labels")
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX) if labels is None else labels
+    return ids, mask, labels, batch.get("bytes")
+
+
+class CausalLMDistillationModule(L.LightningModule):
+    """Train a causal-LM ``student`` against a frozen ``teacher`` with :class:`~kd_lightning.losses.TokenKD`.
+
+    Batches are dicts of ``input_ids``, ``attention_mask`` and ``labels`` (-100 = no loss), optionally
+    ``bytes`` (UTF-8 bytes of the text, for bits per byte). Both models are any Hugging Face causal LM or
+    any ``nn.Module`` mapping ``input_ids`` to logits ``[B, T, V]`` (or to an object with ``.logits``, or to
+    a tuple whose first item is the logits).
+
+    The teacher is wrapped in :class:`~kd_lightning.teacher.FrozenTeacher`: ``requires_grad=False``, eval
+    mode whatever ``.train()`` is called with, run under ``no_grad``, left out of the optimizer and out of
+    checkpoints (``save_teacher=False``; loading refills its keys from the live teacher).
+
+    **Reduction over an optimizer step.** Every term is ``Σ_{step's counted tokens} term / N`` with ``N``
+    the counted tokens of the whole optimizer step — all ``A = trainer.accumulate_grad_batches``
+    micro-batches on all ``W = trainer.world_size`` ranks — so gradients do not depend on how the step is
+    split. ``N`` is only known once the last micro-batch is seen, so the module defers it, exactly:
+
+    1. micro-batch ``i`` on rank ``r`` returns ``S_{r,i} · W·A / N_ref``, with ``S`` its sum of per-token
+       terms and ``N_ref`` a number every rank agrees on (the previous step's ``N``; for the first step,
+       ``A`` times the first micro-batch's count summed over ranks);
+    2. Lightning divides each micro-batch loss by ``A`` and sums the gradients; DDP averages over ranks:
+       the gradient is ``(1/W) Σ_r Σ_i (1/A) · W·A/N_ref · ∇S_{r,i} = Σ ∇S / N_ref``;
+    3. in :meth:`on_before_optimizer_step` (after gradient unscaling, before clipping and the step) the
+       local counts are summed over ranks with ``trainer.strategy.reduce`` and every gradient is multiplied
+       by ``N_ref / N``, which leaves exactly ``Σ ∇S / N``.
+
+    Callbacks' ``on_before_optimizer_step`` run before the module's and therefore see the gradients before
+    step 3. A partial accumulation at the end of an epoch is handled too (its own ``N``). With
+    ``kd_positions="all"`` and prompt labels of -100, CE shares the KD positions' count as its divisor
+    (see :meth:`TokenKD.count_mask`).
+
+    Args:
+        student / teacher: the language models (teacher None: labels-only training).
+        loss: a :class:`TokenKD`; default forward KL with a teacher, plain CE without.
+        optimizer: ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW, lr=3e-3)``).
+        scheduler: ``optimizer -> LRScheduler``, stepped every ``scheduler_interval`` (default ``"step"``).
+        vocab_alignment: ``"strict"`` — teacher and student vocabularies must be the same size (checked on
+            the first batch, before any step) and the tokenizers the same (checked here); ``"truncate"`` —
+            same tokenizer, but the embedding matrices differ only in padding rows: the first
+            ``min(V_t, V_s)`` logits are compared.
+        tokenizer: the tokenizer both models share (saved by :meth:`save_student_pretrained`).
+        teacher_tokenizer / student_tokenizer: when both are given their vocabularies must be equal.
+        bytes_per_token: UTF-8 bytes per token of the held-out text, for ``bpb`` (default: the batch's
+            ``bytes`` key, or the datamodule's ``bytes_per_token`` attribute).
+        save_teacher: keep the teacher's weights in checkpoints.
+
+    Logged: ``train/loss``, ``train/ce``, ``train/kd`` (means over each micro-batch's own tokens),
+    ``train/tokens_per_s`` (input tokens of the step over all ranks / wall time between steps);
+    ``val/`` and ``test/`` ``ce``, ``ppl`` (= exp(ce)), ``kd``, ``teacher_ce``, ``teacher_ppl``,
+    ``agreement`` (top-1 next-token agreement with the teacher), ``bpb`` and ``teacher_bpb``, each a mean
+    over all labelled tokens of the epoch.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: Optional[nn.Module] = None,
+        loss: Optional[TokenKD] = None,
+        optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
+        scheduler: Optional[Callable[..., Any]] = None,
+        scheduler_interval: str = "step",
+        vocab_alignment: str = "strict",
+        tokenizer: Any = None,
+        teacher_tokenizer: Any = None,
+        student_tokenizer: Any = None,
+        bytes_per_token: Optional[float] = None,
+        save_teacher: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "tokenizer",
+                                          "teacher_tokenizer", "student_tokenizer"])
+        if not isinstance(student, nn.Module):
+            raise TypeError(f"student must be an nn.Module (a causal LM), got {type(student).__name__}")
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be an nn.Module (a causal LM) or None, got {type(teacher).__name__}")
+        if vocab_alignment not in VOCAB_ALIGNMENTS:
+            raise ValueError(f"vocab_alignment={vocab_alignment!r} is not known; use 'strict' or 'truncate'")
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval={scheduler_interval!r} must be 'step' or 'epoch'")
+        if bytes_per_token is not None and not (isinstance(bytes_per_token, (int, float)) and bytes_per_token > 0):
+            raise ValueError(f"bytes_per_token={bytes_per_token!r} must be a positive number (or None)")
+        if loss is None:
+            loss = TokenKD() if teacher is not None else TokenKD(ce_weight=1.0, kd_weight=0.0)
+        if not isinstance(loss, TokenKD):
+            raise TypeError(f"loss must be a TokenKD, got {type(loss).__name__}")
+        if loss.needs_teacher and teacher is None:
+            raise ValueError(f"loss has kd_weight={loss.kd_weight} but no teacher was given; pass teacher=... or use "
+                             "TokenKD(ce_weight=1.0, kd_weight=0.0) for labels-only training")
+        if teacher_tokenizer is not None and student_tokenizer is not None \
+                and teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
+            raise ValueError(
+                f"teacher tokenizer {_tokenizer_name(teacher_tokenizer)} and student tokenizer "
+                f"{_tokenizer_name(student_tokenizer)} differ; token-level KD needs one tokenizer (vocab_alignment="
+                f"{vocab_alignment!r} cannot bridge different tokenizers)")
+        self.student = student
+        self.teacher: Optional[FrozenTeacher] = FrozenTeacher(teacher) if teacher is not None else None
+        self.loss = loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.tokenizer = tokenizer if tokenizer is not None else (student_tokenizer or teacher_tokenizer)
+        self.student_signature = _call_signature(student)
+        self.teacher_signature = _call_signature(teacher) if teacher is not None else (False, False)
+        self.vocab_checked = False
+        self.vocab_size: Optional[int] = None  # the compared width (min of both under "truncate")
+        # Per-step token accounting (see the class docstring).
+        self.step_ref: Optional[Tensor] = None
+        self.step_tokens: Optional[Tensor] = None
+        self.step_inputs: Optional[Tensor] = None
+        self.step_clock: Optional[float] = None
+        for stage in ("val", "test"):
+            for name in _STAT_NAMES:
+                setattr(self, f"{stage}_{name}_sum", SumMetric(nan_strategy="disable"))
+
+    # ------------------------------------------------------------------------------ trainer info
+    def attached_trainer(self) -> Optional["L.Trainer"]:
+        try:
+            return self.trainer
+        except RuntimeError:  # not attached to a Trainer (a hand-written loop)
+            return None
+
+    def step_factors(self) -> Tuple[int, int]:
+        """``(world_size, accumulate_grad_batches)`` of the attached trainer, ``(1, 1)`` without one."""
+        trainer = self.attached_trainer()
+        if trainer is None:
+            return 1, 1
+        return int(trainer.world_size), int(trainer.accumulate_grad_batches)
+
+    def reduce_sum(self, value: Tensor) -> Tensor:
+        trainer = self.attached_trainer()
+        if trainer is None or trainer.world_size == 1:
+            return value
+        return trainer.strategy.reduce(value, reduce_op="sum")
+
+    # ------------------------------------------------------------------------------------ forward
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
+        return lm_logits(self.student, input_ids, attention_mask, *self.student_signature)
+
+    def run_models(self, ids: Tensor, mask: Tensor, labels: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = lm_logits(self.teacher.net, ids, mask, *self.teacher_signature)
+        student_logits = lm_logits(self.student, ids, mask, *self.student_signature)
+        if not self.vocab_checked:
+            self.check_vocab(student_logits, teacher_logits, ids, labels)
+        if teacher_logits is not None and teacher_logits.shape[-1] != student_logits.shape[-1]:
+            width = self.vocab_size
+            student_logits, teacher_logits = student_logits[..., :width], teacher_logits[..., :width]
+        return student_logits, teacher_logits
+
+    def check_vocab(self, student_logits: Tensor, teacher_logits: Optional[Tensor], ids: Tensor, labels: Tensor) -> None:
+        """On the first batch (before any optimizer step): the vocabularies must line up."""
+        if student_logits.ndim != 3 or student_logits.shape[:2] != ids.shape:
+            raise ValueError(f"the student must return logits [batch, time, vocab] for input_ids {tuple(ids.shape)}; "
+                             f"got {tuple(student_logits.shape)}")
+        v_s = student_logits.shape[-1]
+        width = v_s
+        if teacher_logits is not None:
+            v_t = teacher_logits.shape[-1]
+            if teacher_logits.shape[:2] != student_logits.shape[:2]:
+                raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and student logits "
+                                 f"{tuple(student_logits.shape)} disagree on [batch, time]")
+            if v_t != v_s:
+                if self.hparams.vocab_alignment == "strict":
+                    raise ValueError(
+                        f"vocabulary size mismatch: the teacher has {v_t} logits per token and the student {v_s}; "
+                        "token-level KD needs the same vocabulary (use vocab_alignment='truncate' only if both share "
+                        "one tokenizer and the extra rows are padding)")
+                width = min(v_t, v_s)
+                if self.tokenizer is not None and len(self.tokenizer) > width:
+                    raise ValueError(
+                        f"vocab_alignment='truncate' keeps the first {width} logits, but the tokenizer has "
+                        f"{len(self.tokenizer)} tokens (teacher {v_t}, student {v_s}): the rows that differ are not "
+                        "padding, so the vocabularies really differ")
+        top = int(torch.where(labels == IGNORE_INDEX, ids, labels).max()) if ids.numel() else -1
+        top = max(top, int(ids.max()) if ids.numel() else -1)
+        if top >= width:
+            raise ValueError(f"token id {top} is outside the compared vocabulary of {width} logits; the tokenizer does "
+                             "not match the models' vocabulary")
+        self.vocab_size = width
+        self.vocab_checked = True
+
+    # ---------------------------------------------------------------------------------- training
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        ids, mask, labels, _ = _batch_fields(batch)
+        student_logits, teacher_logits = self.run_models(ids, mask, labels)
+        count = self.loss.count_mask(labels, mask).sum()
+        world, accum = self.step_factors()
+        if self.step_tokens is None:  # first micro-batch of an optimizer step
+            self.step_tokens = torch.zeros((), dtype=torch.float64, device=ids.device)
+            self.step_inputs = torch.zeros((), dtype=torch.float64, device=ids.device)
+            if self.step_clock is None:
+                self.step_clock = time.perf_counter()
+            if self.step_ref is None:
+                # Any value all ranks agree on works (step 3 corrects it); this one is close to N.
+                first = self.reduce_sum(count.to(torch.float64).reshape(1)).reshape(()) * accum
+                self.step_ref = first.clamp_min(1.0)
+        self.step_tokens = self.step_tokens + count
+        self.step_inputs = self.step_inputs + mask.sum()
+        with torch.autocast(device_type=ids.device.type, enabled=False):
+            terms = self.loss(student_logits, teacher_logits, labels, mask,
+                              num_tokens=self.step_ref / (world * accum))
+        if self.attached_trainer() is not None:
+            self.log_train_terms(terms, labels, mask, world * accum, ids.shape[0])
+        return terms["loss"]
+
+    def log_train_terms(self, terms: Dict[str, Tensor], labels: Tensor, mask: Tensor, split: int, batch_size: int) -> None:
+        # Rescale the step-normalised terms to means over this micro-batch's own tokens, for the log.
+        ce_mask, kd_mask = self.loss.masks(labels, mask)
+        ref = (self.step_ref / split).detach().float()
+        ce = terms["ce"].detach() * ref / ce_mask.sum().clamp_min(1)
+        kd = terms["kd"].detach() * ref / kd_mask.sum().clamp_min(1)
+        total = self.loss.ce_weight * ce + self.loss.kd_weight * kd
+        for name, value in (("loss", total), ("ce", ce), ("kd", kd)):
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=batch_size)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.step_tokens is None:
+            return
+        counts = self.reduce_sum(torch.stack([self.step_tokens, self.step_inputs]))
+        total = counts[0]
+        scale = self.step_ref / total.clamp_min(1.0)  # float64: exact enough for any grad dtype
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale.to(p.grad.dtype))
+        self.step_ref = torch.where(total > 0, total, self.step_ref)
+        now = time.perf_counter()
+        self.log("train/tokens_per_s", counts[1].float() / max(now - self.step_clock, 1e-9), on_step=True,
+                 on_epoch=False)
+        self.step_clock = now
+        self.step_tokens = self.step_inputs = None
+
+    def on_train_epoch_start(self) -> None:
+        self.step_clock = None
+
+    # -------------------------------------------------------------------------------- evaluation
+    def eval_step(self, batch: Any, stage: str) -> None:
+        ids, mask, labels, nbytes = _batch_fields(batch)
+        student_logits, teacher_logits = self.run_models(ids, mask, labels)
+        ce_mask, kd_mask = self.loss.masks(labels, mask)
+        target = labels[:, 1:]
+        rows = ce_mask.reshape(-1).nonzero().squeeze(-1)
+        y = target.reshape(-1).index_select(0, rows)
+        s = student_logits[:, :-1].reshape(-1, student_logits.shape[-1]).index_select(0, rows).float()
+        stat = lambda name: getattr(self, f"{stage}_{name}_sum")  # noqa: E731
+        stat("ce").update(nn.functional.cross_entropy(s, y, reduction="sum"))
+        stat("tokens").update(torch.tensor(float(rows.numel()), device=ids.device))
+        if teacher_logits is not None:
+            t = teacher_logits[:, :-1].reshape(-1, teacher_logits.shape[-1]).index_select(0, rows).float()
+            stat("teacher_ce").update(nn.functional.cross_entropy(t, y, reduction="sum"))
+            stat("agree").update((s.argmax(-1) == t.argmax(-1)).sum().float())
+            if self.loss.kd_weight > 0:
+                with torch.autocast(device_type=ids.device.type, enabled=False):
+                    kd_sum = self.loss(student_logits, teacher_logits, labels, mask, num_tokens=1.0)["kd"]
+                stat("kd").update(kd_sum)
+                stat("kd_tokens").update(kd_mask.sum().float())
+        if nbytes is not None:
+            stat("bytes").update(torch.as_tensor(nbytes, device=ids.device).sum().float())
+
+    def bytes_per_token(self) -> Optional[float]:
+        if self.hparams.bytes_per_token is not None:
+            return float(self.hparams.bytes_per_token)
+        trainer = self.attached_trainer()
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        value = getattr(dm, "bytes_per_token", None)
+        return float(value) if value else None
+
+    def log_eval(self, stage: str) -> Dict[str, float]:
+        stat = lambda name: getattr(self, f"{stage}_{name}_sum")  # noqa: E731
+        out: Dict[str, Tensor] = {}
+        if stat("tokens").update_called:
+            tokens = stat("tokens").compute().clamp_min(1.0)
+            nats = stat("ce").compute()
+            out["ce"] = nats / tokens
+            out["ppl"] = out["ce"].exp()
+            nbytes = stat("bytes").compute() if stat("bytes").update_called else None
+            if nbytes is None and self.bytes_per_token() is not None:
+                nbytes = tokens * self.bytes_per_token()
+            if nbytes is not None:
+                out["bpb"] = nats / math.log(2) / nbytes
+            if stat("teacher_ce").update_called:
+                t_nats = stat("teacher_ce").compute()
+                out["teacher_ce"] = t_nats / tokens
+                out["teacher_ppl"] = out["teacher_ce"].exp()
+                out["agreement"] = stat("agree").compute() / tokens
+                if nbytes is not None:
+                    out["teacher_bpb"] = t_nats / math.log(2) / nbytes
+            if stat("kd").update_called:
+                out["kd"] = stat("kd").compute() / stat("kd_tokens").compute().clamp_min(1.0)
+        for name in _STAT_NAMES:
+            stat(name).reset()
+        for name, value in out.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "ppl")
+        return {k: float(v) for k, v in out.items()}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_eval("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_eval("test")
+
+    # ------------------------------------------------------------------------------ optimization
+    def trainable_parameters(self) -> list:
+        """The student's and the loss's own parameters — never the teacher's."""
+        return [p for p in list(self.student.parameters()) + list(self.loss.parameters()) if p.requires_grad]
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=3e-3))
+        optimizer = factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {
+            "scheduler": self.scheduler_factory(optimizer), "interval": self.hparams.scheduler_interval}}
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if not self.hparams.save_teacher:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # A checkpoint without teacher weights takes them from the live teacher, so strict loading still
+        # catches every missing or unexpected student key.
+        state = checkpoint["state_dict"]
+        if self.teacher is None:
+            for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+                del state[key]
+        elif not any(k.startswith(TEACHER_PREFIX) for k in state):
+            for key, value in self.teacher.state_dict().items():
+                state[TEACHER_PREFIX + key] = value
+
+    # -------------------------------------------------------------------------------------- export
+    def save_student_pretrained(self, path: str | os.PathLike, tokenizer: Any = None) -> str:
+        """``save_pretrained`` the (Hugging Face) student and its tokenizer into ``path``.
+
+        The folder then loads with ``AutoModelForCausalLM.from_pretrained(path)`` and
+        ``transformers.pipeline("text-generation", model=path)``.
+        """
+        if not hasattr(self.student, "save_pretrained"):
+            raise TypeError(f"the student is a {type(self.student).__name__}, not a Hugging Face model; save its "
+                            "weights with torch.save(module.student.state_dict(), path) instead")
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if tokenizer is None:
+            raise ValueError("save_student_pretrained needs the tokenizer (pass tokenizer=... here or to the module) "
+                             "so that pipeline('text-generation', model=path) can load the folder")
+        path = os.fspath(path)
+        config = getattr(self.student, "config", None)
+        if config is not None:
+            for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+                if getattr(config, attr, None) is None and getattr(tokenizer, attr, None) is not None:
+                    setattr(config, attr, getattr(tokenizer, attr))
+        self.student.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path

@@ -1,0 +1,125 @@
+"""Text DataModules: the cached tokenizer, packing, prompt masking and one-line errors (small data in tmp_path)."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("tokenizers")
+pytest.importorskip("transformers")
+
+from kd_lightning.data.text import (PromptResponseDataModule, PydocTextDataModule, TextFileDataModule,  # noqa: E402
+                                    check_context_length, split_by_name, train_bpe_tokenizer)
+
+TEXT = ["Lists are mutable sequences, typically used to store collections of items.\n" * 15,
+        "Tuples are immutable sequences, typically used to store heterogeneous data.\n" * 15,
+        "Ranges represent an immutable sequence of numbers and are used in for loops.\n" * 15]
+
+
+def test_tokenizer_cached_by_content_and_digest_checked(tmp_path):
+    tok = train_bpe_tokenizer(TEXT, vocab_size=300, cache_dir=tmp_path)
+    assert len(tok) == 300 and tok.pad_token == "<pad>" and tok.eos_token == "<eos>"
+    (entry,) = list((tmp_path / "tokenizers").iterdir())
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["key"] == entry.name and meta["settings"]["vocab_size"] == 300
+    # reused as is: same vocabulary, file untouched
+    mtime = (entry / "tokenizer.json").stat().st_mtime_ns
+    assert train_bpe_tokenizer(TEXT, vocab_size=300, cache_dir=tmp_path).get_vocab() == tok.get_vocab()
+    assert (entry / "tokenizer.json").stat().st_mtime_ns == mtime
+    # a tampered file fails the digest: retrained and rewritten, never used
+    (entry / "tokenizer.json").write_text((entry / "tokenizer.json").read_text().replace('"<eos>"', '"<EOS>"'))
+    again = train_bpe_tokenizer(TEXT, vocab_size=300, cache_dir=tmp_path)
+    assert again.eos_token == "<eos>" and again.get_vocab() == tok.get_vocab()
+    assert json.loads((entry / "meta.json").read_text())["sha256"] == meta["sha256"]
+    # other text or settings: another key
+    train_bpe_tokenizer(TEXT[:2], vocab_size=300, cache_dir=tmp_path)
+    train_bpe_tokenizer(TEXT, vocab_size=320, cache_dir=tmp_path)
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 3
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_split_by_name_is_deterministic_and_disjoint():
+    docs = {f"t{i:02d}": f"text {i}" for i in range(25)}
+    train, held = split_by_name(docs, 10)
+    assert held == ["text 5", "text 15"] and len(train) == 23
+    assert split_by_name(dict(reversed(list(docs.items()))), 10) == (train, held)
+
+
+def test_text_file_packing_and_labels(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(TEXT))
+    dm = TextFileDataModule(path, seq_len=16, batch_size=4, vocab_size=300, val_fraction=0.2)
+    dm.setup()
+    ds = dm.train_set
+    # the stream is cut into rows of 16; only the tail of the last row is padding
+    stream_len = int(ds.attention_mask.sum())
+    assert ds.input_ids.shape == (-(-stream_len // 16), 16)
+    assert torch.equal(ds.labels[ds.attention_mask == 1], ds.input_ids[ds.attention_mask == 1])
+    assert torch.all(ds.labels[ds.attention_mask == 0] == -100)
+    assert int(ds.input_ids.view(-1)[stream_len - 1]) == dm.tokenizer.eos_token_id
+    text = dm.tokenizer.decode(ds.input_ids.view(-1)[:stream_len - 1])
+    assert text == "".join("".join(TEXT).splitlines(keepends=True)[:36])  # the first 80% of the 45 lines
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"} and batch["input_ids"].shape == (4, 16)
+    assert dm.bytes_per_token > 1
+
+
+def test_text_folder_holds_out_whole_files(tmp_path):
+    for i, t in enumerate(TEXT):
+        (tmp_path / f"doc{i}.txt").write_text(t)
+    dm = TextFileDataModule(tmp_path, seq_len=32, vocab_size=300, val_every=3)
+    train, held = dm.documents()
+    assert held == [TEXT[1]] and train == [TEXT[0], TEXT[2]]
+
+
+def test_pydoc_topics_module():
+    dm = PydocTextDataModule(seq_len=64, batch_size=2, vocab_size=400)
+    train, held = dm.documents()
+    assert len(held) >= 5 and len(train) > 5 * len(held) and not set(train) & set(held)
+
+
+def test_prompt_response_masks_prompt_tokens(tmp_path):
+    tok = train_bpe_tokenizer(TEXT, vocab_size=300)
+    path = tmp_path / "pairs.jsonl"
+    pairs = [{"q": "Lists are", "a": " mutable sequences"}, {"q": "Tuples", "a": " are immutable"},
+             {"q": "Ranges", "a": " of numbers"}]
+    path.write_text("\n".join(json.dumps(p) for p in pairs) + "\n")
+    dm = PromptResponseDataModule(path, tok, seq_len=32, batch_size=3, prompt_key="q", response_key="a",
+                                  val_fraction=0.34)
+    dm.setup()
+    assert len(dm.train_set) == 2 and len(dm.val_set) == 1
+    from torch.utils.data import DataLoader
+    from kd_lightning.data.text import PadCollate
+    batch = next(iter(DataLoader(dm.train_set, batch_size=3, collate_fn=PadCollate(tok.pad_token_id))))
+    for row, pair in enumerate(pairs[:2]):
+        n_prompt = len(tok(pair["q"], add_special_tokens=False)["input_ids"])
+        response = tok(pair["a"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        labels = batch["labels"][row]
+        assert torch.all(labels[:n_prompt] == -100)
+        assert labels[n_prompt:n_prompt + len(response)].tolist() == response
+        length = n_prompt + len(response)
+        assert batch["attention_mask"][row].tolist() == [1] * length + [0] * (batch["input_ids"].shape[1] - length)
+
+
+def test_one_line_errors(tmp_path):
+    tok = train_bpe_tokenizer(TEXT, vocab_size=300)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TextFileDataModule(tmp_path / "missing.txt")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        PromptResponseDataModule(tmp_path / "missing.jsonl", tok)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1 has no field 'prompt' \(it has \['instruction', 'output'\]\); set "
+                                         "prompt_key / response_key"):
+        PromptResponseDataModule(bad, tok).setup()
+    PromptResponseDataModule(bad, tok, prompt_key="instruction", response_key="output").setup()
+    tok.pad_token = None
+    with pytest.raises(ValueError, match="has no pad token; set one first"):
+        PromptResponseDataModule(bad, tok)
+
+    class Model:
+        class config:
+            max_position_embeddings = 128
+
+    assert check_context_length(128, Model()) == 128
+    with pytest.raises(ValueError, match="seq_len=256 is longer than the model's context of 128 positions"):
+        check_context_length(256, Model())
