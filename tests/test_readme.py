@@ -1,0 +1,73 @@
+"""Every kd-train / kd-eval / kd-export command line in the README composes (the configs it names exist
+and every override applies), so the documentation cannot drift from conf/."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from kd_lightning.app.confdir import CONFIG_DIR
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TOOLS = {"kd-train": "train", "kd-eval": "eval", "kd-export": "export"}
+FLAGS = {"-m", "--multirun", "--help", "--hydra-help", "--resolve"}
+
+
+def readme_commands():
+    """(line, config name, overrides) for each tool command inside the README's code blocks."""
+    commands, in_code = [], False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+            continue
+        words = line.split("#", 1)[0].strip()
+        if not in_code or not words:
+            continue
+        tokens = shlex.split(re.sub(r"<[^>]*>", "placeholder", words))  # <run dir>, <partition>
+        # commands may follow an install ("... && kd-train") or sit alone on a line
+        starts = [i for i, t in enumerate(tokens) if t in TOOLS]
+        if not starts:
+            continue
+        tokens = tokens[starts[0]:]
+        overrides, skip = [], False
+        for t in tokens[1:]:
+            if skip:
+                skip = False
+                continue
+            if t == "--cfg":
+                skip = True
+                continue
+            if t in FLAGS or t in ("&&", "|"):
+                continue
+            key, _, value = t.partition("=")
+            # a sweep lists choices: compose its first one (lists in brackets are one value)
+            if "," in value and not value.startswith("["):
+                value = value.split(",")[0]
+            overrides.append(f"{key}={value}")
+        commands.append((line.strip(), TOOLS[tokens[0]], overrides))
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_documents_every_tool():
+    assert {name for _, name, _ in COMMANDS} == set(TOOLS.values())
+    assert len(COMMANDS) >= 10
+
+
+@pytest.mark.parametrize("line,name,overrides", COMMANDS, ids=[c[0][:60] for c in COMMANDS])
+def test_readme_command_composes(line, name, overrides):
+    hydra_keys = any(o.startswith(("hydra.", "hydra/")) for o in overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=hydra_keys)
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if "." in key and not key.startswith("hydra") and not value.startswith(("[", "/")) and "placeholder" not in value:
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            assert str(node) == value or re.sub(r"\.0$", "", str(node)) == value, (line, key)
