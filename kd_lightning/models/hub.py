@@ -87,7 +87,7 @@ def torchvision_model(name: str, num_classes: int = 1000, weights: Optional[Unio
         raise RuntimeError(
             f"torchvision model {name!r} with weights {chosen}: {problem}. To fix: on a machine with internet "
             f"access run  python -c \"import torchvision; torchvision.models.get_model('{name}', "
-            f"weights='{chosen._name_}')\"  and copy the cache over (point TORCH_HOME at it; the file goes to "
+            f"weights='{chosen.name}')\"  and copy the cache over (point TORCH_HOME at it; the file goes to "
             f"$TORCH_HOME/hub/checkpoints/{os.path.basename(cached)}), or train without pretrained weights: "
             "weights=null (e.g. teacher.weights=null).") from err
     pretrained_classes = len(chosen.meta.get("categories") or [])
