@@ -1,8 +1,14 @@
-"""Batch unpacking: tuples ``(x, y[, index])`` and dicts with configurable keys."""
+"""Batch unpacking: tuples ``(x, y[, index])`` and dicts with configurable keys.
+
+A dict batch in the Hugging Face manner (``input_ids``, ``attention_mask``, ``token_type_ids``, ...,
+``labels``) gives ``x`` as a dict of the model's keyword inputs: every key except the target, the
+sample index, the cached teacher logits and the ``labeled`` mask. ``input_key`` may also name several
+keys (a list) to pass exactly those.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import Tensor
 
@@ -35,12 +41,26 @@ def _pick(batch: Mapping, key: Optional[str], defaults: Sequence[str], what: str
     return None
 
 
-def unpack(batch: Any, input_key: Optional[str] = None, target_key: Optional[str] = None,
+def _keyword_inputs(batch: Mapping, input_key: Union[None, str, Sequence[str]], reserved: Sequence[str]) -> Any:
+    """The model's keyword inputs of a dict batch, or None when the batch holds one input tensor."""
+    if isinstance(input_key, (list, tuple)):
+        missing = [k for k in input_key if k not in batch]
+        if missing:
+            raise KeyError(f"the batch has no input key(s) {missing}; its keys are {sorted(batch)}")
+        return {k: batch[k] for k in input_key}
+    if input_key is None and "input_ids" in batch:
+        return {k: v for k, v in batch.items() if k not in reserved}
+    return None
+
+
+def unpack(batch: Any, input_key: Union[None, str, Sequence[str]] = None, target_key: Optional[str] = None,
            index_key: str = "index", teacher_logits_key: str = "teacher_logits") -> Batch:
     """Split a batch into inputs, labels, optional sample indices and optional cached teacher logits."""
     if isinstance(batch, Mapping):
+        target_name = target_key or next((k for k in _TARGET_KEYS if k in batch), None)
+        keywords = _keyword_inputs(batch, input_key, (target_name, index_key, teacher_logits_key, "labeled"))
         return Batch(
-            x=_pick(batch, input_key, _INPUT_KEYS, "input", True),
+            x=keywords if keywords is not None else _pick(batch, input_key, _INPUT_KEYS, "input", True),
             y=_pick(batch, target_key, _TARGET_KEYS, "target", False),
             index=batch.get(index_key),
             teacher_logits=batch.get(teacher_logits_key),

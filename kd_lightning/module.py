@@ -1,7 +1,7 @@
 """DistillationModule: a drop-in LightningModule that distills a frozen teacher into a student."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import lightning as L
 import torch
@@ -11,6 +11,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from .batch import Batch, unpack
 from .losses.base import DistillInputs, Loss
 from .callbacks import FiniteLossCheck, TrainTermLogger
+from .forward import Inputs, batch_size, call, logits_of
 from .taps import FeatureTaps
 from .teacher import FrozenTeacher, TeacherSource, build_teacher
 
@@ -38,7 +39,10 @@ class DistillationModule(L.LightningModule):
         loss: an :class:`~kd_lightning.losses.Loss`; default ``KD()`` with a teacher, ``CE()`` without.
         optimizer: a callable ``params -> Optimizer`` such as ``functools.partial(torch.optim.SGD, lr=0.05)``.
         scheduler: optional callable ``optimizer -> LRScheduler``; stepped every ``scheduler_interval``.
-        input_key / target_key: keys of dict batches (common names are found without them).
+        input_key / target_key: keys of dict batches (common names are found without them). A batch with
+            ``input_ids`` (Hugging Face) passes every key but the target to the networks as keyword
+            arguments; a list of keys passes exactly those. Outputs with ``.logits`` (Hugging Face),
+            dicts with ``"logits"`` and ``(logits, ...)`` tuples are read as logits.
         save_teacher: keep the teacher's weights in checkpoints (off: a student checkpoint stays small).
         ensemble_weights / ensemble_mode: for a teacher list, per-teacher weights and whether softened
             probabilities (``"probs"``) or logits (``"logits"``) are averaged.
@@ -71,7 +75,7 @@ class DistillationModule(L.LightningModule):
         loss: Optional[Loss] = None,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
-        input_key: Optional[str] = None,
+        input_key: Union[None, str, Sequence[str]] = None,
         target_key: Optional[str] = None,
         index_key: str = "index",
         teacher_architecture: Optional[nn.Module] = None,
@@ -116,13 +120,18 @@ class DistillationModule(L.LightningModule):
         for stage in ("val", "test"):
             for name in ("acc", "acc_top5", "teacher_acc", "agreement", "loss"):
                 setattr(self, f"_{stage}_{name}", MeanMetric(nan_strategy="disable"))
+        self._check_networks()
         self.val_acc_best = MaxMetric()
         # Validation accuracy after each epoch (the run report plots it).
         self.val_history: list = []
 
     # ----------------------------------------------------------------------------------- forward
-    def forward(self, x: Tensor) -> Tensor:
-        return self.student(x)
+    def forward(self, x: Inputs) -> Tensor:
+        return self.student_logits(x)
+
+    def student_logits(self, x: Inputs) -> Tensor:
+        """The student's logits for ``x``: a tensor, or keyword inputs (a Hugging Face batch)."""
+        return logits_of(call(self.student, x), "student")
 
     def _ensure_taps(self) -> tuple:
         # Hooks are attached lazily so the module stays picklable (ddp_spawn) and detached on teardown.
@@ -141,6 +150,20 @@ class DistillationModule(L.LightningModule):
         if stage == "fit" and self.loss.needs_build:
             self._build_objective()
         self._apply_speedups()
+
+    def _check_networks(self) -> None:
+        """A teacher that cannot run beside the student is named before any batch."""
+        if self.teacher is None:
+            return
+        t = next(iter(self.teacher.parameters()), None)
+        s = next(iter(self.student.parameters()), None)
+        if t is not None and t.is_meta:
+            raise ValueError("the teacher's weights are on the meta device (never loaded); load them first, e.g. "
+                             "teacher.load_state_dict(state, assign=True) or from_pretrained(...)")
+        if t is not None and s is not None and t.dtype != s.dtype:
+            raise ValueError(
+                f"the teacher's weights are {t.dtype} but the student's are {s.dtype}; give both the same dtype "
+                f"(e.g. teacher.to({s.dtype})) and choose the compute precision with Trainer(precision=...)")
 
     def _apply_speedups(self) -> None:
         # In setup(), i.e. in each (spawned) process: compiled modules do not pickle.
@@ -178,7 +201,7 @@ class DistillationModule(L.LightningModule):
         self.student.eval()  # a dry run must not move BatchNorm statistics
         try:
             s_taps, t_taps = self._ensure_taps()
-            s_logits = self.student(b.x)
+            s_logits = self.student_logits(b.x)
             t_logits = self.teacher(b.x) if self.teacher is not None else b.teacher_logits
             inputs = DistillInputs(
                 student_logits=s_logits, teacher_logits=t_logits, target=b.y,
@@ -207,7 +230,7 @@ class DistillationModule(L.LightningModule):
         if self.teacher is not None and (teacher_logits is None or t_taps is not None):
             teacher_logits = self.teacher(b.x)
             t_feats = t_taps.pop() if t_taps is not None else {}
-        student_logits = self.student(b.x)
+        student_logits = self.student_logits(b.x)
         s_feats = s_taps.pop() if s_taps is not None else {}
         if not self._shapes_checked:
             self._check_shapes(student_logits, teacher_logits, b, stage)
@@ -266,7 +289,7 @@ class DistillationModule(L.LightningModule):
         b, _, _, terms = self._run(batch, "train")
         # What the step callbacks read (TrainTermLogger, FiniteLossCheck): detached, still on the device.
         self.train_terms = {name: value.detach() for name, value in terms.items()}
-        self.train_batch_size = b.x.shape[0] if isinstance(b.x, Tensor) else None
+        self.train_batch_size = batch_size(b.x)
         return terms["loss"]
 
     def configure_callbacks(self) -> List[L.Callback]:
@@ -328,7 +351,7 @@ class DistillationModule(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         b = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key)
-        return self.student(b.x)
+        return self.student_logits(b.x)
 
     # ------------------------------------------------------------------------------ optimization
     def trainable_parameters(self):

@@ -1,8 +1,10 @@
 """Feature taps: read intermediate activations of unmodified models by module path.
 
 A tap path names a submodule as ``named_modules()`` spells it (``"layer3"``, ``"features.12"``,
-``"blocks.5.mlp"``). By default the submodule's output is captured; append ``":in"`` to capture
-its (first) input instead, e.g. ``"fc:in"`` for the embedding a classifier head receives.
+``"blocks.5.mlp"``). By default the submodule's output is captured (the first item of a tuple output);
+append ``":in"`` to capture its (first) input instead, e.g. ``"fc:in"`` for the embedding a classifier
+head receives, or ``":<k>"`` for item ``k`` of a tuple output, e.g.
+``"bert.encoder.layer.0.attention.self:1"`` for a Hugging Face layer's attention probabilities.
 """
 from __future__ import annotations
 
@@ -15,10 +17,17 @@ INPUT_SUFFIX = ":in"
 
 
 def split_path(path: str) -> Tuple[str, bool]:
-    """``"fc:in"`` -> ``("fc", True)``; ``"layer3"`` -> ``("layer3", False)``."""
+    """``"fc:in"`` -> ``("fc", True)``; ``"layer3"`` and ``"attn:1"`` -> (module path, False)."""
     if path.endswith(INPUT_SUFFIX):
         return path[: -len(INPUT_SUFFIX)], True
-    return path, False
+    name, sep, tail = path.rpartition(":")
+    return (name if sep and tail.isdigit() else path), False
+
+
+def output_index(path: str) -> int:
+    """``k`` of a ``"path:k"`` tap (the item of a tuple output to keep); 0 otherwise."""
+    _, sep, tail = path.rpartition(":")
+    return int(tail) if sep and tail.isdigit() else 0
 
 
 def resolve(model: nn.Module, path: str, owner: str = "model") -> nn.Module:
@@ -51,13 +60,17 @@ class FeatureTaps:
         modules = [resolve(model, path, owner) for path in self.paths]
         for path, module in zip(self.paths, modules):
             _, want_input = split_path(path)
-            self._handles.append(module.register_forward_hook(self._make_hook(path, want_input)))
+            self._handles.append(module.register_forward_hook(self._make_hook(path, want_input, output_index(path))))
 
-    def _make_hook(self, path: str, want_input: bool):
+    def _make_hook(self, path: str, want_input: bool, item: int):
         def hook(_module, inputs, output):
             value = inputs[0] if want_input else output
             if isinstance(value, (tuple, list)):
-                value = value[0]
+                if item >= len(value) or value[item] is None:
+                    raise RuntimeError(f"tap {path!r}: the module's output has no item {item} (got "
+                                       f"{len(value)} items{'' if item >= len(value) else ', that one None'}); "
+                                       "for attention maps use eager attention (attn_implementation='eager')")
+                value = value[item]
             self.features[path] = value
 
         return hook

@@ -6,11 +6,13 @@ The teacher is never trained: its parameters have ``requires_grad=False``, it st
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .forward import Inputs, call, logits_of
 
 TeacherSource = Union[nn.Module, Sequence[nn.Module], str, os.PathLike]
 
@@ -82,8 +84,8 @@ class TeacherEnsemble(nn.Module):
         self.mode = mode
         self.temperature = float(temperature)
 
-    def forward(self, x: Tensor) -> Tensor:
-        outs = [m(x).float() for m in self.members]
+    def forward(self, x: Inputs) -> Tensor:
+        outs = [logits_of(call(m, x), "ensemble teacher").float() for m in self.members]
         shapes = {tuple(o.shape) for o in outs}
         if len(shapes) != 1:
             raise ValueError(f"ensemble teachers disagree on their output shapes: {sorted(shapes)}")
@@ -110,9 +112,10 @@ class FrozenTeacher(nn.Module):
         super().train(False)
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Inputs) -> Tensor:
+        """The teacher's logits for ``x`` (a tensor or keyword inputs), without a graph."""
         with torch.no_grad():
-            return self.net(x)
+            return logits_of(call(self.net, x), "teacher")
 
 
 def build_teacher(source: Optional[TeacherSource], architecture: Optional[nn.Module] = None,

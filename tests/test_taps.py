@@ -94,3 +94,26 @@ def test_taps_capture_gradients_for_the_student():
         feat = taps.pop()["body.2"]
     feat.pow(2).sum().backward()
     assert model.body[0].weight.grad is not None
+
+
+def test_an_item_of_a_tuple_output_is_tapped_by_index():
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x + 1, x * 10, None
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Pair()
+
+        def forward(self, x):
+            return self.block(x)[0]
+
+    net, x = Net(), torch.ones(2, 3)
+    assert split_path("block:1") == ("block", False)
+    with FeatureTaps(net, ["block", "block:1"]) as taps:
+        net(x)
+        feats = taps.pop()
+    assert torch.equal(feats["block"], x + 1) and torch.equal(feats["block:1"], x * 10)
+    with FeatureTaps(net, ["block:2"]) as taps, pytest.raises(RuntimeError, match="no item 2.*eager attention"):
+        net(x)

@@ -22,11 +22,12 @@ from .nst import NST
 from .vid import VID
 from .ofd import OFD
 from .crd import CRD
+from .hidden import AttentionMaps, HiddenStates
 from .token import TokenKD
 
 __all__ = [
     "Loss", "FeatureLoss", "AdapterLoss", "CompositeLoss", "Compose", "Staged", "DistillInputs",
     "CE", "KD", "DKD", "DIST", "LogitMSE",
-    "FitNet", "AT", "SP", "RKD", "PKT", "CC", "NST", "VID", "OFD", "CRD",
+    "FitNet", "AT", "SP", "RKD", "PKT", "CC", "NST", "VID", "OFD", "CRD", "HiddenStates", "AttentionMaps",
     "TokenKD",
 ]

@@ -10,7 +10,7 @@ size, never upsampled.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,8 @@ __all__ = [
     "ofd_margin_from_samples",
     "sp_loss",
     "vid_loss",
+    "hidden_state_loss",
+    "attention_map_loss",
 ]
 
 _POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
@@ -256,3 +258,45 @@ def ofd_margin_from_samples(teacher_feature: Tensor) -> Tuple[Tensor, Tensor]:
     dims = [0] + list(range(2, t.ndim))
     neg = t.clamp_max(0.0)
     return neg.sum(dim=dims), (t < 0).to(t.dtype).sum(dim=dims)
+
+
+def hidden_state_loss(student_hidden: Tensor, teacher_hidden: Tensor, metric: str = "mse",
+                      mask: Optional[Tensor] = None) -> Tensor:
+    """Token-wise distance of transformer hidden states ``[B, T, H]`` (teacher without gradient).
+
+    ``metric="mse"`` (TinyBERT, Jiao et al. 2020): the mean of ``(h_s − h_t)²`` over the counted tokens
+    and the hidden size; the student side is usually projected to the teacher's width first (a learned
+    linear map). ``metric="cosine"`` (DistilBERT, Sanh et al. 2019): the mean over counted tokens of
+    ``1 − cos(h_s, h_t)``. ``mask`` ``[B, T]`` (True or 1 = counted, e.g. the attention mask) selects the
+    tokens; all tokens count without it. An empty mask gives 0.
+    """
+    s, t = student_hidden.float(), teacher_hidden.detach().float()
+    if s.shape != t.shape:
+        raise ValueError(f"hidden_state_loss needs equal shapes (project the student first); got "
+                         f"{tuple(s.shape)} and {tuple(t.shape)}")
+    if metric == "mse":
+        per_token = (s - t).pow(2).mean(-1)
+    elif metric == "cosine":
+        per_token = 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)
+    else:
+        raise ValueError(f"metric must be 'mse' or 'cosine', got {metric!r}")
+    if mask is None:
+        return per_token.mean()
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp_min(1.0)
+
+
+def attention_map_loss(student_attention: Tensor, teacher_attention: Tensor) -> Tensor:
+    """TinyBERT's attention transfer (Jiao et al. 2020): MSE between attention maps ``[B, heads, T, T]``.
+
+    The maps are the attention probabilities of one layer pair (a tap on a Hugging Face self-attention
+    module's second output, ``"...attention.self:1"``, with eager attention); both need the same number of
+    heads. Entries that are not finite (masked scores) count as 0, as in the authors' code.
+    """
+    s, t = student_attention.float(), teacher_attention.detach().float()
+    if s.shape != t.shape:
+        raise ValueError(f"attention_map_loss needs equal shapes (same heads and length); got "
+                         f"{tuple(s.shape)} and {tuple(t.shape)}")
+    s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
+    t = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+    return F.mse_loss(s, t)
