@@ -37,6 +37,20 @@ def fingerprint_module(net: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _update_sample(h: "hashlib._Hash", sample: Any) -> None:
+    if isinstance(sample, Tensor):
+        _update_tensor(h, sample)
+    elif isinstance(sample, dict):
+        for key in sorted(sample):
+            h.update(str(key).encode())
+            _update_sample(h, sample[key])
+    elif isinstance(sample, (list, tuple)):
+        for item in sample:
+            _update_sample(h, item)
+    else:
+        h.update(repr(sample).encode())
+
+
 def fingerprint_dataset(dataset: Dataset) -> str:
     """Content hash of a dataset: a ``fingerprint()`` method when it has one; else its tensors and arrays
     (``TensorDataset``, torchvision's CIFAR ``data``), sample/target lists, type, length, ``root``/``train``
@@ -49,6 +63,9 @@ def fingerprint_dataset(dataset: Dataset) -> str:
     if hasattr(dataset, "tensors"):
         for t in dataset.tensors:
             _update_tensor(h, t)
+    elif isinstance(dataset, (list, tuple)):  # a plain list of samples: hash every sample
+        for sample in dataset:
+            _update_sample(h, sample)
     else:  # tensors, arrays (torchvision's CIFAR .data) and sample lists (ImageFolder's .samples)
         for name, value in sorted(vars(dataset).items()):
             if isinstance(value, Tensor):
@@ -68,7 +85,6 @@ def fingerprint_dataset(dataset: Dataset) -> str:
         if hasattr(dataset, "indices"):
             h.update(np.asarray(dataset.indices).tobytes())
     return h.hexdigest()
-
 
 
 def transform_fingerprint(transform: Any) -> str:

@@ -1,5 +1,8 @@
 """Language-model distillation: the causal-LM module and what only language models need."""
+from .generation import OnPolicy, Sampling, on_policy_batch
 from .init import init_student_from_teacher
 from .module import CausalLMDistillationModule, lm_logits
+from .seqkd import SequenceKDDataModule
 
-__all__ = ["CausalLMDistillationModule", "init_student_from_teacher", "lm_logits"]
+__all__ = ["CausalLMDistillationModule", "OnPolicy", "Sampling", "init_student_from_teacher", "lm_logits",
+           "on_policy_batch", "SequenceKDDataModule"]

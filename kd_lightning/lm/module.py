@@ -14,6 +14,7 @@ from torchmetrics import SumMetric
 
 from ..losses.token import IGNORE_INDEX, TokenKD
 from ..teacher import FrozenTeacher
+from .generation import OnPolicy, on_policy_batch
 
 TEACHER_PREFIX = "teacher."
 VOCAB_ALIGNMENTS = ("strict", "truncate")
@@ -115,6 +116,9 @@ class CausalLMDistillationModule(L.LightningModule):
         bytes_per_token: UTF-8 bytes per token of the held-out text, for ``bpb`` (default: the batch's
             ``bytes`` key, or the datamodule's ``bytes_per_token`` attribute).
         save_teacher: keep the teacher's weights in checkpoints.
+        on_policy: GKD's on-policy data (:class:`~kd_lightning.lm.generation.OnPolicy`): with probability
+            ``lam`` a step trains on the student's own continuations of the batch's prompts, scored by the
+            teacher on the generated tokens only (needs ``TokenKD(kd_positions="labels")``).
 
     Logged: ``train/loss``, ``train/ce``, ``train/kd`` (means over each micro-batch's own tokens),
     ``train/tokens_per_s`` (input tokens of the step over all ranks / wall time between steps);
@@ -137,10 +141,11 @@ class CausalLMDistillationModule(L.LightningModule):
         student_tokenizer: Any = None,
         bytes_per_token: Optional[float] = None,
         save_teacher: bool = False,
+        on_policy: Optional[OnPolicy] = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "tokenizer",
-                                          "teacher_tokenizer", "student_tokenizer"])
+                                          "teacher_tokenizer", "student_tokenizer", "on_policy"])
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be an nn.Module (a causal LM), got {type(student).__name__}")
         if teacher is not None and not isinstance(teacher, nn.Module):
@@ -164,6 +169,10 @@ class CausalLMDistillationModule(L.LightningModule):
                 f"teacher tokenizer {_tokenizer_name(teacher_tokenizer)} and student tokenizer "
                 f"{_tokenizer_name(student_tokenizer)} differ; token-level KD needs one tokenizer (vocab_alignment="
                 f"{vocab_alignment!r} cannot bridge different tokenizers)")
+        if on_policy is not None and (teacher is None or loss.kd_positions != "labels"):
+            raise ValueError("on_policy needs a teacher and TokenKD(kd_positions='labels'), so that the divergence "
+                             "is taken on the generated tokens only (the prompt carries no label)")
+        self.on_policy = on_policy
         self.student = student
         self.teacher: Optional[FrozenTeacher] = FrozenTeacher(teacher) if teacher is not None else None
         self.loss = loss
@@ -253,6 +262,12 @@ class CausalLMDistillationModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if self.on_policy is not None:
+            generated = self.on_policy.draw()
+            if generated:  # GKD: the student's own continuations of this batch's prompts
+                batch = on_policy_batch(self.student, batch, self.on_policy)
+            if self.attached_trainer() is not None:
+                self.log("train/on_policy", float(generated), on_step=False, on_epoch=True)
         ids, mask, labels, _ = _batch_fields(batch)
         student_logits, teacher_logits = self.run_models(ids, mask, labels)
         count = self.loss.count_mask(labels, mask).sum()
