@@ -99,7 +99,8 @@ def check_classes(net: nn.Module, datamodule: L.LightningDataModule, role: str, 
 # --------------------------------------------------------------------------------------- the stages
 def teacher_cache_dir(cfg: DictConfig) -> Path:
     key = config_hash(cfg.teacher, cfg.data, cfg.seed, cfg.teacher_fit.max_epochs, cfg.optim,
-                      cfg.trainer.get("precision"), cfg.trainer.get("limit_train_batches"))
+                      cfg.trainer.get("precision"), cfg.trainer.get("limit_train_batches"),
+                      cfg.get("test_ckpt", "best"))  # the cached weights are the best or the last ones
     return Path(cfg.paths.cache_dir) / "teachers" / key
 
 
