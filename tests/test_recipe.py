@@ -125,9 +125,28 @@ def test_the_teacher_labels_the_same_mixed_input_the_student_sees(tmp_path, over
     steps = 2 * len(raw)
     trainer(tmp_path, max_epochs=2).fit(recipe_module(cfg, teacher, student), data)
     assert len(student.seen) == len(teacher.seen) == steps  # one call each per training step
+    mixed = 0
     for i, (t_in, s_in) in enumerate(zip(teacher.seen, student.seen)):
         assert torch.equal(t_in, s_in), f"step {i}: the teacher labelled another input than the student's"
-        assert not torch.equal(s_in, raw[i % len(raw)]), f"step {i}: the batch was not mixed"
+        mixed += not torch.equal(s_in, raw[i % len(raw)])
+    p = cfg.distill.batch_transform.p  # the share of batches mixed; the others pass as they are
+    assert mixed == steps if p == 1.0 else 0 < mixed < steps
+
+
+def test_the_kl_term_gets_the_teachers_logits_of_the_mixed_input(tmp_path):
+    """Inside each training step the objective receives the teacher's logits of the student's mixed input."""
+    cfg = compose_train("distill.batch_transform.p=1.0")
+    teacher, student = Spy(0), Spy(1)
+    module = recipe_module(cfg, teacher, student)
+    inputs = []
+    forward = module.loss.forward
+    module.loss.forward = lambda i: inputs.append(i) or forward(i)
+    trainer(tmp_path, max_steps=2).fit(module, loader())
+    assert len(inputs) == len(teacher.seen) == len(student.seen) == 2
+    for x_t, x_s, i in zip(teacher.seen, student.seen, inputs):
+        assert torch.equal(x_t, x_s)
+        with torch.no_grad():
+            assert torch.allclose(i.teacher_logits, teacher.net(x_s))
 
 
 # -------------------------------------------------------------------------------------- patience
