@@ -1,6 +1,8 @@
 """DistillationModule: a drop-in LightningModule that distills a frozen teacher into a student."""
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import lightning as L
@@ -365,9 +367,24 @@ class DistillationModule(L.LightningModule):
         optimizer = factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        scheduler = self.scheduler_factory(optimizer, **self._schedule_length())
         return {"optimizer": optimizer, "lr_scheduler": {
             "scheduler": scheduler, "interval": self.hparams.scheduler_interval, "monitor": self.hparams.monitor}}
+
+    def _schedule_length(self) -> Dict[str, int]:
+        """``{"total_steps": n}`` for a scheduler factory that takes ``total_steps`` and was given none
+        (``kd_lightning.schedules.warmup_cosine``, ``OneCycleLR``): the length of this very fit."""
+        try:
+            param = inspect.signature(self.scheduler_factory).parameters.get("total_steps")
+        except (TypeError, ValueError):
+            return {}
+        if param is None or param.default is not None:
+            return {}
+        try:
+            steps = self.trainer.estimated_stepping_batches
+        except RuntimeError:  # not attached to a Trainer
+            return {}
+        return {"total_steps": int(steps)} if math.isfinite(steps) else {}
 
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:

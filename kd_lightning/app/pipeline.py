@@ -93,7 +93,8 @@ def labels_only(make_module: ModuleFactory, net: nn.Module) -> L.LightningModule
 # --------------------------------------------------------------------------------------- the stages
 def teacher_cache_dir(cfg: DictConfig) -> Path:
     key = config_hash(cfg.teacher, cfg.data, cfg.seed, cfg.teacher_fit.max_epochs, cfg.optim,
-                      cfg.trainer.get("precision"), cfg.trainer.get("limit_train_batches"))
+                      cfg.trainer.get("precision"), cfg.trainer.get("limit_train_batches"),
+                      cfg.get("test_ckpt", "best"))  # the cached weights are the best or the last ones
     return Path(cfg.paths.cache_dir) / "teachers" / key
 
 

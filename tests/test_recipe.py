@@ -1,0 +1,194 @@
+"""The default job's recipe, patient and consistent distillation (Beyer et al. 2022;
+conf/experiment/mnist1d_patient.yaml, and mnist1d_paper_patient for the paper's models): its pieces compose.
+
+* consistent: the teacher labels exactly the mixed-up input the student is trained on, in every step;
+* KL only: the composed objective has no CE term (ce_weight 0);
+* patient: the per-step cosine schedule is sized to each stage's own fit and reaches its final lr.
+"""
+from __future__ import annotations
+
+import functools
+from typing import List
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from kd_lightning import DistillationModule
+from kd_lightning.augment import Mixup
+from kd_lightning.classifier import ClassifierModule
+from kd_lightning.confdir import CONFIG_DIR
+from kd_lightning.losses import KD
+from kd_lightning.pipeline import build_objective, optimizer_factories
+from kd_lightning.schedules import warmup_cosine
+
+D, C, N, B = 8, 4, 32, 8  # features, classes, samples, batch: 4 steps an epoch
+RECIPES = ["", "experiment=mnist1d_patient", "experiment=mnist1d_paper_patient"]
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[o for o in overrides if o])
+
+
+class Spy(nn.Module):
+    """A tiny network that records the inputs of its training-mode calls."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Linear(D, C)
+        self.seen: List[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(x.detach().clone())
+        return self.net(x)
+
+
+def loader(seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(N, D, generator=g), torch.randint(0, C, (N,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=B, shuffle=False)
+
+
+def trainer(tmp_path, callbacks=(), **kw) -> L.Trainer:
+    opts = dict(accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_progress_bar=False,
+                enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                limit_val_batches=0, default_root_dir=str(tmp_path), callbacks=list(callbacks))
+    opts.update(kw)
+    return L.Trainer(**opts)
+
+
+class LrTrace(L.Callback):
+    """The learning rate of every optimizer step, read after the scheduler has stepped."""
+
+    def __init__(self):
+        self.lrs: List[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def recipe_module(cfg, teacher: nn.Module, student: nn.Module) -> DistillationModule:
+    """The student stage as kd_lightning.pipeline.distill_student builds it from ``cfg``."""
+    opt, sched = optimizer_factories(cfg)
+    return DistillationModule(student=student, teacher=teacher, loss=build_objective(cfg.distill), optimizer=opt,
+                              scheduler=sched, scheduler_interval=cfg.optim.scheduler_interval,
+                              batch_transform=instantiate(cfg.distill.batch_transform))
+
+
+# ------------------------------------------------------------------------------------ the configs
+def test_the_default_job_is_the_patient_consistent_recipe():
+    default, named = compose_train(), compose_train("experiment=mnist1d_patient")
+    assert default == named
+    assert default.distill.name == "function_matching" and default.distill.teacher_cache is False
+    assert default.data.transfer_samples > 0 and default.baseline.enabled
+    assert default.optim.scheduler._target_ == "kd_lightning.schedules.warmup_cosine"
+    assert default.optim.scheduler_interval == "step"
+    # Patient: the student stage (and the baseline, for a fair comparison) runs longer than the earlier 40 epochs.
+    assert default.trainer.max_epochs > 40
+    old = compose_train("experiment=mnist1d_kd")
+    assert (old.distill.name, old.optim.scheduler, old.trainer.max_epochs, old.teacher_fit.max_epochs) == ("kd", None, 40, 40)
+
+
+def test_the_paper_variant_keeps_the_paper_models_and_adds_the_recipe():
+    paper, patient = compose_train("experiment=mnist1d_paper"), compose_train("experiment=mnist1d_paper_patient")
+    assert paper.distill.name == "kd" and paper.optim.scheduler is None  # the paper's setting is unchanged
+    for key in ("teacher", "student"):
+        assert patient[key] == paper[key]
+    assert patient.data.val_fraction == 0.0 and patient.test_ckpt == "last"
+    assert patient.teacher_fit.max_epochs == paper.teacher_fit.max_epochs == 150  # the paper's 6,000 teacher steps
+    assert patient.distill.name == "function_matching" and patient.data.transfer_samples >= 20000
+
+
+@pytest.mark.parametrize("overrides", RECIPES)
+def test_the_recipe_objective_is_kl_only(overrides):
+    cfg = compose_train(overrides)
+    objective = build_objective(cfg.distill)
+    assert isinstance(objective, KD)
+    assert objective.ce_weight == 0.0 and objective.kd_weight == 1.0 and objective.temperature == 1.0
+    assert not objective.needs_target  # mixed samples carry no hard label; nothing asks for one
+    assert isinstance(instantiate(cfg.distill.batch_transform), Mixup)
+
+
+# ----------------------------------------------------------------------------------- consistency
+@pytest.mark.parametrize("overrides", RECIPES)
+def test_the_teacher_labels_the_same_mixed_input_the_student_sees(tmp_path, overrides):
+    cfg = compose_train(overrides)
+    teacher, student = Spy(0), Spy(1)
+    data = loader()
+    raw = [x for x, _ in data]
+    steps = 2 * len(raw)
+    trainer(tmp_path, max_epochs=2).fit(recipe_module(cfg, teacher, student), data)
+    assert len(student.seen) == len(teacher.seen) == steps  # one call each per training step
+    mixed = 0
+    for i, (t_in, s_in) in enumerate(zip(teacher.seen, student.seen)):
+        assert torch.equal(t_in, s_in), f"step {i}: the teacher labelled another input than the student's"
+        mixed += not torch.equal(s_in, raw[i % len(raw)])
+    p = cfg.distill.batch_transform.p  # the share of batches mixed; the others pass as they are
+    assert mixed == steps if p == 1.0 else 0 < mixed < steps
+
+
+def test_the_kl_term_gets_the_teachers_logits_of_the_mixed_input(tmp_path):
+    """Inside each training step the objective receives the teacher's logits of the student's mixed input."""
+    cfg = compose_train("distill.batch_transform.p=1.0")
+    teacher, student = Spy(0), Spy(1)
+    module = recipe_module(cfg, teacher, student)
+    inputs = []
+    forward = module.loss.forward
+    module.loss.forward = lambda i: inputs.append(i) or forward(i)
+    trainer(tmp_path, max_steps=2).fit(module, loader())
+    assert len(inputs) == len(teacher.seen) == len(student.seen) == 2
+    for x_t, x_s, i in zip(teacher.seen, student.seen, inputs):
+        assert torch.equal(x_t, x_s)
+        with torch.no_grad():
+            assert torch.allclose(i.teacher_logits, teacher.net(x_s))
+
+
+# -------------------------------------------------------------------------------------- patience
+@pytest.mark.parametrize("overrides", RECIPES)
+def test_the_schedule_reaches_its_final_lr_at_the_end_of_each_stage(tmp_path, overrides):
+    cfg = compose_train(overrides)
+    lr = cfg.optim.optimizer.lr
+    final = lr * cfg.optim.scheduler.final_lr_ratio
+    opt, sched = optimizer_factories(cfg)
+    # The student stage, and a labels-only stage (teacher / baseline) of another length.
+    stages = [(recipe_module(cfg, Spy(0), Spy(1)), 3),
+              (ClassifierModule(Spy(2), optimizer=opt, scheduler=sched,
+                                scheduler_interval=cfg.optim.scheduler_interval), 5)]
+    for module, epochs in stages:
+        trace = LrTrace()
+        trainer(tmp_path, callbacks=[trace], max_epochs=epochs).fit(module, loader())
+        assert len(trace.lrs) == epochs * N // B
+        assert trace.lrs[-1] == pytest.approx(final, abs=1e-12)  # the last step lands on the final lr
+        assert trace.lrs[-2] > final  # ... and not before: the schedule spans the whole fit
+        assert max(trace.lrs) <= lr + 1e-12
+        assert all(a >= b for a, b in zip(trace.lrs[len(trace.lrs) // 2:], trace.lrs[len(trace.lrs) // 2 + 1:]))
+
+
+def test_warmup_cosine_shape():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=100, warmup=0.1, final_lr_ratio=0.01)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(110):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup over 10 steps
+    assert lrs[55] == pytest.approx(0.01 + 0.99 * 0.5)  # half-way through the cosine
+    assert lrs[100] == pytest.approx(0.01) and lrs[110] == pytest.approx(0.01)  # held at the end
+    with pytest.raises(ValueError, match="total_steps"):
+        warmup_cosine(opt)
+
+
+def test_one_cycle_gets_the_fit_length_too(tmp_path):
+    sched = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1)
+    module = ClassifierModule(Spy(0), optimizer=functools.partial(torch.optim.SGD, lr=0.1), scheduler=sched,
+                              scheduler_interval="step")
+    trace = LrTrace()
+    trainer(tmp_path, callbacks=[trace], max_epochs=2).fit(module, loader())  # would raise past total_steps
+    assert len(trace.lrs) == 2 * N // B and trace.lrs[-1] < 0.1 * max(trace.lrs)
