@@ -50,15 +50,17 @@ TOKEN_DIVERGENCES = ("forward", "reverse", "jsd", "skew_forward", "skew_reverse"
 # distributions are zero (those entries are then weighted by a zero probability and dropped).
 _LOG_ZERO = -1e30
 
-# Default chunk: about 2**25 vocabulary entries (128 MiB per fp32 [chunk, V] temporary), at most 1024 rows.
-CHUNK_ELEMENTS = 2 ** 25
+# Default chunk: about 2**22 vocabulary entries (16 MiB per fp32 [chunk, V] temporary; a chunk's work holds
+# about five of them), at most 1024 rows.
+CHUNK_ELEMENTS = 2 ** 22
 MAX_CHUNK_ROWS = 1024
 
 Number = Union[int, float, Tensor]
 
 
 def default_chunk_size(vocab: int) -> int:
-    """Rows per chunk when ``chunk_size=None``: ``min(1024, 2**25 // vocab)`` (256 rows at V = 128,256)."""
+    """Rows per chunk when ``chunk_size=None``: ``min(1024, 2**22 // vocab)`` (131 rows at V = 32,000, 32 at
+    V = 128,256): small enough that a chunk's fp32 work (~80 MiB) is a small part of the inputs' own size."""
     return max(1, min(MAX_CHUNK_ROWS, CHUNK_ELEMENTS // max(int(vocab), 1)))
 
 
@@ -175,6 +177,13 @@ def _through_softmax(q: Tensor, g: Tensor, temperature: float) -> Tensor:
     return g.sub_((q * g).sum(-1, keepdim=True)).mul_(q).div_(temperature)
 
 
+def _log_probs(z: Tensor, dtype: torch.dtype, temperature: float) -> Tensor:
+    """``log_softmax(z/T)`` in ``dtype`` (the upcast fused into the softmax where T = 1)."""
+    if temperature == 1.0:
+        return F.log_softmax(z, dim=-1, dtype=dtype)
+    return F.log_softmax(z.to(dtype) / temperature, dim=-1)
+
+
 def _closed_form(s: Tensor, t: Tensor, dtype: torch.dtype, temperature: float, divergence: str, beta: float,
                  alpha: float, need_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """``Σ_rows d(p, q)`` and its gradient with respect to the student logits ``s`` (teacher constant).
@@ -185,13 +194,13 @@ def _closed_form(s: Tensor, t: Tensor, dtype: torch.dtype, temperature: float, d
     ``g = log q − log m − α q/m``; tvd ``g = ½ sign(q − p)``. Entries with zero probability contribute 0.
     """
     divergence = _canonical(divergence, beta, alpha)
-    log_q = F.log_softmax(s.to(dtype) / temperature, dim=-1)
-    log_p = F.log_softmax(t.to(dtype) / temperature, dim=-1)
+    log_q, log_p = _log_probs(s, dtype, temperature), _log_probs(t, dtype, temperature)
     if divergence == "forward":
         p = log_p.exp()
-        x = (log_p - log_q).mul_(p).masked_fill_(p == 0, 0.0)
+        # p (log p − log q) in place of log p; 0 · (−inf) = nan where p = 0 becomes 0, +inf (q = 0 < p) stays
+        x = log_p.sub_(log_q).mul_(p).nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
         value = x.sum()
-        del x
+        del x, log_p
         if not need_grad:
             return value, None
         return value, log_q.exp_().sub_(p).div_(temperature)
