@@ -45,6 +45,23 @@ def lm_logits(net: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor
                     "[batch, time, vocab], an object with .logits, or a tuple whose first item is the logits")
 
 
+def check_fused_head(net: nn.Module) -> None:
+    """``fused_head=True`` needs ``base_model`` (final hidden states) and a linear ``get_output_embeddings()``
+    whose output is the logits as they are (no scaling or soft-capping after it)."""
+    name = type(net).__name__
+    base = getattr(net, "base_model", None)
+    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    if not isinstance(base, nn.Module) or base is net or not isinstance(head, nn.Linear):
+        raise TypeError(f"fused_head=True needs a Hugging Face-style causal LM (base_model giving the final hidden "
+                        f"states, get_output_embeddings() an nn.Linear); {name} is not one — use fused_head=False")
+    config = getattr(net, "config", None)
+    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        value = getattr(config, attr, None)
+        if value not in (None, 1, 1.0, 0, 0.0):
+            raise ValueError(f"fused_head=True: {name} post-processes its logits ({attr}={value}); the fused loss "
+                             "takes hidden @ Wᵀ as the logits, so use fused_head=False")
+
+
 def _call_signature(net: nn.Module) -> Tuple[bool, bool]:
     """(passes attention_mask, passes use_cache): only arguments the forward names explicitly."""
     try:
@@ -119,6 +136,12 @@ class CausalLMDistillationModule(L.LightningModule):
         on_policy: GKD's on-policy data (:class:`~kd_lightning.lm.generation.OnPolicy`): with probability
             ``lam`` a step trains on the student's own continuations of the batch's prompts, scored by the
             teacher on the generated tokens only (needs ``TokenKD(kd_positions="labels")``).
+        fused_head: in training, run the student's base model for its final hidden states and give them with
+            the output-embedding weight (``get_output_embeddings()``) to the loss, which then never
+            materializes the student's ``[B, T, V]`` logits (:func:`~kd_lightning.losses.functional.
+            token_divergence_fused`). Needs a Hugging Face-style causal LM (``base_model`` returning the final
+            hidden states, a linear output layer, no logit scaling or soft-capping); evaluation still uses
+            the full logits.
 
     Logged: ``train/loss``, ``train/ce``, ``train/kd`` (means over each micro-batch's own tokens),
     ``train/tokens_per_s`` (input tokens of the step over all ranks / wall time between steps);
@@ -142,6 +165,7 @@ class CausalLMDistillationModule(L.LightningModule):
         bytes_per_token: Optional[float] = None,
         save_teacher: bool = False,
         on_policy: Optional[OnPolicy] = None,
+        fused_head: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "tokenizer",
@@ -173,6 +197,8 @@ class CausalLMDistillationModule(L.LightningModule):
             raise ValueError("on_policy needs a teacher and TokenKD(kd_positions='labels'), so that the divergence "
                              "is taken on the generated tokens only (the prompt carries no label)")
         self.on_policy = on_policy
+        if fused_head:
+            check_fused_head(student)
         self.student = student
         self.teacher: Optional[FrozenTeacher] = FrozenTeacher(teacher) if teacher is not None else None
         self.loss = loss
@@ -261,6 +287,26 @@ class CausalLMDistillationModule(L.LightningModule):
         self.vocab_checked = True
 
     # ---------------------------------------------------------------------------------- training
+    def run_models_fused(self, ids: Tensor, mask: Tensor, labels: Tensor) -> Tuple[Dict[str, Any], Optional[Tensor]]:
+        """The teacher's logits and the student's final hidden states with its output layer (fused_head)."""
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = lm_logits(self.teacher.net, ids, mask, *self.teacher_signature)
+        out = self.student.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        hidden = getattr(out, "last_hidden_state", None)
+        hidden = hidden if isinstance(hidden, Tensor) else out[0]
+        head = self.student.get_output_embeddings()
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if not self.vocab_checked:  # the logits' shape without the logits
+            self.check_vocab(torch.empty((*hidden.shape[:-1], weight.shape[0]), device="meta"), teacher_logits,
+                             ids, labels)
+        if teacher_logits is not None and teacher_logits.shape[-1] != weight.shape[0]:
+            width = self.vocab_size
+            teacher_logits, weight = teacher_logits[..., :width], weight[:width]
+            bias = None if bias is None else bias[:width]
+        return {"student_hidden": hidden, "lm_head_weight": weight, "lm_head_bias": bias}, teacher_logits
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         if self.on_policy is not None:
             generated = self.on_policy.draw()
@@ -269,7 +315,12 @@ class CausalLMDistillationModule(L.LightningModule):
             if self.attached_trainer() is not None:
                 self.log("train/on_policy", float(generated), on_step=False, on_epoch=True)
         ids, mask, labels, _ = _batch_fields(batch)
-        student_logits, teacher_logits = self.run_models(ids, mask, labels)
+        student: Dict[str, Any] = {}
+        if self.hparams.get("fused_head", False):
+            student, teacher_logits = self.run_models_fused(ids, mask, labels)
+            student_logits = None
+        else:
+            student_logits, teacher_logits = self.run_models(ids, mask, labels)
         count = self.loss.count_mask(labels, mask).sum()
         world, accum = self.step_factors()
         if self.step_tokens is None:  # first micro-batch of an optimizer step
@@ -285,7 +336,7 @@ class CausalLMDistillationModule(L.LightningModule):
         self.step_inputs = self.step_inputs + mask.sum()
         with torch.autocast(device_type=ids.device.type, enabled=False):
             terms = self.loss(student_logits, teacher_logits, labels, mask,
-                              num_tokens=self.step_ref / (world * accum))
+                              num_tokens=self.step_ref / (world * accum), **student)
         if self.attached_trainer() is not None:
             self.log_train_terms(terms, labels, mask, world * accum, ids.shape[0])
         return terms["loss"]

@@ -5,12 +5,12 @@ import math
 from typing import Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Loss
 from .checks import check_temperature, check_weights
-from .functional.token import TOKEN_DIVERGENCES, token_divergence
+from .functional.token import (TOKEN_DIVERGENCES, token_cross_entropy, token_cross_entropy_fused, token_divergence,
+                               token_divergence_fused)
 
 IGNORE_INDEX = -100
 KD_POSITIONS = ("all", "labels")
@@ -40,11 +40,22 @@ class TokenKD(Loss):
     ``forward(student_logits [B,L,V], teacher_logits [B,L,V] | None, labels [B,L], attention_mask [B,L] | None,
     num_tokens=None)`` returns ``{"loss", "ce", "kd"}`` (``ce``/``kd`` unweighted; a term with weight 0 is
     not computed and reported as 0).
+
+    Both terms run chunked over the positions (``chunk_size`` rows of ``[·, V]`` in fp32 at a time, see
+    :func:`~kd_lightning.losses.functional.token_divergence`); the logits are read in place (no shifted
+    copy). **Fused student head:** pass ``student_logits=None`` and ``student_hidden [B,L,H]``,
+    ``lm_head_weight [V,H]`` (and ``lm_head_bias``) instead: the student's logits are then computed chunk by
+    chunk and never exist in full (:func:`~kd_lightning.losses.functional.token_divergence_fused`); with
+    both terms on, each term makes its own pass over the output layer.
     """
 
     def __init__(self, divergence: str = "forward", temperature: float = 1.0, ce_weight: float = 0.0,
-                 kd_weight: float = 1.0, beta: float = 0.5, alpha: float = 0.1, kd_positions: str = "all"):
+                 kd_weight: float = 1.0, beta: float = 0.5, alpha: float = 0.1, kd_positions: str = "all",
+                 chunk_size: Optional[int] = None):
         super().__init__()
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"TokenKD: chunk_size={chunk_size!r} must be a positive number of rows (or None)")
+        self.chunk_size = chunk_size
         if divergence not in TOKEN_DIVERGENCES:
             raise ValueError(f"TokenKD: divergence={divergence!r} is not known; use one of {', '.join(TOKEN_DIVERGENCES)}")
         self.divergence = divergence
@@ -80,27 +91,52 @@ class TokenKD(Loss):
         return kd_mask if self.kd_weight > 0 else ce_mask
 
     # -------------------------------------------------------------------------------- forward
-    def forward(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor,
+    def forward(self, student_logits: Optional[Tensor], teacher_logits: Optional[Tensor], labels: Tensor,
                 attention_mask: Optional[Tensor] = None,
-                num_tokens: Optional[Union[int, float, Tensor]] = None) -> Dict[str, Tensor]:
-        if student_logits.ndim != 3:
-            raise ValueError(f"TokenKD: student logits must be [batch, length, vocab], got {tuple(student_logits.shape)}")
-        if tuple(labels.shape) != tuple(student_logits.shape[:2]):
-            raise ValueError(f"TokenKD: labels {tuple(labels.shape)} must match the logits' [batch, length] "
-                             f"{tuple(student_logits.shape[:2])}")
+                num_tokens: Optional[Union[int, float, Tensor]] = None, *,
+                student_hidden: Optional[Tensor] = None, lm_head_weight: Optional[Tensor] = None,
+                lm_head_bias: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        fused = student_hidden is not None
+        if fused:
+            if student_logits is not None or lm_head_weight is None:
+                raise ValueError("TokenKD: the fused head takes student_hidden [B,L,H] and lm_head_weight [V,H] "
+                                 "with student_logits=None")
+            lead = student_hidden.shape[:-1]
+        else:
+            if student_logits is None or student_logits.ndim != 3:
+                got = None if student_logits is None else tuple(student_logits.shape)
+                raise ValueError(f"TokenKD: student logits must be [batch, length, vocab], got {got}")
+            lead = student_logits.shape[:-1]
+        if len(lead) != 2 or tuple(labels.shape) != tuple(lead):
+            raise ValueError(f"TokenKD: labels {tuple(labels.shape)} must match the student's [batch, length] "
+                             f"{tuple(lead)}")
         ce_mask, kd_mask = self.masks(labels, attention_mask)
-        s = student_logits[:, :-1]
-        zero = torch.zeros((), dtype=torch.float32, device=student_logits.device)
+        # Position i predicts token i + 1: masks over all L positions (the last one never counts), so the
+        # logits are read in place and their gradient needs no shifted copy.
+        pad = torch.zeros_like(ce_mask[:, :1])
+        ce_full, kd_full = torch.cat([ce_mask, pad], 1), torch.cat([kd_mask, pad], 1)
+        device = student_hidden.device if fused else student_logits.device
+        zero = torch.zeros((), dtype=torch.float32, device=device)
         ce, kd = zero, zero
         if self.ce_weight > 0:
-            ce = masked_token_ce(s, labels[:, 1:], ce_mask, num_tokens)
+            target = torch.cat([labels[:, 1:], torch.zeros_like(labels[:, :1])], 1)
+            if fused:
+                ce = token_cross_entropy_fused(student_hidden, lm_head_weight, target, ce_full, lm_head_bias=lm_head_bias,
+                                               num_valid=num_tokens, chunk_size=self.chunk_size)
+            else:
+                ce = token_cross_entropy(student_logits, target, ce_full, num_valid=num_tokens,
+                                         chunk_size=self.chunk_size)
         if self.kd_weight > 0:
             if teacher_logits is None:
                 raise ValueError("TokenKD: kd_weight > 0 needs teacher logits, got None; pass a teacher to the "
                                  "module or set kd_weight=0 (with ce_weight > 0) for labels-only training")
-            kd = token_divergence(s, teacher_logits[:, :-1], kd_mask, divergence=self.divergence,
-                                  temperature=self.temperature, beta=self.beta, alpha=self.alpha,
-                                  num_valid=num_tokens)
+            kw = dict(divergence=self.divergence, temperature=self.temperature, beta=self.beta, alpha=self.alpha,
+                      num_valid=num_tokens, chunk_size=self.chunk_size)
+            if fused:
+                kd = token_divergence_fused(student_hidden, lm_head_weight, teacher_logits, kd_full,
+                                            lm_head_bias=lm_head_bias, **kw)
+            else:
+                kd = token_divergence(student_logits, teacher_logits, kd_full, **kw)
         loss = None
         for weight, term in ((self.ce_weight, ce), (self.kd_weight, kd)):
             if weight > 0:
@@ -109,18 +145,12 @@ class TokenKD(Loss):
 
     def extra_repr(self) -> str:
         return (f"divergence={self.divergence!r}, temperature={self.temperature}, ce_weight={self.ce_weight}, "
-                f"kd_weight={self.kd_weight}, beta={self.beta}, alpha={self.alpha}, kd_positions={self.kd_positions!r}")
+                f"kd_weight={self.kd_weight}, beta={self.beta}, alpha={self.alpha}, kd_positions={self.kd_positions!r}, "
+                f"chunk_size={self.chunk_size}")
 
 
 def masked_token_ce(logits: Tensor, target: Tensor, mask: Tensor,
-                    num_tokens: Optional[Union[int, float, Tensor]] = None) -> Tensor:
-    """``Σ_{mask} −log softmax(logits)[target] / N`` in fp32 (N = mask count, or ``num_tokens``)."""
-    vocab = logits.shape[-1]
-    rows = mask.reshape(-1).nonzero().squeeze(-1)
-    picked = logits.reshape(-1, vocab).index_select(0, rows)
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    total = F.cross_entropy(picked.to(dtype), target.reshape(-1).index_select(0, rows), reduction="sum")
-    denominator = num_tokens if num_tokens is not None else rows.numel()
-    if isinstance(denominator, Tensor):
-        return total / denominator.to(dtype).clamp_min(1)
-    return total / max(float(denominator), 1.0)
+                    num_tokens: Optional[Union[int, float, Tensor]] = None,
+                    chunk_size: Optional[int] = None) -> Tensor:
+    """``Σ_{mask} −log softmax(logits)[target] / N`` in fp32 (N = mask count, or ``num_tokens``), chunked."""
+    return token_cross_entropy(logits, target, mask, num_valid=num_tokens, chunk_size=chunk_size)
