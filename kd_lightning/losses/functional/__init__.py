@@ -1,7 +1,7 @@
 """Pure tensor loss functions (no state, no parameters), each with its formula and paper."""
 from .response import dist_loss, dist_terms, dkd_loss, dkd_terms, kd_ce_terms, kd_loss, logit_mse, logit_standardize
-from .feature import (at_loss, attention_map, attention_map_loss, fitnet_loss, hidden_state_loss, match_spatial, nst_loss, ofd_loss, ofd_margin_from_bn,
-                      ofd_margin_from_samples, sp_loss, vid_loss)
+from .feature import (at_loss, attention_map, attention_map_loss, fitnet_loss, hidden_state_loss, match_spatial,
+                      nst_loss, ofd_loss, ofd_margin_from_bn, ofd_margin_from_samples, sp_loss, vid_loss)
 from .relation import cc_loss, crd_nce_loss, pairwise_distances, pkt_loss, rkd_loss, rkd_terms
 from .token import (TOKEN_DIVERGENCES, default_chunk_size, token_cross_entropy, token_cross_entropy_fused,
                     token_divergence, token_divergence_fused, token_divergence_topk)
@@ -37,5 +37,7 @@ __all__ = [
     "default_chunk_size",
     "token_cross_entropy",
     "token_cross_entropy_fused",
-    "",
+    "token_divergence",
+    "token_divergence_fused",
+    "token_divergence_topk",
 ]
