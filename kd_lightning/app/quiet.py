@@ -9,7 +9,8 @@ import warnings
 
 
 # Lightning's rank-zero notes that say nothing about this run: product tips and hardware inventory.
-_NOISE = ("Tip:", "GPU available:", "TPU available:", "HPU available:", "`Trainer.fit` stopped")
+_NOISE = ("Tip:", "GPU available:", "TPU available:", "HPU available:", "`Trainer.fit` stopped",
+          "to estimate number of stepping batches")
 
 
 class _DropNoise(logging.Filter):
