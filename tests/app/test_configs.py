@@ -171,3 +171,21 @@ def test_collector_tabulates_runs_beside_the_published_numbers(tmp_path):
     assert cells[8] == "**76.00** / 76.32 (-0.32)" and cells[4] == "— / 73.50"
     wrn = next(line for line in out.read_text().splitlines() if line.startswith("| wrn_40_2 → wrn_16_2"))
     assert "**76.00** / 76.23" in wrn
+
+
+# ---------------------------------------------------------------------------------- multi-node
+def test_submitit_slurm_launcher_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_cfg("hydra/launcher=submitit_slurm", "trainer=ddp_multinode", hydra=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
+    cfg = compose_cfg("experiment=slurm_example", "trainer.num_nodes=3", "hydra.launcher.partition=gpu", hydra=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
+    assert launcher["nodes"] == 3 and launcher["tasks_per_node"] == cfg.trainer.devices == launcher["gpus_per_node"]
+    assert cfg.trainer.num_nodes == 3 and cfg.task_name == "slurm"
+
+
+def test_ddp_multinode_trainer_config_instantiates_lazily():
+    cfg = compose_cfg("trainer=ddp_multinode")
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 4 and cfg.trainer.sync_batchnorm is True
