@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from kd_lightning.data.indexed import IndexedDataset
+
 IN_FEATURES, NUM_CLASSES, N = 16, 10, 64
 
 
@@ -157,3 +159,58 @@ def small_nets(seed: int = 0):
     """(teacher, student): a two-layer MLP and a linear model on ``small_data``."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, C)), nn.Linear(D, C)
+
+
+class Spy(nn.Module):
+    """A network that records every input it is called with."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Linear(D, C)
+        self.seen: List[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(x.detach().clone())
+        return self.net(x)
+
+
+# ------------------------------------------------- tiny CNNs on sklearn's 8x8 digits (feature objectives, mutual)
+N_DIGITS_TRAIN, DIGITS_BATCH = 128, 32  # 4 steps per epoch
+
+
+class TinyCNN(nn.Module):
+    """Two conv stages and a linear head; ``stride`` of stage 2 sets its spatial size (8x8 input)."""
+
+    def __init__(self, width: int, stride: int = 2, num_classes: int = 10):
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=stride, padding=1),
+                                    nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.stage2(self.stage1(x))).flatten(1))
+
+
+class DigitsImages(L.LightningDataModule):
+    """sklearn's 8x8 digits as [1, 8, 8] images; ``indexed`` wraps the training set with IndexedDataset."""
+
+    def __init__(self, indexed: bool = False):
+        super().__init__()
+        self.indexed = indexed
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = torch.tensor(digits.images[: N_DIGITS_TRAIN + 64], dtype=torch.float32)[:, None] / 16.0
+        y = torch.tensor(digits.target[: N_DIGITS_TRAIN + 64], dtype=torch.long)
+        self.train_set = TensorDataset(x[:N_DIGITS_TRAIN], y[:N_DIGITS_TRAIN])
+        self.val_set = TensorDataset(x[N_DIGITS_TRAIN:], y[N_DIGITS_TRAIN:])
+
+    def train_dataloader(self):
+        ds = IndexedDataset(self.train_set) if self.indexed else self.train_set
+        return DataLoader(ds, batch_size=DIGITS_BATCH, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=64)
