@@ -105,9 +105,6 @@ def test_every_distill_method_runs_one_step(compose, method):
     summary = run(cfg)
     assert summary["distill"]["name"] == cfg.distill.name
     assert summary["student"]["params"] == n_params(instantiate(cfg.student.net))
-    # fast_dev_run tests one batch: the accuracy is a count of correct samples in it
-    batch = cfg.data.batch_size
-    assert summary["student"]["acc"] * batch == pytest.approx(round(summary["student"]["acc"] * batch), abs=1e-3)
 
 
 def test_digits_data_set(compose):

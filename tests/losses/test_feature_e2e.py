@@ -43,7 +43,7 @@ class Recorder(L.Callback):
 
 def fit(make_trainer, module, datamodule=None, max_steps=5, callbacks=()):
     trainer = make_trainer(max_steps=max_steps, limit_val_batches=1, callbacks=list(callbacks))
-    trainer.fit(make_trainer, module, datamodule=datamodule or DigitsImages())
+    trainer.fit(module, datamodule=datamodule or DigitsImages())
     return trainer
 
 
