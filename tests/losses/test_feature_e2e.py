@@ -1,4 +1,5 @@
-"""Feature/relation objectives end to end: DistillationModule + Trainer on tiny CNNs and digits images."""
+"""The feature and relation objectives (kd_lightning/losses/{fitnet,at,sp,nst,vid,ofd,rkd,pkt,cc,crd,staged}.py, on
+feature_base.py) end to end: DistillationModule + Trainer on tiny CNNs and digits images."""
 from __future__ import annotations
 
 import copy
@@ -8,52 +9,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import N_DIGITS_TRAIN as N_TRAIN
+from helpers import DigitsImages, TinyCNN
 from kd_lightning import DistillationModule
-from kd_lightning.data.indexed import IndexedDataset
 from kd_lightning.losses import (AT, CC, CRD, KD, NST, OFD, PKT, RKD, SP, VID, Compose, DistillInputs, FitNet,
                                  Staged)
-from kd_lightning.mutual import MutualLearningModule
-
-N_TRAIN, BATCH = 128, 32  # 4 steps per epoch
-
-
-class TinyCNN(nn.Module):
-    """Two conv stages and a linear head; ``stride`` of stage 2 sets its spatial size (8x8 input)."""
-
-    def __init__(self, width: int, stride: int = 2, num_classes: int = 10):
-        super().__init__()
-        self.stage1 = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.stage2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=stride, padding=1),
-                                    nn.BatchNorm2d(2 * width), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2 * width, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.stage2(self.stage1(x))).flatten(1))
-
-
-class DigitsImages(L.LightningDataModule):
-    """sklearn's 8x8 digits as [1, 8, 8] images; ``indexed`` wraps the training set with IndexedDataset."""
-
-    def __init__(self, indexed: bool = False):
-        super().__init__()
-        self.indexed = indexed
-        digits = load_digits()
-        x = torch.tensor(digits.images[: N_TRAIN + 64], dtype=torch.float32)[:, None] / 16.0
-        y = torch.tensor(digits.target[: N_TRAIN + 64], dtype=torch.long)
-        self.train_set = TensorDataset(x[:N_TRAIN], y[:N_TRAIN])
-        self.val_set = TensorDataset(x[N_TRAIN:], y[N_TRAIN:])
-
-    def train_dataloader(self):
-        ds = IndexedDataset(self.train_set) if self.indexed else self.train_set
-        return DataLoader(ds, batch_size=BATCH, shuffle=True)
-
-    def val_dataloader(self):
-        return DataLoader(self.val_set, batch_size=64)
 
 
 def make_teacher():
@@ -80,10 +41,8 @@ class Recorder(L.Callback):
         self.losses.append(float(loss))
 
 
-def fit(module, datamodule=None, max_steps=5, callbacks=()):
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=1, callbacks=list(callbacks))
+def fit(make_trainer, module, datamodule=None, max_steps=5, callbacks=()):
+    trainer = make_trainer(max_steps=max_steps, limit_val_batches=1, callbacks=list(callbacks))
     trainer.fit(module, datamodule=datamodule or DigitsImages())
     return trainer
 
@@ -110,7 +69,7 @@ GROUPS = {"maps": ["at", "sp", "nst"], "embeddings": ["rkd", "pkt", "cc"], "adap
 
 
 @pytest.mark.parametrize("group", list(GROUPS))
-def test_methods_composed_with_kd_train(group):
+def test_methods_composed_with_kd_train(make_trainer, group):
     names = GROUPS[group]
     objectives = {name: METHODS[name]() for name in names}
     student = make_student()
@@ -119,7 +78,7 @@ def test_methods_composed_with_kd_train(group):
                                 loss=Compose([KD(), *objectives.values()]),
                                 optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9))
     rec = Recorder()
-    trainer = fit(module, callbacks=[rec])
+    trainer = fit(make_trainer, module, callbacks=[rec])
     assert len(rec.losses) == 5 and all(np.isfinite(rec.losses))
     metrics = trainer.callback_metrics
     for key in ["train/loss", "train/kd", "train/ce", "val/acc"] + [f"train/{n}" for n in names]:
@@ -179,11 +138,11 @@ def test_missing_feature_is_a_clear_error():
         obj(inputs)
 
 
-def test_adapters_are_rebuilt_from_a_checkpoint(tmp_path):
+def test_adapters_are_rebuilt_from_a_checkpoint(make_trainer, tmp_path):
     objective = FitNet(student_layers="stage2", teacher_layers="stage2")
     teacher = make_teacher()
     module = DistillationModule(student=make_student(), teacher=teacher, loss=Compose([KD(), objective]))
-    trainer = fit(module, max_steps=2)
+    trainer = fit(make_trainer, module, max_steps=2)
     path = tmp_path / "student.ckpt"
     trainer.save_checkpoint(path)
     fresh = FitNet(student_layers="stage2", teacher_layers="stage2")
@@ -197,7 +156,7 @@ def test_adapters_are_rebuilt_from_a_checkpoint(tmp_path):
     torch.testing.assert_close(restored.student.fc.weight, module.student.fc.weight)
 
 
-def test_fitnet_two_stage_switches_objective():
+def test_fitnet_two_stage_switches_objective(make_trainer):
     staged = Staged(FitNet(student_layers="stage2", teacher_layers="stage2"), KD(), switch_epoch=1)
     assert staged.needs_build and staged.student_taps == ["stage2"] and staged.temperature == 4.0
     seen = []
@@ -212,7 +171,7 @@ def test_fitnet_two_stage_switches_objective():
     staged.forward = spy
     module = DistillationModule(student=make_student(), teacher=make_teacher(), loss=staged)
     rec = Recorder()
-    fit(module, max_steps=8, callbacks=[rec])  # two epochs of 4 steps
+    fit(make_trainer, module, max_steps=8, callbacks=[rec])  # two epochs of 4 steps
     assert [e for e, _ in seen] == [1.0] * 4 + [2.0] * 4
     assert all(terms == {"loss", "fitnet"} for e, terms in seen if e == 1.0)
     assert all(terms == {"loss", "ce", "kd"} for e, terms in seen if e == 2.0)
@@ -221,14 +180,14 @@ def test_fitnet_two_stage_switches_objective():
     assert any(k.startswith("first.adapters") for k in staged.state_dict())
 
 
-def test_crd_end_to_end_with_indexed_dataset():
+def test_crd_end_to_end_with_indexed_dataset(make_trainer):
     crd = CRD(**EMBED, num_data=N_TRAIN)
     assert crd.needs_index and crd.num_negatives == N_TRAIN - 1  # 16,384 clamped to the data size
     memory = crd.memory_student.clone()
     module = DistillationModule(student=make_student(), teacher=make_teacher(), loss=Compose([KD(1.0, 1.0, 1.0), crd]),
                                 optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9))
     rec = Recorder()
-    trainer = fit(module, DigitsImages(indexed=True), callbacks=[rec])
+    trainer = fit(make_trainer, module, DigitsImages(indexed=True), callbacks=[rec])
     assert all(np.isfinite(rec.losses))
     assert torch.isfinite(trainer.callback_metrics["train/crd"])
     assert float(crd.z_student) > 0 and float(crd.z_teacher) > 0
@@ -240,11 +199,11 @@ def test_crd_end_to_end_with_indexed_dataset():
                for k, v in crd.state_dict().items() if k.startswith("adapters"))
 
 
-def test_crd_without_indices_raises_a_clear_error():
+def test_crd_without_indices_raises_a_clear_error(make_trainer):
     crd = CRD(**EMBED, num_data=N_TRAIN)
     module = DistillationModule(student=make_student(), teacher=make_teacher(), loss=Compose([KD(), crd]))
     with pytest.raises(ValueError, match="IndexedDataset"):
-        fit(module, DigitsImages(indexed=False), max_steps=1)
+        fit(make_trainer, module, DigitsImages(indexed=False), max_steps=1)
     bad = CRD(pairs=[("e", "e")], num_data=4)
     inputs = DistillInputs(student_logits=torch.randn(2, 3), student_features={"e": torch.randn(2, 5)},
                            teacher_features={"e": torch.randn(2, 7)}, index=torch.tensor([0, 9]))
@@ -255,59 +214,3 @@ def test_crd_without_indices_raises_a_clear_error():
         CRD(pairs=[("e", "e")])
 
 
-def test_indexed_dataset_wraps_tuples_and_dicts():
-    base = TensorDataset(torch.arange(5.0)[:, None], torch.arange(5))
-    ds = IndexedDataset(base)
-    x, y, i = ds[3]
-    assert len(ds) == 5 and i == 3 and int(y) == 3
-    assert ds.tensors is base.tensors  # attributes pass through
-
-    class Dicts(torch.utils.data.Dataset):
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, i):
-            return {"input": torch.zeros(1), "label": i}
-
-    assert IndexedDataset(Dicts())[1]["index"] == 1
-    batch = next(iter(DataLoader(ds, batch_size=5)))
-    assert batch[2].tolist() == [0, 1, 2, 3, 4]
-
-
-def test_deep_mutual_learning_two_students():
-    torch.manual_seed(0)
-    module = MutualLearningModule([make_student(), TinyCNN(6)], temperature=1.0,
-                                  optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9))
-    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=1)
-    before = [copy.deepcopy(s.state_dict()) for s in module.students]
-    trainer.fit(module, datamodule=DigitsImages())
-    m = trainer.callback_metrics
-    for key in ("train/loss", "train/ce_0", "train/ce_1", "train/kd_0", "train/kd_1", "val/acc_0", "val/acc_1",
-                "val/acc", "val/acc_ensemble", "val/acc_best"):
-        assert key in m and torch.isfinite(m[key]), key
-    assert float(m["val/acc"]) == pytest.approx(max(float(m["val/acc_0"]), float(m["val/acc_1"])))
-    for s, b in zip(module.students, before):
-        assert any(not torch.equal(b[k], v) for k, v in s.state_dict().items() if v.is_floating_point())
-    assert len(trainer.optimizers) == 1
-
-
-def test_mutual_kd_targets():
-    from kd_lightning.losses.functional import kd_loss
-
-    torch.manual_seed(0)
-    students = [nn.Linear(3, 4) for _ in range(3)]
-    each = MutualLearningModule(students, temperature=2.0, peer_target="each")
-    mean = MutualLearningModule(students, temperature=2.0, peer_target="mean")
-    z = [torch.randn(5, 4, requires_grad=True) for _ in range(3)]
-    ref = (kd_loss(z[0], z[1], 2.0) + kd_loss(z[0], z[2], 2.0)) / 2
-    torch.testing.assert_close(each._peer_kd(0, z), ref)
-    p = (torch.softmax(z[1] / 2, -1) + torch.softmax(z[2] / 2, -1)) / 2
-    ps = torch.log_softmax(z[0] / 2, -1)
-    ref_mean = 4.0 * (p * (p.log() - ps)).sum(-1).mean()
-    torch.testing.assert_close(mean._peer_kd(0, z), ref_mean)
-    mean._peer_kd(0, z).backward()
-    assert z[1].grad is None and z[0].grad is not None  # peers are detached
-    with pytest.raises(ValueError, match="at least 2"):
-        MutualLearningModule([nn.Linear(3, 4)])

@@ -1,52 +1,14 @@
-"""CIFARDataModule on tiny data sets written in the real torchvision on-disk format, and
-ImageFolderDataModule on a generated folder of PNGs. Nothing is downloaded."""
+"""kd_lightning/data/cifar.py: CIFARDataModule on tiny data sets written in the real torchvision on-disk format.
+Nothing is downloaded."""
 import os
 import pickle
 
-import numpy as np
 import pytest
 import torch
 
 from kd_lightning.data.cifar import CIFARDataModule
-from kd_lightning.data.imagefolder import ImageFolderDataModule
 
-N_TRAIN, N_TEST = 40, 12
-
-
-def _write(path, obj):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def _images(rng, n):
-    return rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)  # row-major CHW, as in the originals
-
-
-def write_cifar100(root, n_train=N_TRAIN, n_test=N_TEST, classes=100):
-    rng = np.random.default_rng(0)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        fine = [int(v) for v in rng.integers(0, classes, size=n)]
-        _write(folder / split, {"filenames": [f"img{i}.png" for i in range(n)], "batch_label": split,
-                                "fine_labels": fine, "coarse_labels": [v // 5 for v in fine], "data": _images(rng, n)})
-    _write(folder / "meta", {"fine_label_names": [f"class{i}" for i in range(classes)],
-                             "coarse_label_names": [f"super{i}" for i in range(20)]})
-    return root
-
-
-def write_cifar10(root, per_batch=8, n_test=N_TEST):
-    rng = np.random.default_rng(1)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        n = n_test if name == "test_batch" else per_batch
-        _write(folder / name, {"batch_label": name, "labels": [int(v) for v in rng.integers(0, 10, size=n)],
-                               "data": _images(rng, n), "filenames": [f"{name}_{i}.png" for i in range(n)]})
-    _write(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": per_batch,
-                                     "num_vis": 3072})
-    return root
+from .helpers import N_TEST, N_TRAIN, write_cifar10, write_cifar100
 
 
 @pytest.fixture
@@ -151,7 +113,7 @@ def test_cifar_config_instantiates(cifar100_dir):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "data", "cifar100.yaml"))
+    cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "..", "conf", "data", "cifar100.yaml"))
     cfg.data_dir, cfg.seed, cfg.num_workers = str(cifar100_dir), 0, 0
     dm = instantiate(cfg)
     assert isinstance(dm, CIFARDataModule) and dm.num_classes == 100
@@ -159,48 +121,3 @@ def test_cifar_config_instantiates(cifar100_dir):
     assert len(next(iter(dm.train_dataloader()))) == 2
 
 
-# ------------------------------------------------------------------------------------ image folders
-def write_image_tree(root, classes=("ant", "bee", "cat"), n_train=3, n_val=2, size=(40, 30)):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
-    return root
-
-
-def folder_dm(root, **kw):
-    kw.setdefault("image_size", 32)
-    return ImageFolderDataModule(data_dir=str(root), batch_size=4, num_workers=0, **kw)
-
-
-def test_image_folder_train_and_val(tmp_path):
-    root = write_image_tree(tmp_path / "imgs")
-    dm = folder_dm(root, num_classes=3, return_index=True)
-    dm.setup()
-    assert dm.num_classes == 3 and dm.classes == ["ant", "bee", "cat"] and dm.num_train == 9
-    x, y, index = next(iter(dm.train_dataloader()))
-    assert x.shape == (4, 3, 32, 32) and y.shape == index.shape == (4,)
-    xv, yv = next(iter(dm.val_dataloader()))
-    assert xv.shape == (4, 3, 32, 32)
-    assert len(dm.test_dataloader().dataset) == 6
-
-
-def test_image_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        folder_dm(tmp_path / "missing").setup()
-    root = write_image_tree(tmp_path / "imgs")
-    with pytest.raises(ValueError, match="num_classes=1000"):
-        folder_dm(root, num_classes=1000).setup()
-    with pytest.raises(ValueError, match="num_train"):
-        folder_dm(root, num_train=5).setup()
-    (root / "val" / "dog").mkdir()
-    from PIL import Image
-
-    Image.new("RGB", (8, 8)).save(root / "val" / "dog" / "0.png")
-    with pytest.raises(ValueError, match="differ"):
-        folder_dm(root).setup()

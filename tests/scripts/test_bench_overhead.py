@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_overhead.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_overhead.py"
 
 
 @pytest.mark.slow
@@ -30,4 +30,11 @@ def test_bench_overhead_prints_every_configuration_and_a_json_summary(tmp_path):
         assert all(v > 0 for v in summary["pairs"][pair]["ms_per_step"].values())
     assert set(summary["targets_met"]) == {"online_over_student_plus_teacher_fwd<=1.05",
                                           "cached_over_student<=1.05", "lightning_over_plain_loop<=1.2"}
+    # the headline ratios are the mnist1d pair's, and each target is met exactly when its ratio is within it
+    for key in ("online_over_student_plus_teacher_fwd", "cached_over_student", "lightning_over_plain_loop",
+                "plain_over_plain_student_plus_teacher_fwd", "plain_cached_over_plain_student"):
+        assert summary[key] == summary["pairs"]["mnist1d"][key], key
+    for target, met in summary["targets_met"].items():
+        key, bound = target.split("<=")
+        assert met == (summary[key] <= float(bound)), (target, summary[key])
     assert "without Lightning" in run.stdout

@@ -1,15 +1,25 @@
-"""The vision configs compose with conf/train.yaml: every registered model as teacher and student, the
-data and optimizer groups, and every table cell (pair x recipe x method) with the published settings."""
+"""The configs in conf/ (found through kd_lightning/app/confdir.py) compose with train.yaml and build what they name:
+every option of every group, every registered model as teacher and student, the data and optimizer groups, every
+CIFAR table cell (pair x recipe x method) with the published settings, and the multi-node launchers."""
 import glob
 import os
 
+import lightning as L
 import pytest
+import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
+
+from kd_lightning.app.build import build_loss
+from kd_lightning.app.confdir import CONFIG_DIR
+from kd_lightning.losses import Loss
 
 from kd_lightning.models import list_models, model_entry
 from kd_lightning.taps import FeatureTaps
 
-CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
+from .helpers import options
+
+CONF = str(CONFIG_DIR)
 
 MODEL_PRESETS = list_models()
 PAIRS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONF, "pair", "*.yaml")))
@@ -19,53 +29,40 @@ QUICK_CELLS = [("resnet32x4_resnet8x4", "kd"), ("resnet56_resnet20", "dkd"), ("w
                ("vgg13_vgg8", "crd"), ("resnet32x4_ShuffleV2", "dkd"), ("resnet32x4_ShuffleV2", "at")]
 
 
-@pytest.fixture(scope="module")
-def compose_train():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        yield lambda *overrides: compose("train", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("preset", MODEL_PRESETS)
-def test_model_preset_composes_as_teacher_and_student(compose_train, preset):
-    cfg = compose_train(f"teacher={preset}", f"student={preset}", "data=cifar100")
+def test_model_preset_composes_as_teacher_and_student(compose, preset):
+    cfg = compose(f"teacher={preset}", f"student={preset}", "data=cifar100")
     assert cfg.teacher == cfg.student  # one description, two roles
     node = cfg.student
     assert node.net.model_name == preset and node.ckpt_path is None
     assert dict(node.taps) == model_entry(preset).taps
     if preset in ("torchvision", "timm"):
         return  # hub models: tested in tests/models (no weights here)
-    from hydra.utils import instantiate
-
     net = instantiate(node.net)
     taps = node.taps
     FeatureTaps(net, [*taps.stages, taps.hint, taps.embedding]).remove()  # every named path exists
     assert taps.hint in taps.stages
 
 
-def test_torchvision_teacher_from_the_command_line(compose_train):
-    cfg = compose_train("teacher=torchvision", "teacher.name=resnet34", "teacher.weights=DEFAULT", "data=imagefolder",
+def test_torchvision_teacher_from_the_command_line(compose):
+    cfg = compose("teacher=torchvision", "teacher.name=resnet34", "teacher.weights=DEFAULT", "data=imagefolder",
                         "student=timm", "student.name=resnet10t")
     assert cfg.teacher.net.name == "resnet34" and cfg.teacher.net.weights == "DEFAULT"
     assert cfg.teacher.net.num_classes == 1000 and cfg.student.net.pretrained is False
     assert cfg.data.data_dir.endswith("/imagenet") and cfg.data.num_train == 1281167
 
 
-def test_data_and_optim_groups(compose_train):
-    cfg = compose_train("data=cifar10", "optim=sgd_cifar")
+def test_data_and_optim_groups(compose):
+    cfg = compose("data=cifar10", "optim=sgd_cifar")
     assert cfg.data.name == "cifar10" and cfg.data.num_classes == 10 and cfg.data.num_train == 50000
     assert cfg.data.download is False and cfg.data.return_index is False
     assert set(cfg.optim) == {"optimizer", "scheduler", "scheduler_interval"}
     assert cfg.optim.optimizer.weight_decay == pytest.approx(5e-4)
-    import torch
-    from hydra.utils import instantiate
-
     opt = instantiate(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     sched = instantiate(cfg.optim.scheduler)(opt)
     assert opt.defaults["lr"] == 0.05 and opt.defaults["momentum"] == 0.9
     assert sorted(sched.milestones) == [150, 180, 210]
-    imagenet = compose_train("optim=sgd_imagenet").optim
+    imagenet = compose("optim=sgd_imagenet").optim
     assert imagenet.optimizer.lr == 0.1 and imagenet.optimizer.weight_decay == pytest.approx(1e-4)
     assert list(imagenet.scheduler.milestones) == [30, 60, 90]
 
@@ -80,8 +77,8 @@ def test_every_pair_names_its_models_and_every_published_cell():
 
 @pytest.mark.parametrize("pair,method", [
     pytest.param(p, m, marks=() if (p, m) in QUICK_CELLS else pytest.mark.slow) for p in PAIRS for m in METHODS])
-def test_table_cell_composes_with_the_published_recipe(compose_train, pair, method):
-    cfg = compose_train(f"pair={pair}", "recipe=cifar100", f"distill={method}")
+def test_table_cell_composes_with_the_published_recipe(compose, pair, method):
+    cfg = compose(f"pair={pair}", "recipe=cifar100", f"distill={method}")
     for node in ("data", "teacher", "student", "distill", "optim"):
         OmegaConf.to_container(cfg[node], resolve=True)  # every interpolation resolves
     assert cfg.data.name == "cifar100" and cfg.data.batch_size == 64 and cfg.trainer.max_epochs == 240
@@ -98,14 +95,14 @@ def test_table_cell_composes_with_the_published_recipe(compose_train, pair, meth
         assert (cfg.distill.ce_weight, cfg.distill.kd_weight) == (1.0, 0.0)
 
 
-def test_feature_methods_keep_kd_outside_the_table_protocol(compose_train):
-    cfg = compose_train("distill=at")
+def test_feature_methods_keep_kd_outside_the_table_protocol(compose):
+    cfg = compose("distill=at")
     assert (cfg.distill.ce_weight, cfg.distill.kd_weight) == (0.1, 0.9)
-    assert compose_train("distill=crd").distill.kd_weight == 1.0 and compose_train("distill=dkd").distill.beta == 8.0
+    assert compose("distill=crd").distill.kd_weight == 1.0 and compose("distill=dkd").distill.beta == 8.0
 
 
-def test_imagenet_experiment_composes(compose_train):
-    cfg = compose_train("experiment=imagenet_resnet34_resnet18_kd")
+def test_imagenet_experiment_composes(compose):
+    cfg = compose("experiment=imagenet_resnet34_resnet18_kd")
     assert cfg.teacher.name == "resnet34" and cfg.teacher.weights == "DEFAULT" and cfg.student.name == "resnet18"
     assert (cfg.distill.temperature, cfg.distill.ce_weight, cfg.distill.kd_weight) == (1.0, 0.5, 0.5)
     assert cfg.trainer.max_epochs == 100 and cfg.data.batch_size == 256 and cfg.optim.optimizer.lr == 0.1
@@ -113,61 +110,82 @@ def test_imagenet_experiment_composes(compose_train):
 
 
 @pytest.mark.slow
-def test_cifar_experiment_runs_through_kd_train(compose_train, tmp_path, monkeypatch):
+def test_cifar_experiment_runs_through_kd_train(compose, tmp_path, monkeypatch):
     """pair=resnet56_resnet20 recipe=cifar100 distill=dkd end to end (teacher, baseline, student) on a tiny CIFAR-100
     written in the real format, with the networks swapped for resnet8 and a few batches per stage."""
     import os as _os
 
     import torchvision.datasets.cifar as tv_cifar
-    from omegaconf import open_dict
 
+    from data.helpers import write_cifar100
     from kd_lightning.app.pipeline import run
-    from test_vision_data import write_cifar100
 
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: _os.path.isfile(fpath))
     data_dir = write_cifar100(tmp_path / "data", n_train=48, n_test=16)
-    cfg = compose_train(
+    cfg = compose(
         "pair=resnet56_resnet20", "recipe=cifar100", "distill=dkd", "teacher=resnet8", "student=resnet8", "trainer=cpu",
         "trainer.precision=32-true", "debug=limit", f"paths.data_dir={data_dir}", "data.batch_size=8",
         "data.num_workers=0", "trainer.enable_progress_bar=false", "logger=none")
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.cache_dir = str(tmp_path / "cache")
     summary = run(cfg)
     assert {"teacher", "baseline", "student"} <= set(summary)
     assert summary["distill"]["name"] == "dkd" and summary["student"]["params"] == summary["baseline"]["params"]
     assert (tmp_path / "run" / "summary.json").is_file()
 
 
-def test_collector_tabulates_runs_beside_the_published_numbers(tmp_path):
-    import importlib.util
-    import json
+# ---------------------------------------------------------------------------------- multi-node
+def test_submitit_slurm_launcher_composes(compose):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose("hydra/launcher=submitit_slurm", "trainer=ddp_multinode", hydra=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
+    cfg = compose("experiment=slurm_example", "trainer.num_nodes=3", "hydra.launcher.partition=gpu", hydra=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
+    assert launcher["nodes"] == 3 and launcher["tasks_per_node"] == cfg.trainer.devices == launcher["gpus_per_node"]
+    assert cfg.trainer.num_nodes == 3 and cfg.task_name == "slurm"
 
-    spec = importlib.util.spec_from_file_location(
-        "collect_cifar100", os.path.join(os.path.dirname(CONF), "scripts", "collect_cifar100.py"))
-    collector = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(collector)
 
-    def write(pair, method, student, baseline=None, seed=42):
-        run = tmp_path / f"seed{seed}" / pair / method
-        (run / ".hydra").mkdir(parents=True)
-        (run / ".hydra" / "overrides.yaml").write_text(f"- pair={pair}\n- recipe=cifar100\n- distill={method}\n")
-        summary = {"teacher": {"acc": 0.79, "ckpt_path": "/cache/t.ckpt"}, "student": {"acc": student}}
-        if baseline is not None:
-            summary["baseline"] = {"acc": baseline}
-        (run / "summary.json").write_text(json.dumps(summary))
+def test_ddp_multinode_trainer_config_instantiates_lazily(compose):
+    cfg = compose("trainer=ddp_multinode")
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 4 and cfg.trainer.sync_batchnorm is True
 
-    write("resnet32x4_resnet8x4", "kd", 0.7330, baseline=0.7250)
-    write("resnet32x4_resnet8x4", "kd", 0.7350, seed=7)
-    write("resnet32x4_resnet8x4", "dkd", 0.7600)
-    write("wrn_40_2_wrn_16_2", "dkd", 0.7600)
-    out = tmp_path / "table.md"
-    assert collector.main([str(tmp_path), "--output", str(out)]) == 0
-    row = next(line for line in out.read_text().splitlines() if line.startswith("| resnet32x4 → resnet8x4"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "**79.00** / 79.42 (-0.42)"  # one teacher, counted once
-    assert cells[2] == "**72.50** / 72.50 (+0.00)"
-    assert cells[3].startswith("**73.40 ± 0.14 (n=2)** / 73.33")
-    assert cells[8] == "**76.00** / 76.32 (-0.32)" and cells[4] == "— / 73.50"
-    wrn = next(line for line in out.read_text().splitlines() if line.startswith("| wrn_40_2 → wrn_16_2"))
-    assert "**76.00** / 76.23" in wrn
+
+GROUPS = ["data", "teacher", "student", "distill", "module", "optim", "trainer", "callbacks", "logger", "recipe",
+          "pair", "experiment", "hparams_search", "debug"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_of_every_group_composes(compose, group):
+    names = options(group)
+    assert names, f"conf/{group} has no options"
+    for name in names:
+        cfg = compose(f"{group}={name}")
+        # Resolve everything but the hydra-runtime and environment-dependent paths.
+        for key in ("data", "teacher", "student", "distill", "optim"):
+            OmegaConf.to_container(cfg[key], resolve=True)
+        # ... and the option builds what it names
+        if group == "distill":
+            assert isinstance(build_loss(cfg.distill), Loss), name
+        elif group == "optim":
+            opt = instantiate(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+            assert isinstance(opt, torch.optim.Optimizer) and opt.defaults["lr"] == cfg.optim.optimizer.lr, name
+        elif group == "data":
+            dm = instantiate(cfg.data)
+            assert isinstance(dm, L.LightningDataModule), name
+            assert type(dm).__name__ == cfg.data._target_.rsplit(".", 1)[1], name
+
+
+def test_teacher_and_student_choices_are_the_registry_and_no_private_bases():
+    assert options("teacher") == options("student") == list_models()
+    for group in GROUPS:
+        assert not [o for o in options(group) if o.startswith("_")], group
+
+
+def test_default_models_match_the_paper_and_compress_10x(compose):
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    paper = {"cnn1d_25": 5210, "mlp": 15210}
+    for preset, n in paper.items():
+        cfg = compose(f"student={preset}")
+        assert count(instantiate(cfg.student.net)) == n
+    cfg = compose()
+    assert count(instantiate(cfg.teacher.net)) >= 10 * count(instantiate(cfg.student.net))
