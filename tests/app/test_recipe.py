@@ -1,5 +1,6 @@
 """The default job's recipe, patient and consistent distillation (Beyer et al. 2022;
-conf/experiment/mnist1d_patient.yaml, and mnist1d_paper_patient for the paper's models): its pieces compose.
+conf/experiment/mnist1d_patient.yaml, and mnist1d_paper_patient for the paper's models): its pieces compose
+as kd-train builds them (kd_lightning.app.build).
 
 * consistent: the teacher labels exactly the mixed-up input the student is trained on, in every step;
 * KL only: the composed objective has no CE term (ce_weight 0);
@@ -7,32 +8,22 @@ conf/experiment/mnist1d_patient.yaml, and mnist1d_paper_patient for the paper's 
 """
 from __future__ import annotations
 
-import functools
 from typing import List
 
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from kd_lightning import DistillationModule
+from kd_lightning.app.build import build_loss, build_module_factory
 from kd_lightning.augment import Mixup
-from kd_lightning.classifier import ClassifierModule
-from kd_lightning.confdir import CONFIG_DIR
-from kd_lightning.losses import KD
-from kd_lightning.pipeline import build_objective, optimizer_factories
-from kd_lightning.schedules import warmup_cosine
+from kd_lightning.losses import CE, KD
 
 D, C, N, B = 8, 4, 32, 8  # features, classes, samples, batch: 4 steps an epoch
 RECIPES = ["", "experiment=mnist1d_patient", "experiment=mnist1d_paper_patient"]
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[o for o in overrides if o])
 
 
 class Spy(nn.Module):
@@ -55,12 +46,16 @@ def loader(seed: int = 0) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=B, shuffle=False)
 
 
-def trainer(tmp_path, callbacks=(), **kw) -> L.Trainer:
-    opts = dict(accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_progress_bar=False,
-                enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                limit_val_batches=0, default_root_dir=str(tmp_path), callbacks=list(callbacks))
-    opts.update(kw)
-    return L.Trainer(**opts)
+@pytest.fixture
+def fit_trainer(make_trainer):
+    """Epoch-based fits without validation."""
+    return lambda callbacks=(), **kw: make_trainer(**{"max_steps": -1, "max_epochs": 3, "limit_val_batches": 0,
+                                                     "callbacks": list(callbacks), **kw})
+
+
+@pytest.fixture
+def compose_train(compose):
+    return lambda *overrides: compose(*[o for o in overrides if o])
 
 
 class LrTrace(L.Callback):
@@ -74,15 +69,13 @@ class LrTrace(L.Callback):
 
 
 def recipe_module(cfg, teacher: nn.Module, student: nn.Module) -> DistillationModule:
-    """The student stage as kd_lightning.pipeline.distill_student builds it from ``cfg``."""
-    opt, sched = optimizer_factories(cfg)
-    return DistillationModule(student=student, teacher=teacher, loss=build_objective(cfg.distill), optimizer=opt,
-                              scheduler=sched, scheduler_interval=cfg.optim.scheduler_interval,
-                              batch_transform=instantiate(cfg.distill.batch_transform))
+    """The student stage as kd_lightning.app.pipeline.distill_student builds it from ``cfg``."""
+    return build_module_factory(cfg.module)(student=student, teacher=teacher, loss=build_loss(cfg.distill),
+                                            batch_transform=instantiate(cfg.distill.batch_transform))
 
 
 # ------------------------------------------------------------------------------------ the configs
-def test_the_default_job_is_the_patient_consistent_recipe():
+def test_the_default_job_is_the_patient_consistent_recipe(compose_train):
     default, named = compose_train(), compose_train("experiment=mnist1d_patient")
     assert default == named
     assert default.distill.name == "function_matching" and default.distill.teacher_cache is False
@@ -95,7 +88,7 @@ def test_the_default_job_is_the_patient_consistent_recipe():
     assert (old.distill.name, old.optim.scheduler, old.trainer.max_epochs, old.teacher_fit.max_epochs) == ("kd", None, 40, 40)
 
 
-def test_the_paper_variant_keeps_the_paper_models_and_adds_the_recipe():
+def test_the_paper_variant_keeps_the_paper_models_and_adds_the_recipe(compose_train):
     paper, patient = compose_train("experiment=mnist1d_paper"), compose_train("experiment=mnist1d_paper_patient")
     assert paper.distill.name == "kd" and paper.optim.scheduler is None  # the paper's setting is unchanged
     for key in ("teacher", "student"):
@@ -106,9 +99,9 @@ def test_the_paper_variant_keeps_the_paper_models_and_adds_the_recipe():
 
 
 @pytest.mark.parametrize("overrides", RECIPES)
-def test_the_recipe_objective_is_kl_only(overrides):
+def test_the_recipe_objective_is_kl_only(compose_train, overrides):
     cfg = compose_train(overrides)
-    objective = build_objective(cfg.distill)
+    objective = build_loss(cfg.distill)
     assert isinstance(objective, KD)
     assert objective.ce_weight == 0.0 and objective.kd_weight == 1.0 and objective.temperature == 1.0
     assert not objective.needs_target  # mixed samples carry no hard label; nothing asks for one
@@ -117,13 +110,13 @@ def test_the_recipe_objective_is_kl_only(overrides):
 
 # ----------------------------------------------------------------------------------- consistency
 @pytest.mark.parametrize("overrides", RECIPES)
-def test_the_teacher_labels_the_same_mixed_input_the_student_sees(tmp_path, overrides):
+def test_the_teacher_labels_the_same_mixed_input_the_student_sees(compose_train, fit_trainer, overrides):
     cfg = compose_train(overrides)
     teacher, student = Spy(0), Spy(1)
     data = loader()
     raw = [x for x, _ in data]
     steps = 2 * len(raw)
-    trainer(tmp_path, max_epochs=2).fit(recipe_module(cfg, teacher, student), data)
+    fit_trainer(max_epochs=2).fit(recipe_module(cfg, teacher, student), data)
     assert len(student.seen) == len(teacher.seen) == steps  # one call each per training step
     mixed = 0
     for i, (t_in, s_in) in enumerate(zip(teacher.seen, student.seen)):
@@ -133,7 +126,7 @@ def test_the_teacher_labels_the_same_mixed_input_the_student_sees(tmp_path, over
     assert mixed == steps if p == 1.0 else 0 < mixed < steps
 
 
-def test_the_kl_term_gets_the_teachers_logits_of_the_mixed_input(tmp_path):
+def test_the_kl_term_gets_the_teachers_logits_of_the_mixed_input(compose_train, fit_trainer):
     """Inside each training step the objective receives the teacher's logits of the student's mixed input."""
     cfg = compose_train("distill.batch_transform.p=1.0")
     teacher, student = Spy(0), Spy(1)
@@ -141,7 +134,7 @@ def test_the_kl_term_gets_the_teachers_logits_of_the_mixed_input(tmp_path):
     inputs = []
     forward = module.loss.forward
     module.loss.forward = lambda i: inputs.append(i) or forward(i)
-    trainer(tmp_path, max_steps=2).fit(module, loader())
+    fit_trainer(max_steps=2).fit(module, loader())
     assert len(inputs) == len(teacher.seen) == len(student.seen) == 2
     for x_t, x_s, i in zip(teacher.seen, student.seen, inputs):
         assert torch.equal(x_t, x_s)
@@ -151,44 +144,18 @@ def test_the_kl_term_gets_the_teachers_logits_of_the_mixed_input(tmp_path):
 
 # -------------------------------------------------------------------------------------- patience
 @pytest.mark.parametrize("overrides", RECIPES)
-def test_the_schedule_reaches_its_final_lr_at_the_end_of_each_stage(tmp_path, overrides):
+def test_the_schedule_reaches_its_final_lr_at_the_end_of_each_stage(compose_train, fit_trainer, overrides):
     cfg = compose_train(overrides)
     lr = cfg.optim.optimizer.lr
     final = lr * cfg.optim.scheduler.final_lr_ratio
-    opt, sched = optimizer_factories(cfg)
     # The student stage, and a labels-only stage (teacher / baseline) of another length.
     stages = [(recipe_module(cfg, Spy(0), Spy(1)), 3),
-              (ClassifierModule(Spy(2), optimizer=opt, scheduler=sched,
-                                scheduler_interval=cfg.optim.scheduler_interval), 5)]
+              (build_module_factory(cfg.module)(student=Spy(2), teacher=None, loss=CE()), 5)]
     for module, epochs in stages:
         trace = LrTrace()
-        trainer(tmp_path, callbacks=[trace], max_epochs=epochs).fit(module, loader())
+        fit_trainer(callbacks=[trace], max_epochs=epochs).fit(module, loader())
         assert len(trace.lrs) == epochs * N // B
         assert trace.lrs[-1] == pytest.approx(final, abs=1e-12)  # the last step lands on the final lr
         assert trace.lrs[-2] > final  # ... and not before: the schedule spans the whole fit
         assert max(trace.lrs) <= lr + 1e-12
         assert all(a >= b for a, b in zip(trace.lrs[len(trace.lrs) // 2:], trace.lrs[len(trace.lrs) // 2 + 1:]))
-
-
-def test_warmup_cosine_shape():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = warmup_cosine(opt, total_steps=100, warmup=0.1, final_lr_ratio=0.01)
-    lrs = [opt.param_groups[0]["lr"]]
-    for _ in range(110):
-        opt.step()
-        sched.step()
-        lrs.append(opt.param_groups[0]["lr"])
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup over 10 steps
-    assert lrs[55] == pytest.approx(0.01 + 0.99 * 0.5)  # half-way through the cosine
-    assert lrs[100] == pytest.approx(0.01) and lrs[110] == pytest.approx(0.01)  # held at the end
-    with pytest.raises(ValueError, match="total_steps"):
-        warmup_cosine(opt)
-
-
-def test_one_cycle_gets_the_fit_length_too(tmp_path):
-    sched = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1)
-    module = ClassifierModule(Spy(0), optimizer=functools.partial(torch.optim.SGD, lr=0.1), scheduler=sched,
-                              scheduler_interval="step")
-    trace = LrTrace()
-    trainer(tmp_path, callbacks=[trace], max_epochs=2).fit(module, loader())  # would raise past total_steps
-    assert len(trace.lrs) == 2 * N // B and trace.lrs[-1] < 0.1 * max(trace.lrs)
