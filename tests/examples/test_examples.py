@@ -91,7 +91,6 @@ def test_feature_distillation_torchvision():
     assert r["teacher_in_optimizer"] is False
     assert r["teacher_bn_unchanged"] is True
     assert r["student_params"] < r["teacher_params"]
-    assert 0.0 <= r["student_acc"] <= 1.0 and 0.0 <= r["teacher_acc"] <= 1.0
 
 
 @pytest.mark.slow
