@@ -32,7 +32,7 @@ def temp_path_beside(path: PathLike) -> Path:
         return tmp
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover - e.g. a directory on a platform that cannot open it
@@ -52,9 +52,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = temp_path_beside(path)
     try:
         yield tmp
-        _fsync(tmp)  # the bytes are on disk before the name points at them
+        fsync(tmp)  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-        _fsync(path.parent)
+        fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
