@@ -255,6 +255,9 @@ def validate(cfg: DictConfig) -> Loss:
 
 def run(cfg: DictConfig) -> Dict[str, Any]:
     """Run the whole process and return the summary (also written to the run directory)."""
+    from .checks import check_train_config
+
+    check_train_config(cfg)
     loss = validate(cfg)
     make_module = build_module_factory(cfg.module)
     if cfg.get("torch_threads"):
