@@ -38,6 +38,7 @@ class Stages:
         self.trainer_cfg, self.callbacks_cfg, self.logger_cfg = cfg.trainer, cfg.get("callbacks"), cfg.get("logger")
         self.out_dir = Path(cfg.paths.output_dir)
         self.test_ckpt = str(cfg.get("test_ckpt", "best"))
+        self.resume = bool(cfg.get("resume", False))
 
     def trainer(self, stage: str, max_epochs: Optional[int] = None) -> L.Trainer:
         stage_dir = self.out_dir / stage
@@ -49,12 +50,27 @@ class Stages:
             overrides["max_epochs"] = int(max_epochs)
         if not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
             overrides["enable_checkpointing"] = False
+        from .resume import InterruptCheckpoint
+
+        callbacks.append(InterruptCheckpoint(str(stage_dir / "checkpoints")))  # SIGTERM: a resumable checkpoint
         return instantiate(self.trainer_cfg, **overrides)
 
     def fit(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
             max_epochs: Optional[int] = None) -> StageResult:
-        log.info("stage %s: training %s (%s parameters)", name, type(net).__name__, f"{count_params(net):,}")
-        return fit_and_test(name, self.trainer(name, max_epochs), module, datamodule, net, self.test_ckpt)
+        from . import resume
+
+        stage_dir = self.out_dir / name
+        if self.resume:
+            done = resume.finished_stage(stage_dir, net)
+            if done is not None:
+                return done
+        ckpt = resume.interrupted_checkpoint(stage_dir) if self.resume else None
+        log.info("stage %s: %s %s (%s parameters)", name, "resuming" if ckpt else "training", type(net).__name__,
+                 f"{count_params(net):,}")
+        result = fit_and_test(name, self.trainer(name, max_epochs), module, datamodule, net, self.test_ckpt,
+                              ckpt_path=ckpt)
+        resume.record_stage(stage_dir, net, result)
+        return result
 
     def test(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
              wall_s: float, source: str) -> StageResult:

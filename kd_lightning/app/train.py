@@ -31,6 +31,8 @@ def _hydra_job() -> Optional[dict]:
 def run_task(cfg: DictConfig) -> Optional[float]:
     """One kd-train job. In a multirun a failing job is recorded (``job_status.json``) and returns NaN, so
     the other jobs run and the sweep summary lists it; a single run fails with one line."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from . import rundir
     from .pipeline import run
     from .report import flatten
@@ -50,6 +52,12 @@ def run_task(cfg: DictConfig) -> Optional[float]:
             if metric not in flat:
                 raise ConfigError(f"optimized_metric={metric!r} is not in the summary; choose one of {sorted(flat)}")
             value = float(flat[metric])
+    except SIGTERMException:
+        # Lightning stopped the fit and InterruptCheckpoint saved the stage: stop the process (and a sweep).
+        if job is not None:
+            rundir.write_job_status(out, "interrupted", sweep, error="SIGTERM", overrides=job["overrides"])
+        raise SystemExit(f"kd-train: interrupted by SIGTERM; the running stage saved a resumable checkpoint in "
+                         f"{out}. Continue with the same command plus hydra.run.dir={out} resume=true") from None
     except ConfigError as err:
         # One clear line instead of a traceback: the message names the problem and the fix.
         log.error("%s", err)
