@@ -9,7 +9,7 @@ from typing import Optional
 import hydra
 from omegaconf import DictConfig
 
-from .confdir import CONFIG_DIR, register_resolvers
+from .confdir import CONFIG_DIR, set_run_id
 from .errors import ConfigError, root_cause
 from .quiet import quiet_known_noise
 
@@ -83,7 +83,7 @@ def _main(cfg: DictConfig) -> Optional[float]:
 
 def main() -> None:
     quiet_known_noise()
-    register_resolvers()
+    set_run_id()
     _main()
 
 
