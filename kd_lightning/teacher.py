@@ -28,7 +28,7 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> dict:
             f"teacher checkpoint not found: {path!r}; pass an existing .ckpt/.pt file "
             "(or leave the teacher checkpoint unset to train a teacher)"
         )
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = read_checkpoint(path)
     if not isinstance(blob, dict):
         raise ValueError(f"{path!r} holds a {type(blob).__name__}, not a checkpoint or a state_dict")
     if "state_dict" not in blob:  # a plain state_dict file: its keys are the model's own
@@ -39,6 +39,37 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> dict:
             # A teacher inside a distillation checkpoint (save_teacher=True) is not what we want.
             return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return dict(state)
+
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> object:
+    """``torch.load`` on the CPU, with an error that names the file when it is empty, truncated or not a
+    checkpoint (torch's own errors name neither the file nor the problem)."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"checkpoint {path!r} is empty (0 bytes): it was not written completely; "
+                         "point at a complete .ckpt/.pt file (or train it again)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"checkpoint {path!r} ({size} bytes) cannot be read, it is truncated or not a torch "
+                         f"checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                         "point at a complete .ckpt/.pt file (or train it again)") from None
+
+
+def describe_mismatch(architecture: nn.Module, state: dict, limit: int = 4) -> str:
+    """The first few missing, unexpected and wrongly shaped keys of ``state`` against ``architecture``."""
+    own = architecture.state_dict()
+    parts = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape checkpoint vs model", shapes)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{label}: {', '.join(items[:limit])}{more}")
+    return "; ".join(parts)
 
 
 def load_teacher(source: Union[str, os.PathLike], architecture: Optional[nn.Module]) -> nn.Module:
@@ -52,10 +83,10 @@ def load_teacher(source: Union[str, os.PathLike], architecture: Optional[nn.Modu
     try:
         architecture.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
+        detail = describe_mismatch(architecture, state) or str(err).splitlines()[0]
         raise ValueError(
-            f"teacher checkpoint {os.fspath(source)!r} does not fit {type(architecture).__name__}: {first} "
-            "— check the teacher architecture and its num_classes"
+            f"checkpoint {os.fspath(source)!r} does not fit {type(architecture).__name__} ({detail}); "
+            "check the architecture and its num_classes"
         ) from None
     return architecture
 

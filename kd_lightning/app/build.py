@@ -32,7 +32,10 @@ def build_net(model_cfg: DictConfig, role: str) -> nn.Module:
     except Exception as err:  # hydra wraps constructor errors; keep the first useful line
         raise ConfigError(f"could not build the {role} network from {role}.net: {root_cause(err)}") from None
     if model_cfg.get("ckpt_path"):
-        net = load_teacher(model_cfg.ckpt_path, net)
+        try:
+            net = load_teacher(model_cfg.ckpt_path, net)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"{role}.ckpt_path: {err}") from None
     return net
 
 

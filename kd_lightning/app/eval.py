@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from .. import io
 from ..classifier import ClassifierModule
-from .confdir import CONFIG_DIR
+from .confdir import CONFIG_DIR, set_run_id
 from .quiet import quiet_known_noise
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def _main(cfg: DictConfig) -> float:
 
 def main() -> None:
     quiet_known_noise()
+    set_run_id()
     _main()
 
 

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from .. import io
-from .confdir import CONFIG_DIR
+from .confdir import CONFIG_DIR, set_run_id
 from .quiet import quiet_known_noise
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     quiet_known_noise()
+    set_run_id()
     _main()
 
 

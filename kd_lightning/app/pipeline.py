@@ -23,7 +23,7 @@ from .. import io
 from ..losses import CE, Loss
 from ..teacher import load_teacher
 from .build import build_callbacks, build_datamodule, build_loggers, build_loss, build_module_factory, build_net
-from .errors import ConfigError
+from .errors import ConfigError, root_cause
 from .report import write_report
 from .stage import StageResult, count_params, fit_and_test, test_only
 
@@ -38,6 +38,7 @@ class Stages:
         self.trainer_cfg, self.callbacks_cfg, self.logger_cfg = cfg.trainer, cfg.get("callbacks"), cfg.get("logger")
         self.out_dir = Path(cfg.paths.output_dir)
         self.test_ckpt = str(cfg.get("test_ckpt", "best"))
+        self.resume = bool(cfg.get("resume", False))
 
     def trainer(self, stage: str, max_epochs: Optional[int] = None) -> L.Trainer:
         stage_dir = self.out_dir / stage
@@ -49,12 +50,27 @@ class Stages:
             overrides["max_epochs"] = int(max_epochs)
         if not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
             overrides["enable_checkpointing"] = False
+        from .resume import InterruptCheckpoint
+
+        callbacks.append(InterruptCheckpoint(str(stage_dir / "checkpoints")))  # SIGTERM: a resumable checkpoint
         return instantiate(self.trainer_cfg, **overrides)
 
     def fit(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
             max_epochs: Optional[int] = None) -> StageResult:
-        log.info("stage %s: training %s (%s parameters)", name, type(net).__name__, f"{count_params(net):,}")
-        return fit_and_test(name, self.trainer(name, max_epochs), module, datamodule, net, self.test_ckpt)
+        from . import resume
+
+        stage_dir = self.out_dir / name
+        if self.resume:
+            done = resume.finished_stage(stage_dir, net)
+            if done is not None:
+                return done
+        ckpt = resume.interrupted_checkpoint(stage_dir) if self.resume else None
+        log.info("stage %s: %s %s (%s parameters)", name, "resuming" if ckpt else "training", type(net).__name__,
+                 f"{count_params(net):,}")
+        result = fit_and_test(name, self.trainer(name, max_epochs), module, datamodule, net, self.test_ckpt,
+                              ckpt_path=ckpt)
+        resume.record_stage(stage_dir, net, result)
+        return result
 
     def test(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
              wall_s: float, source: str) -> StageResult:
@@ -92,48 +108,81 @@ def labels_only(make_module: ModuleFactory, net: nn.Module) -> L.LightningModule
 
 # --------------------------------------------------------------------------------------- the stages
 def teacher_cache_dir(cfg: DictConfig) -> Path:
-    key = config_hash(cfg.teacher, cfg.data, cfg.seed, cfg.teacher_fit.max_epochs, cfg.optim,
-                      cfg.trainer.get("precision"), cfg.trainer.get("limit_train_batches"),
-                      cfg.get("test_ckpt", "best"))  # the cached weights are the best or the last ones
-    return Path(cfg.paths.cache_dir) / "teachers" / key
+    """``<cache>/teachers/<key>``: the key covers everything that changes the trained teacher (see
+    :mod:`.teacher_store`)."""
+    from .teacher_store import teacher_key
+
+    return Path(cfg.paths.cache_dir) / "teachers" / teacher_key(cfg)
 
 
 def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: Stages,
                    make_module: ModuleFactory) -> Tuple[nn.Module, StageResult]:
-    """Load the teacher from teacher.ckpt_path, or from this machine's cache, or train it."""
+    """Load the teacher from teacher.ckpt_path, or from this machine's cache, or train it.
+
+    A cached teacher is used only when its checkpoint matches the SHA-256 recorded beside it; otherwise
+    it is trained again (``teacher.source: "rebuilt (<why>)"``). Processes that need the same uncached
+    teacher take turns on the cache entry's lock, so it is trained once.
+    """
+    from . import teacher_store
+
     num_classes = int(cfg.data.num_classes)
     given = cfg.teacher.get("ckpt_path")
-    cache = teacher_cache_dir(cfg)
-    cached_ckpt = cache / "teacher.ckpt"
     use_cache = bool(cfg.teacher_fit.get("use_cache", True)) and not cfg.trainer.get("fast_dev_run")
     t0 = time.perf_counter()
     net = build_net(cfg.teacher, "teacher")
-    if not given and cfg.teacher_fit.max_epochs == 0:  # e.g. torchvision weights: test them as they are
+    if given or cfg.teacher_fit.max_epochs == 0:  # a given checkpoint, or pretrained weights: test them as they are
         check_classes(net, datamodule, "teacher", num_classes)
         module = labels_only(make_module, net)
-        return net, stages.test("teacher", module, datamodule, net, time.perf_counter() - t0, "pretrained")
-    if given or (use_cache and cached_ckpt.exists()):
-        source = "checkpoint" if given else "cache"
-        if not given:
-            net = load_teacher(cached_ckpt, net)
-        check_classes(net, datamodule, "teacher", num_classes)
-        module = labels_only(make_module, net)
-        result = stages.test("teacher", module, datamodule, net, time.perf_counter() - t0, source)
-        if source == "cache":
-            meta = json.loads((cache / "meta.json").read_text()) if (cache / "meta.json").exists() else {}
-            result.val_curve = meta.get("val_curve", [])
-            result.ckpt_path = str(cached_ckpt)
-        else:
+        result = stages.test("teacher", module, datamodule, net, time.perf_counter() - t0,
+                             "checkpoint" if given else "pretrained")
+        if given:
             result.ckpt_path = str(given)
         return net, result
+    if not use_cache:
+        check_classes(net, datamodule, "teacher", num_classes)
+        result = stages.fit("teacher", labels_only(make_module, net), datamodule, net, cfg.teacher_fit.max_epochs)
+        result.source = "trained"
+        return net, result
+
+    cache = teacher_cache_dir(cfg)
+    cached_ckpt = cache / "teacher.ckpt"
+
+    def from_cache() -> Tuple[Optional[nn.Module], str]:
+        ok, why = teacher_store.check_entry(cache)
+        if not ok:
+            return None, why
+        try:
+            return load_teacher(cached_ckpt, build_net(cfg.teacher, "teacher")), ""
+        except Exception as err:  # matches its digest yet does not load: e.g. written by another version
+            log.warning("cached teacher %s does not load (%s)", cached_ckpt, root_cause(err))
+            return None, "cache unreadable"
+
+    cached, why = from_cache()
+    if cached is None:
+        timeout = float(cfg.teacher_fit.get("lock_timeout_s") or 24 * 3600)
+        with teacher_store.entry_lock(cache, timeout_s=timeout):
+            cached, why_now = from_cache()  # another process may have trained it while this one waited
+            if cached is None:
+                why = why or why_now
+                if why:
+                    log.warning("cached teacher %s is not usable (%s): training it again", cached_ckpt, why)
+                check_classes(net, datamodule, "teacher", num_classes)
+                result = stages.fit("teacher", labels_only(make_module, net), datamodule, net,
+                                    cfg.teacher_fit.max_epochs)
+                result.source = f"rebuilt ({why})" if why else "trained"
+                teacher_store.write_entry(
+                    cache, {"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}},
+                    {"acc": result.acc, "val_curve": result.val_curve,
+                     "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+                     "key_parts": teacher_store.teacher_key_parts(cfg)})
+                result.ckpt_path = str(cached_ckpt)
+                return net, result
+    net = cached
     check_classes(net, datamodule, "teacher", num_classes)
-    result = stages.fit("teacher", labels_only(make_module, net), datamodule, net, cfg.teacher_fit.max_epochs)
-    result.source = "trained"
-    if use_cache:
-        io.torch_save({"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}}, cached_ckpt)
-        io.write_json(cache / "meta.json", {"acc": result.acc, "val_curve": result.val_curve,
-                                            "teacher": OmegaConf.to_container(cfg.teacher, resolve=True)})
-        result.ckpt_path = str(cached_ckpt)
+    module = labels_only(make_module, net)
+    result = stages.test("teacher", module, datamodule, net, time.perf_counter() - t0, "cache")
+    result.val_curve = teacher_store.read_meta(cache).get("val_curve", [])
+    result.ckpt_path = str(cached_ckpt)
     return net, result
 
 
@@ -222,6 +271,9 @@ def validate(cfg: DictConfig) -> Loss:
 
 def run(cfg: DictConfig) -> Dict[str, Any]:
     """Run the whole process and return the summary (also written to the run directory)."""
+    from .checks import check_train_config
+
+    check_train_config(cfg)
     loss = validate(cfg)
     make_module = build_module_factory(cfg.module)
     if cfg.get("torch_threads"):

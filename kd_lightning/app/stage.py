@@ -76,10 +76,11 @@ def measure(name: str, net: nn.Module, datamodule: L.LightningDataModule, test: 
 
 
 def fit_and_test(name: str, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
-                 net: nn.Module, test_ckpt: str = "best") -> StageResult:
-    """Train ``module``, test its best (or last) weights, and measure ``net`` (the deployable model)."""
+                 net: nn.Module, test_ckpt: str = "best", ckpt_path: Optional[str] = None) -> StageResult:
+    """Train ``module`` (continuing from ``ckpt_path`` when given), test its best (or last) weights, and
+    measure ``net`` (the deployable model)."""
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall = time.perf_counter() - t0
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if test_ckpt == "best" and best:

@@ -5,7 +5,7 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -16,18 +16,35 @@ from .report import flatten
 log = logging.getLogger(__name__)
 
 
-def collect(sweep_dir: Path) -> List[Dict[str, Any]]:
-    """One row per job directory that holds a summary.json: its overrides, then its metrics."""
+def collect(sweep_dir: Path, sweep_id: Optional[str] = None) -> List[Dict[str, Any]]:
+    """One row per job of the sweep: its overrides, its status (and error line), then its metrics.
+
+    With ``sweep_id``, only job directories whose ``job_status.json`` carries that id are listed, so
+    jobs left in a reused sweep directory by an earlier sweep never appear; without it (a sweep
+    directory made before job statuses existed) every job directory with a summary.json is listed.
+    """
+    from .rundir import JOB_STATUS, read_json
+
     rows = []
-    for summary_path in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: _job_order(p.parent.name)):
-        job_dir = summary_path.parent
+    job_dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and ((p / JOB_STATUS).is_file()
+                                                                 or (p / "summary.json").is_file())]
+    for job_dir in sorted(job_dirs, key=lambda p: _job_order(p.name)):
+        status = read_json(job_dir / JOB_STATUS)
+        if sweep_id is not None and (status or {}).get("sweep_id") != sweep_id:
+            continue
+        summary_path = job_dir / "summary.json"
         row: Dict[str, Any] = {"job": job_dir.name}
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         if overrides_file.exists():
             for item in OmegaConf.load(overrides_file):
                 key, _, value = str(item).partition("=")
                 row[key.lstrip("+~")] = value
-        row.update(flatten(json.loads(summary_path.read_text())))
+        ok = (status or {}).get("status", "ok") == "ok" and summary_path.is_file()
+        row["status"] = "ok" if ok else "failed"
+        if not ok:
+            row["error"] = (status or {}).get("error") or "no summary.json"
+        else:
+            row.update(flatten(json.loads(summary_path.read_text())))
         rows.append(row)
     return rows
 
@@ -36,8 +53,8 @@ def _job_order(name: str):
     return (0, int(name)) if name.isdigit() else (1, name)
 
 
-def write_sweep_summary(sweep_dir: Path, metric: str) -> List[Dict[str, Any]]:
-    rows = collect(sweep_dir)
+def write_sweep_summary(sweep_dir: Path, metric: str, sweep_id: Optional[str] = None) -> List[Dict[str, Any]]:
+    rows = collect(sweep_dir, sweep_id)
     if not rows:
         log.warning("no summary.json under %s: nothing to collect", sweep_dir)
         return rows
@@ -49,8 +66,12 @@ def write_sweep_summary(sweep_dir: Path, metric: str) -> List[Dict[str, Any]]:
             w = csv.DictWriter(f, fieldnames=columns)
             w.writeheader()
             w.writerows(rows)
-    swept = [c for c in columns if "/" not in c and c != "job" and len({str(r.get(c)) for r in rows}) > 1]
-    shown = ["job"] + swept + [c for c in (metric, "teacher/acc", "baseline/acc", "student/acc") if c in columns]
+    swept = [c for c in columns if "/" not in c and c not in ("job", "status", "error")
+             and len({str(r.get(c)) for r in rows}) > 1]
+    shown = ["job", "status"] + swept + [c for c in (metric, "teacher/acc", "baseline/acc", "student/acc")
+                                         if c in columns]
+    if "error" in columns:
+        shown.append("error")
     shown = list(dict.fromkeys(shown))
     md = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in shown) + " |" for r in rows]
@@ -73,6 +94,7 @@ def plot_sweep(rows: List[Dict[str, Any]], swept: List[str], metric: str, path: 
     import matplotlib.pyplot as plt
 
     keys = swept or ["job"]
+    rows = [r for r in rows if r.get("status", "ok") == "ok" and r.get(metric) is not None]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         xs = [r.get(key) for r in rows]
@@ -92,10 +114,23 @@ def plot_sweep(rows: List[Dict[str, Any]], swept: List[str], metric: str, path: 
 
 
 class SweepSummary(Callback):
-    """Writes sweep_summary.csv/.md/.png into the sweep directory when a multirun ends."""
+    """Gives the sweep an id when it starts; writes sweep_summary.csv/.md/.png with every job of this sweep
+    (failed ones with their error line) when it ends, and exits non-zero if any job failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .rundir import new_sweep_id
+
+        new_sweep_id(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from .rundir import sweep_id
+
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_sweep_summary(sweep_dir, config.get("optimized_metric") or "student/acc")
+        rows = write_sweep_summary(sweep_dir, config.get("optimized_metric") or "student/acc", sweep_id(sweep_dir))
         if rows:
             log.info("sweep summary of %d runs written to %s", len(rows), sweep_dir / "sweep_summary.md")
+        failed = [r for r in rows if r.get("status") != "ok"]
+        if failed:
+            lines = "; ".join(f"job {r['job']}: {r.get('error')}" for r in failed[:3])
+            raise SystemExit(f"kd-train: {len(failed)} of {len(rows)} sweep jobs failed ({lines}); "
+                             f"see {sweep_dir / 'sweep_summary.md'}")

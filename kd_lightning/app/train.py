@@ -2,35 +2,78 @@
 from __future__ import annotations
 
 import logging
+import math
+from pathlib import Path
 from typing import Optional
 
 import hydra
 from omegaconf import DictConfig
 
-from .confdir import CONFIG_DIR
-from .errors import ConfigError
+from .confdir import CONFIG_DIR, set_run_id
+from .errors import ConfigError, root_cause
 from .quiet import quiet_known_noise
 
 log = logging.getLogger(__name__)
 
 
+def _hydra_job() -> Optional[dict]:
+    """``{"multirun": bool, "sweep_dir": Path}`` when running under Hydra, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return {"multirun": hc.mode == RunMode.MULTIRUN, "sweep_dir": Path(hc.sweep.dir),
+            "overrides": list(hc.overrides.task)}
+
+
 def run_task(cfg: DictConfig) -> Optional[float]:
+    """One kd-train job. In a multirun a failing job is recorded (``job_status.json``) and returns NaN, so
+    the other jobs run and the sweep summary lists it; a single run fails with one line."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from . import rundir
     from .pipeline import run
     from .report import flatten
 
+    job = _hydra_job()
+    multirun = bool(job and job["multirun"])
+    sweep = rundir.sweep_id(job["sweep_dir"]) if multirun else None
+    out = Path(cfg.paths.output_dir)
     try:
+        if job is not None:
+            rundir.claim(cfg)
         summary = run(cfg)
+        metric = cfg.get("optimized_metric")
+        value = None
+        if metric:
+            flat = flatten(summary)
+            if metric not in flat:
+                raise ConfigError(f"optimized_metric={metric!r} is not in the summary; choose one of {sorted(flat)}")
+            value = float(flat[metric])
+    except SIGTERMException:
+        # Lightning stopped the fit and InterruptCheckpoint saved the stage: stop the process (and a sweep).
+        if job is not None:
+            rundir.write_job_status(out, "interrupted", sweep, error="SIGTERM", overrides=job["overrides"])
+        raise SystemExit(f"kd-train: interrupted by SIGTERM; the running stage saved a resumable checkpoint in "
+                         f"{out}. Continue with the same command plus hydra.run.dir={out} resume=true") from None
     except ConfigError as err:
         # One clear line instead of a traceback: the message names the problem and the fix.
         log.error("%s", err)
-        raise SystemExit(f"kd-train: error: {err}") from None
-    metric = cfg.get("optimized_metric")
-    if not metric:
-        return None
-    flat = flatten(summary)
-    if metric not in flat:
-        raise SystemExit(f"kd-train: optimized_metric={metric!r} is not in the summary; choose one of {sorted(flat)}")
-    return float(flat[metric])
+        if not multirun:
+            raise SystemExit(f"kd-train: error: {err}") from None
+        rundir.write_job_status(out, "failed", sweep, error=f"kd-train: error: {err}", overrides=job["overrides"])
+        return math.nan
+    except Exception as err:
+        if not multirun:
+            raise
+        log.exception("job failed")
+        rundir.write_job_status(out, "failed", sweep, error=root_cause(err), overrides=job["overrides"])
+        return math.nan
+    if job is not None:
+        rundir.write_job_status(out, "ok", sweep, overrides=job["overrides"], value=value)
+    return value
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -40,6 +83,7 @@ def _main(cfg: DictConfig) -> Optional[float]:
 
 def main() -> None:
     quiet_known_noise()
+    set_run_id()
     _main()
 
 

@@ -15,8 +15,12 @@ reads stale targets. A cache directory holds ``meta.json`` and ``logits.npy`` (f
 file and moved into place with ``os.replace``; ``meta.json`` (shape, dtype, key, row count, a SHA-256 of
 the array bytes) is written last, so a directory without it is an unfinished write and is rebuilt, and
 a directory with it is validated on open: a wrong shape, dtype, key or a truncated file is an error
-(:class:`TeacherCacheError`), never silently wrong targets. Checksums are verified on request
-(``verify=True``), because reading a large cache in full costs a pass over the disk.
+(:class:`TeacherCacheError`), never silently wrong targets. The SHA-256 of every array is checked
+when the cache is opened (``verify=True``, the default), so content changed in place (bit flips, an
+edited row: same size, same header) is caught too; it costs one read of the cache at ~1 GB/s (13 ms
+for CIFAR-100's 50k x 100 fp32 logits, ~2.5 s for ImageNet's 1.28M x 1000 fp16 from the page cache).
+:meth:`TeacherOutputCache.get_or_build` rebuilds a cache that fails any check, with a warning naming
+the file (``rebuild_damaged=False`` makes it an error instead).
 
 Storage options and their exact reconstruction (see :func:`reconstruct_topk`):
 

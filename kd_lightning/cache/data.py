@@ -96,7 +96,7 @@ class CachedTeacherDataModule(WrappedDataModule):
     def __init__(self, datamodule: L.LightningDataModule, teacher: nn.Module, root: Union[str, os.PathLike],
                  data_config: Any = None, fp16: bool = False, top_k: Optional[int] = None,
                  allow_random_transform: bool = False, splits: Iterable[str] = ("train", "val", "test"),
-                 device: Union[str, torch.device, None] = None, verify: bool = False, batch_size: int = 512):
+                 device: Union[str, torch.device, None] = None, verify: bool = True, batch_size: int = 512):
         super().__init__(datamodule)
         self.teacher = teacher
         self.root = Path(root)

@@ -1,8 +1,6 @@
 """MNIST-1D (Greydanus 2020), generated offline with the ``mnist1d`` package and cached as .npz."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -36,11 +34,10 @@ def load_mnist1d(cache_dir: Optional[str] = None, seed: int = 42, num_samples: i
         except Exception:  # a damaged cache file is regenerated, never trusted
             pass
     data = generate_mnist1d(seed, num_samples)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
+    from .. import io as kd_io
+
+    with kd_io.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **data)
-    os.replace(tmp, path)
     return data
 
 

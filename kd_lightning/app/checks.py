@@ -1,0 +1,129 @@
+"""Values kd-train refuses before any training, each with one line: the value, why it is wrong, the fix."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Set
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+
+
+def _int(value: Any) -> Any:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def teacher_has_weights(cfg: DictConfig) -> bool:
+    """Whether the teacher network starts from trained weights (torchvision ``weights``, timm ``pretrained``)."""
+    if cfg.teacher.get("ckpt_path"):
+        return True
+    net = cfg.teacher.get("net") or {}
+    weights = net.get("weights")
+    if weights not in (None, False) and str(weights).strip().lower() not in ("", "none", "null", "false"):
+        return True
+    return bool(net.get("pretrained"))
+
+
+def summary_keys(cfg: DictConfig) -> Set[str]:
+    """The keys of the flattened summary.json this config writes (what ``optimized_metric`` may name)."""
+    from .stage import StageResult
+
+    fields = [f.name for f in dataclasses.fields(StageResult)
+              if f.name not in ("name", "val_curve") and f.type not in ("List[float]",)]
+    stages = ["teacher", "student"] + (["baseline"] if cfg.baseline.get("enabled", True) else [])
+    keys = {f"{s}/{f}" for s in stages for f in fields}
+    keys |= {"compression", "size_ratio", "speedup", "acc_retained", "data", "seed", "distill/name",
+             "distill/temperature"}
+    if cfg.baseline.get("enabled", True):
+        keys.add("kd_gain")
+    return keys
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Everything about kd-train's own keys that can be wrong before any data is read."""
+    given = cfg.teacher.get("ckpt_path")
+    max_epochs = cfg.trainer.get("max_epochs")
+    max_steps = cfg.trainer.get("max_steps")
+    if max_epochs is not None and (_int(max_epochs) is None or max_epochs == 0 or max_epochs < -1):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs!r} trains nothing: the baseline and the student would be untrained; "
+            "set trainer.max_epochs to a positive integer (to test a pretrained teacher without training it, "
+            "set teacher_fit.max_epochs=0)")
+    if max_epochs == -1 and not (_int(max_steps) and max_steps > 0) and not cfg.trainer.get("max_time"):
+        raise ConfigError("trainer.max_epochs=-1 trains forever without trainer.max_steps or trainer.max_time; "
+                          "set trainer.max_epochs to a positive integer, or add +trainer.max_steps=<n>")
+    if not given:
+        t_epochs = cfg.teacher_fit.get("max_epochs")
+        bounded = (_int(max_steps) and max_steps > 0) or cfg.trainer.get("max_time")
+        if t_epochs == -1 and not bounded:
+            raise ConfigError("teacher_fit.max_epochs=-1 trains the teacher forever (no trainer.max_steps or "
+                              "trainer.max_time bounds it); set teacher_fit.max_epochs to a positive integer "
+                              "(or 0 to test a teacher with pretrained weights as it is)")
+        if _int(t_epochs) is None or t_epochs < -1:
+            raise ConfigError(
+                f"teacher_fit.max_epochs={t_epochs!r} is not a number of epochs; set it to a positive integer "
+                "(or 0 to test a teacher with pretrained weights as it is)")
+        if t_epochs == 0 and not teacher_has_weights(cfg):
+            raise ConfigError(
+                "teacher_fit.max_epochs=0 would test an untrained teacher: teacher.ckpt_path is unset and "
+                "the teacher network has no pretrained weights; give it weights (teacher.ckpt_path=<file>, "
+                "teacher.weights=DEFAULT, teacher.pretrained=true) or a budget (teacher_fit.max_epochs>=1)")
+    test_ckpt = cfg.get("test_ckpt", "best")
+    if str(test_ckpt) not in ("best", "last"):
+        raise ConfigError(f"test_ckpt={test_ckpt!r} is not a checkpoint choice; use test_ckpt=best (the best "
+                          "validation accuracy) or test_ckpt=last")
+    generations = cfg.get("generations", 1)
+    if _int(generations) is None or generations < 1:
+        raise ConfigError(f"generations={generations!r} must be a positive integer (1: one student, 2+: "
+                          "born-again generations); set generations=1")
+    _check_optimizer(cfg)
+    workers = cfg.data.get("num_workers", 0)
+    if _int(workers) is None or workers < 0:
+        raise ConfigError(f"data.num_workers={workers!r} must be a non-negative integer (0 loads in the main "
+                          "process); set data.num_workers=0")
+    for key in ("batch_size", "eval_batch_size"):
+        value = cfg.data.get(key)
+        if value is not None and (_int(value) is None or value < 1):
+            raise ConfigError(f"data.{key}={value!r} must be a positive integer; set e.g. data.{key}=64")
+    top_k = cfg.distill.get("teacher_cache_top_k")
+    if top_k is not None and (_int(top_k) is None or top_k < 1):
+        raise ConfigError(f"distill.teacher_cache_top_k={top_k!r} must be a positive number of classes to keep, "
+                          "or null to store every logit; set distill.teacher_cache_top_k=null or e.g. =5")
+    _check_assistants(cfg.get("assistants") or [])
+    metric = cfg.get("optimized_metric")
+    if metric:
+        keys = summary_keys(cfg)
+        if metric not in keys:
+            raise ConfigError(f"optimized_metric={metric!r} is not a key of the summary this run writes; choose "
+                              f"one of {', '.join(sorted(keys))}")
+    resume = cfg.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume={resume!r} must be true or false")
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    opt = cfg.optim.get("optimizer") or {}
+    for key in ("lr", "weight_decay", "momentum"):
+        if key not in opt:
+            continue
+        value = OmegaConf.select(cfg, f"optim.optimizer.{key}")
+        bad = not isinstance(value, (int, float)) or isinstance(value, bool) or value != value
+        if not bad:
+            bad = value <= 0 if key == "lr" else value < 0
+        if bad:
+            want = "a positive number" if key == "lr" else "a number >= 0"
+            example = "0.01" if key == "lr" else "0"
+            raise ConfigError(f"optim.optimizer.{key}={value!r} must be {want}; set e.g. "
+                              f"optim.optimizer.{key}={example}")
+
+
+def _check_assistants(names: Iterable[Any]) -> None:
+    from ..models import list_models
+
+    known = list_models()
+    for name in names:
+        if str(name) not in known:
+            close = [k for k in known if str(name).lower() in k.lower()][:5]
+            raise ConfigError(f"assistants=[{name}]: {name!r} is not a model preset; use names from the teacher=/"
+                              f"student= choices{' such as ' + ', '.join(close) if close else ''} "
+                              f"(see kd-train --help)")

@@ -1,0 +1,123 @@
+"""A run owns its directory, two runs started together never share one, and a sweep survives bad jobs
+and lists only its own jobs."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from kd_lightning.app import rundir
+from kd_lightning.app.confdir import CONFIG_DIR
+from kd_lightning.app.errors import ConfigError
+
+FAST = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
+
+
+def make_cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+def test_a_run_directory_belongs_to_one_config(tmp_path):
+    out = tmp_path / "run"
+    assert rundir.claim(make_cfg(tmp_path, "distill.temperature=4")) is False
+    (out / "summary.json").write_text("{}")
+    (out / "train.log").write_text("")
+    # The same config may run there again (and with resume=true continue).
+    assert rundir.claim(make_cfg(tmp_path, "distill.temperature=4")) is True
+    assert rundir.claim(make_cfg(tmp_path, "distill.temperature=4", "resume=true")) is True
+    # Another config is refused, naming the directory and what differs.
+    with pytest.raises(ConfigError, match=r"holds the outputs of another config \(distill.temperature: 4 -> 2\)"):
+        rundir.claim(make_cfg(tmp_path, "distill.temperature=2"))
+    with pytest.raises(ConfigError, match="resume=true continues only the same config"):
+        rundir.claim(make_cfg(tmp_path, "distill.temperature=2", "resume=true"))
+    assert json.loads((out / rundir.FINGERPRINT).read_text())["config"]["distill"]["temperature"] == 4
+
+
+def test_a_directory_with_unknown_outputs_is_refused_and_an_empty_one_is_taken(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".hydra").mkdir()
+    (out / "train.log").write_text("")
+    assert rundir.claim(make_cfg(tmp_path)) is False  # only Hydra's own files: an empty run directory
+    (out / rundir.FINGERPRINT).unlink()
+    (out / "student.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"already holds student.ckpt from a run kd-train cannot identify"):
+        rundir.claim(make_cfg(tmp_path))
+
+
+def test_resume_needs_an_earlier_run(tmp_path):
+    with pytest.raises(ConfigError, match="resume=true but .* holds no earlier run"):
+        rundir.claim(make_cfg(tmp_path, "resume=true"))
+
+
+def cli(tool, *args, cwd, popen=False):
+    exe = Path(sys.executable).parent / tool
+    env = {**os.environ, "KD_CACHE_DIR": str(cwd / "cache"), "KD_LOG_DIR": str(cwd / "outputs"),
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    if popen:
+        return subprocess.Popen([str(exe), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_runs_started_together_get_their_own_directories(tmp_path):
+    procs = [cli("kd-train", "generations=0", cwd=tmp_path, popen=True) for _ in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode != 0 and "generations=0" in err and "Traceback" not in err
+    runs = sorted((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(runs) == 3, runs
+    pids = {r.name.rsplit("_", 1)[1].split("-")[0] for r in runs}
+    assert pids == {str(p.pid) for p in procs}
+
+
+@pytest.mark.slow
+def test_cli_refuses_another_configs_run_directory(tmp_path):
+    first = cli("kd-train", *FAST, "baseline.enabled=false", "hydra.run.dir=run", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (tmp_path / "run" / "summary.json").read_bytes()
+    second = cli("kd-train", *FAST, "baseline.enabled=false", "distill.temperature=2", "hydra.run.dir=run",
+                 cwd=tmp_path)
+    assert second.returncode != 0
+    assert f"kd-train: error: run directory '{tmp_path / 'run'}' holds the outputs of another config" in second.stderr
+    assert "distill.temperature: 4" in second.stderr and "Traceback" not in second.stderr
+    assert (tmp_path / "run" / "summary.json").read_bytes() == before  # the first run's outputs are intact
+
+
+@pytest.mark.slow
+def test_sweep_survives_failing_jobs_and_lists_only_its_own(tmp_path):
+    sweep = tmp_path / "sweep"
+    stale = sweep / "7"  # a job left by an earlier sweep in the same directory
+    stale.mkdir(parents=True)
+    (stale / "summary.json").write_text(json.dumps({"student": {"acc": 0.99}}))
+    rundir.write_job_status(stale, "ok", "an-earlier-sweep")
+    proc = cli("kd-train", "-m", "trainer.precision=32-true,bogus", "optim.optimizer.lr=0.01,-1", *FAST,
+               "baseline.enabled=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "kd-train: 3 of 4 sweep jobs failed" in proc.stderr, proc.stderr[-3000:]
+    with open(sweep / "sweep_summary.csv") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["0", "1", "2", "3"]  # job 7 belongs to another sweep
+    assert rows["0"]["status"] == "ok" and float(rows["0"]["student/acc"]) >= 0
+    for job in ("1", "3"):  # lr=-1: a bad value, one line
+        assert rows[job]["status"] == "failed"
+        assert "optim.optimizer.lr=-1 must be a positive number" in rows[job]["error"]
+    assert rows["2"]["status"] == "failed" and "bogus" in rows["2"]["error"]  # an exception inside Lightning
+    for job in "0123":
+        status = json.loads((sweep / job / "job_status.json").read_text())
+        assert status["sweep_id"] == rundir.sweep_id(sweep)
+    md = (sweep / "sweep_summary.md").read_text()
+    assert "failed" in md and "| ok |" in md
