@@ -41,19 +41,6 @@ def make_trainer(tmp_path):
 @pytest.fixture
 def compose(tmp_path):
     """``compose(*overrides, name="train", hydra=False)``: a config from conf/ whose outputs go to tmp_path."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import open_dict
+    from helpers import compose_config
 
-    from kd_lightning.app.confdir import CONFIG_DIR
-
-    def make(*overrides: str, name: str = "train", hydra: bool = False):
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = hydra_compose(name, overrides=list(overrides), return_hydra_config=hydra)
-        if "paths" in cfg:
-            with open_dict(cfg):
-                cfg.paths.output_dir = str(tmp_path / "run")
-                cfg.paths.cache_dir = str(tmp_path / "cache")
-        return cfg
-
-    return make
+    return lambda *overrides, **kw: compose_config(tmp_path, *overrides, **kw)

@@ -214,3 +214,20 @@ class DigitsImages(L.LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=64)
+
+
+def compose_config(tmp_path, *overrides: str, name: str = "train", hydra: bool = False, out: str = "run"):
+    """A config from conf/ whose outputs go under ``tmp_path`` (the ``compose`` fixture, and its plain form)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    from kd_lightning.app.confdir import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(name, overrides=list(overrides), return_hydra_config=hydra)
+    if "paths" in cfg:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / out)
+            cfg.paths.cache_dir = str(tmp_path / "cache")
+    return cfg

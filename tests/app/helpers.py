@@ -12,7 +12,7 @@ from kd_lightning.app.confdir import CONFIG_DIR
 
 
 # Tiny but real budgets: enough steps that every stage trains, validates and tests.
-FAST = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
+FAST = ["trainer.max_epochs=2", "teacher_fit.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
 
 

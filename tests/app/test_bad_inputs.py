@@ -7,23 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import compose_config
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from kd_lightning.app.confdir import CONFIG_DIR
 from kd_lightning.app.errors import ConfigError
 from kd_lightning.app.pipeline import run
 
 
 def make_cfg(tmp_path: Path, *overrides: str, name: str = "train"):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(name, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-    return cfg
+    return compose_config(tmp_path, *overrides, name=name)
 
 
 BAD = {

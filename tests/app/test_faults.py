@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from helpers import compose_config
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
@@ -27,12 +28,8 @@ FAST = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limi
 
 
 def make_cfg(tmp_path: Path, *overrides: str, out: str = "run"):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / out)
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-    return cfg
+    # The plain-KD job: these faults concern the teacher cache and its key, not the default recipe.
+    return compose_config(tmp_path, "experiment=mnist1d_kd", *overrides, out=out)
 
 
 def teacher_stage(cfg):

@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from helpers import compose_config
 
 from kd_lightning.app import rundir
-from kd_lightning.app.confdir import CONFIG_DIR
 from kd_lightning.app.errors import ConfigError
 
 FAST = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
@@ -22,11 +20,7 @@ FAST = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limi
 
 
 def make_cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-    return cfg
+    return compose_config(tmp_path, *overrides)
 
 
 def test_a_run_directory_belongs_to_one_config(tmp_path):
