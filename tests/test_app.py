@@ -50,10 +50,15 @@ def cli(tool: str, *args: str, cwd: Path, env_extra=None, timeout=600) -> subpro
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_option_of_every_group_composes(group, tmp_path):
+    from kd_lightning.models import list_models, model_entry
+
     names = options(group)
     assert names, f"conf/{group} has no options"
+    lm_models = {n for n in list_models() if model_entry(n).task == "causal_lm"}
     for name in names:
-        cfg = make_cfg(tmp_path, f"{group}={name}")
+        # Language-model data and models compose with the LM experiment (they read data.vocab_size).
+        lm_only = name.startswith("lm_") if group == "data" else name in lm_models and group in ("teacher", "student")
+        cfg = make_cfg(tmp_path, *(["experiment=lm_pydoc"] if lm_only else []), f"{group}={name}")
         # Resolve everything but the hydra-runtime and environment-dependent paths.
         for key in ("data", "teacher", "student", "distill", "optim"):
             OmegaConf.to_container(cfg[key], resolve=True)
