@@ -23,9 +23,9 @@ from kd_lightning.app.pipeline import run  # noqa: E402
 # A ~20k-parameter teacher and a ~7k student, a 300-token BPE, 32-token sequences, a few steps per stage.
 TINY = ["experiment=lm_pydoc", "teacher_fit.max_steps=6", "trainer.max_steps=4", "trainer.enable_progress_bar=false",
         "data.seq_len=32", "data.vocab_size=300", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2",
-        "samples.max_new_tokens=4", "teacher.net.hidden_size=32", "teacher.net.num_layers=1",
-        "teacher.net.intermediate_size=64", "student.net.hidden_size=16", "student.net.num_layers=1",
-        "student.net.intermediate_size=32", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1"]
+        "samples.max_new_tokens=4", "+trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+        "student.net.hidden_size=16", "student.net.num_layers=1", "student.net.intermediate_size=32"]
+TINY_TEACHER = ["teacher.net.hidden_size=32", "teacher.net.num_layers=1", "teacher.net.intermediate_size=64"]
 TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog, {i % 7} times.\n" for i in range(200))
 
 
@@ -36,7 +36,8 @@ def cache_dir(tmp_path_factory) -> Path:
 
 def make_cfg(tmp_path: Path, cache: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, *overrides])
+        teacher = [] if any(o.startswith("teacher=") for o in overrides) else TINY_TEACHER
+        cfg = compose("train", overrides=[*TINY, *teacher, *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
         cfg.paths.cache_dir = str(cache)
@@ -124,7 +125,7 @@ def test_divergence_sweep_writes_the_table(tmp_path):
     exe = Path(sys.executable).parent / "kd-train"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "kd_lightning.app.train"]
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(cmd + ["-m", *TINY, "distill.divergence=forward,reverse,jsd", f"hydra.sweep.dir={sweep}"],
+    proc = subprocess.run(cmd + ["-m", *TINY, *TINY_TEACHER, "distill.divergence=forward,reverse,jsd", f"hydra.sweep.dir={sweep}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (sweep / "sweep_summary.md").read_text()
