@@ -11,7 +11,7 @@ from kd_lightning.taps import FeatureTaps
 
 CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
 
-MODEL_PRESETS = list_models()
+MODEL_PRESETS = [n for n in list_models() if model_entry(n).task == "classification"]  # LM presets: tests/app
 PAIRS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONF, "pair", "*.yaml")))
 METHODS = ("kd", "dkd", "fitnet", "at", "rkd", "crd")
 # A quick subset covering every pair and every special case (DKD betas, lr 0.01); the rest runs as slow tests.

@@ -203,7 +203,7 @@ def plot_lm_summary(summary: Dict[str, Any], path: Path) -> None:
         s = summary.get(stage)
         if s and s.get("val_curve"):
             ax1.plot(range(1, len(s["val_curve"]) + 1), s["val_curve"], marker=".", label=stage)
-    ax1.set(xlabel="validation round", ylabel="held-out perplexity", title="Held-out perplexity per stage")
+    ax1.set(xlabel="epoch", ylabel="held-out perplexity", title="Held-out perplexity per stage")
     ax1.set_yscale("log")
     ax1.grid(alpha=0.3)
     if ax1.lines:
