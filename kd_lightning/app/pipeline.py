@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from .. import io
-from ..losses import CE, Loss
+from ..losses import CE, Loss, TokenKD
 from ..teacher import load_teacher
 from .build import build_callbacks, build_datamodule, build_loggers, build_loss, build_module_factory, build_net
 from .errors import ConfigError
@@ -228,7 +228,11 @@ def validate(cfg: DictConfig) -> Loss:
     if given and not Path(given).is_file():
         raise ConfigError(f"teacher.ckpt_path={given!r} does not exist; point it at a teacher .ckpt, "
                           "or drop it (teacher.ckpt_path=null) to train a teacher")
-    return build_loss(cfg.distill)
+    loss = build_loss(cfg.distill)
+    if task == CAUSAL_LM and not isinstance(loss, TokenKD):
+        raise ConfigError(f"distill={cfg.distill.get('name')} is a classifier method; language models distill with "
+                          "distill=token_kd (distill.divergence=forward|reverse|jsd|skew_forward|skew_reverse|tvd)")
+    return loss
 
 
 def run(cfg: DictConfig) -> Dict[str, Any]:
