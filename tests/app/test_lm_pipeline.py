@@ -79,6 +79,12 @@ def test_lm_run_has_three_stages_report_and_hf_student(tmp_path, cache_dir):
     # The same run again: the teacher comes from the cache (its digest checked), the numbers are the same.
     again = run(make_cfg(tmp_path / "again", cache_dir, "baseline.enabled=false"))
     assert again["teacher"]["source"] == "cache" and again["teacher"]["ppl"] == pytest.approx(summary["teacher"]["ppl"])
+    # A given teacher: the exported student as a local Hugging Face directory, with its own tokenizer.
+    hf = out / "student_hf"
+    given = run(make_cfg(tmp_path / "given", cache_dir, "teacher=hf_local", f"teacher.name_or_path={hf}",
+                         f"data.tokenizer={hf}", "baseline.enabled=false"))
+    assert given["teacher"]["source"] == "pretrained"
+    assert given["teacher"]["ppl"] == pytest.approx(summary["student"]["ppl"], rel=1e-4)
 
 
 def test_bad_lm_input_is_one_clear_line_before_training(tmp_path, cache_dir):
