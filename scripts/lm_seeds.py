@@ -6,13 +6,15 @@
     python scripts/lm_seeds.py --collect outputs/lm_seeds        # tables from finished runs only
 
 Each seed is a full `kd-train` run (its own teacher: the teacher cache is keyed by the seed); the wall time
-is the whole command's, imports included. The last line says whether the distilled student's mean held-out
+is the whole command's, imports included, and cpu_s its CPU time (the default runs one intra-op thread, so
+on an otherwise idle machine the wall time is about cpu_s). The last line says whether the distilled student's mean held-out
 perplexity beats the labels-only baseline's by more than the seeds' spread (std of baseline + std of student).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -22,8 +24,8 @@ from pathlib import Path
 STAGES = ("teacher", "baseline", "student")
 
 
-def row_of(seed: int, summary: dict, wall: float | None) -> dict:
-    row = {"seed": seed, "wall_s": wall}
+def row_of(seed: int, summary: dict, wall: float | None, cpu: float | None = None) -> dict:
+    row = {"seed": seed, "wall_s": wall, "cpu_s": cpu}
     for stage in STAGES:
         if stage in summary:
             row[f"{stage}/ppl"] = summary[stage]["ppl"]
@@ -76,9 +78,11 @@ def main() -> None:
             run_dir = Path(args.out) / f"seed{seed}"
             cmd = [str(exe), "experiment=lm_pydoc", f"seed={seed}", f"hydra.run.dir={run_dir}",
                    "trainer.enable_progress_bar=false", *args.overrides]
-            t0 = time.perf_counter()
+            t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            rows.append(row_of(seed, json.loads((run_dir / "summary.json").read_text()), time.perf_counter() - t0))
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)  # the run's CPU seconds (one thread)
+            rows.append(row_of(seed, json.loads((run_dir / "summary.json").read_text()), time.perf_counter() - t0, cpu))
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()
                                               if k != "seed" and v is not None), flush=True)
     if not rows:
