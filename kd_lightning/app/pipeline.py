@@ -295,7 +295,9 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         extra["distill"]["divergence"] = cfg.distill.get("divergence")
         extra["task"] = task
         extra["prompts"] = list(stages.measure.prompts)
-        extra["student_hf"] = lm.save_student_hf(student, datamodule.tokenizer, Path(cfg.paths.output_dir) / "student_hf")
+        # Nested, so that a sweep table (summary.json flattened) does not take the path for a swept setting.
+        extra["export"] = {"student_hf": lm.save_student_hf(student, datamodule.tokenizer,
+                                                            Path(cfg.paths.output_dir) / "student_hf")}
     if links:
         extra["assistants"] = [r.to_dict() for _, r in links]
     if len(generations) > 1:

@@ -67,6 +67,7 @@ def test_lm_run_has_three_stages_report_and_hf_student(tmp_path, cache_dir):
     md = (out / "summary.md").read_text()
     assert "| model | perplexity | bits/byte |" in md and "## Sampled continuations" in md
     assert (out / "summary.png").stat().st_size > 0 and (out / "student.ckpt").is_file()
+    assert summary["export"]["student_hf"] == str(out / "student_hf")
 
     from transformers import AutoModelForCausalLM, pipeline
 
