@@ -229,6 +229,9 @@ def validate(cfg: DictConfig) -> Loss:
         raise ConfigError(f"teacher.ckpt_path={given!r} does not exist; point it at a teacher .ckpt, "
                           "or drop it (teacher.ckpt_path=null) to train a teacher")
     loss = build_loss(cfg.distill)
+    if task != CAUSAL_LM and isinstance(loss, TokenKD):
+        raise ConfigError("distill=token_kd distills language models; run it with experiment=lm_pydoc (task=causal_lm) "
+                          "and an LM data set (data=lm_pydoc | lm_text | lm_jsonl)")
     if task == CAUSAL_LM and not isinstance(loss, TokenKD):
         raise ConfigError(f"distill={cfg.distill.get('name')} is a classifier method; language models distill with "
                           "distill=token_kd (distill.divergence=forward|reverse|jsd|skew_forward|skew_reverse|tvd)")

@@ -114,6 +114,7 @@ def test_bad_lm_input_is_one_clear_line_before_training(tmp_path, cache_dir):
     assert "'some-org/not-on-disk' is not on this machine" in message and "local directory" in message
     assert "divergence='kl' is not known" in error("distill.divergence=kl")
     assert "distill=token_kd" in error("distill=kd")
+    assert "experiment=lm_pydoc" in error("task=classification")
 
 
 def test_prompt_response_data_masks_prompts_through_the_app(tmp_path, cache_dir):
