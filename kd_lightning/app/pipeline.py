@@ -20,27 +20,30 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from .. import io
-from ..losses import CE, Loss
+from ..losses import CE, Loss, TokenKD
 from ..teacher import load_teacher
 from .build import build_callbacks, build_datamodule, build_loggers, build_loss, build_module_factory, build_net
 from .errors import ConfigError, root_cause
 from .report import write_report
-from .stage import StageResult, count_params, fit_and_test, test_only
+from .stage import Measure, StageResult, count_params, fit_and_test, measure, test_only
 
 log = logging.getLogger(__name__)
+TASKS = ("classification", "causal_lm")
+CAUSAL_LM = "causal_lm"
 ModuleFactory = Callable[..., L.LightningModule]
 
 
 class Stages:
     """Builds each stage's Trainer (own checkpoint and log directories) from ``trainer``/``callbacks``/``logger``."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, measure: Measure = measure, curve_key: str = "val/acc"):
         self.trainer_cfg, self.callbacks_cfg, self.logger_cfg = cfg.trainer, cfg.get("callbacks"), cfg.get("logger")
         self.out_dir = Path(cfg.paths.output_dir)
         self.test_ckpt = str(cfg.get("test_ckpt", "best"))
         self.resume = bool(cfg.get("resume", False))
+        self.measure, self.curve_key = measure, curve_key  # by task: what a stage's result holds
 
-    def trainer(self, stage: str, max_epochs: Optional[int] = None) -> L.Trainer:
+    def trainer(self, stage: str, max_epochs: Optional[int] = None, max_steps: Optional[int] = None) -> L.Trainer:
         stage_dir = self.out_dir / stage
         callbacks = build_callbacks(self.callbacks_cfg, str(stage_dir / "checkpoints"),
                                     progress_bar=bool(self.trainer_cfg.get("enable_progress_bar", True)))
@@ -48,6 +51,8 @@ class Stages:
                                      "logger": build_loggers(self.logger_cfg, stage) or False}
         if max_epochs is not None:
             overrides["max_epochs"] = int(max_epochs)
+        if max_steps is not None:
+            overrides["max_steps"] = int(max_steps)
         if not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
             overrides["enable_checkpointing"] = False
         from .resume import InterruptCheckpoint
@@ -56,7 +61,7 @@ class Stages:
         return instantiate(self.trainer_cfg, **overrides)
 
     def fit(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
-            max_epochs: Optional[int] = None) -> StageResult:
+            max_epochs: Optional[int] = None, max_steps: Optional[int] = None) -> StageResult:
         from . import resume
 
         stage_dir = self.out_dir / name
@@ -67,15 +72,15 @@ class Stages:
         ckpt = resume.interrupted_checkpoint(stage_dir) if self.resume else None
         log.info("stage %s: %s %s (%s parameters)", name, "resuming" if ckpt else "training", type(net).__name__,
                  f"{count_params(net):,}")
-        result = fit_and_test(name, self.trainer(name, max_epochs), module, datamodule, net, self.test_ckpt,
-                              ckpt_path=ckpt)
+        result = fit_and_test(name, self.trainer(name, max_epochs, max_steps), module, datamodule, net,
+                              self.test_ckpt, self.measure, self.curve_key, ckpt_path=ckpt)
         resume.record_stage(stage_dir, net, result)
         return result
 
     def test(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
              wall_s: float, source: str) -> StageResult:
         log.info("stage %s: testing %s (%s)", name, type(net).__name__, source)
-        return test_only(name, self.trainer(name), module, datamodule, net, wall_s, source)
+        return test_only(name, self.trainer(name), module, datamodule, net, wall_s, source, self.measure)
 
 
 def config_hash(*nodes: Any) -> str:
@@ -101,9 +106,11 @@ def check_classes(net: nn.Module, datamodule: L.LightningDataModule, role: str, 
             f"{role} checkpoint trained on this data")
 
 
-def labels_only(make_module: ModuleFactory, net: nn.Module) -> L.LightningModule:
+def labels_only(make_module: ModuleFactory, net: nn.Module, task: str = "classification") -> L.LightningModule:
     """The module of the teacher and baseline stages: cross-entropy on labels, no teacher."""
-    return make_module(student=net, teacher=None, loss=CE())
+    from .lm import labels_only_loss
+
+    return make_module(student=net, teacher=None, loss=labels_only_loss() if task == CAUSAL_LM else CE())
 
 
 # --------------------------------------------------------------------------------------- the stages
@@ -194,7 +201,8 @@ def distill_student(cfg: DictConfig, teacher: nn.Module, loss: Loss, datamodule:
     cached = teacher_cache_datamodule(cfg, teacher, loss, data, batch_transform is not None)
     if cached is not None:  # offline KD: no teacher runs during training, the batches carry its logits
         data, teacher = cached, None
-    module = make_module(student=net, teacher=teacher, loss=loss, batch_transform=batch_transform)
+    extra = {"batch_transform": batch_transform} if batch_transform is not None else {}
+    module = make_module(student=net, teacher=teacher, loss=loss, **extra)
     return net, stages.fit(stage, module, data, net)
 
 
@@ -262,11 +270,21 @@ def save_student(cfg: DictConfig, net: nn.Module, name: str) -> str:
 # ------------------------------------------------------------------------------------------- the run
 def validate(cfg: DictConfig) -> Loss:
     """Checks that need no data: anything wrong here is reported before any training."""
+    task = cfg.get("task", "classification")
+    if task not in TASKS:
+        raise ConfigError(f"task={task!r} is not known; use one of {', '.join(TASKS)} (experiment=lm_pydoc sets causal_lm)")
     given = cfg.teacher.get("ckpt_path")
     if given and not Path(given).is_file():
         raise ConfigError(f"teacher.ckpt_path={given!r} does not exist; point it at a teacher .ckpt, "
                           "or drop it (teacher.ckpt_path=null) to train a teacher")
-    return build_loss(cfg.distill)
+    loss = build_loss(cfg.distill)
+    if task != CAUSAL_LM and isinstance(loss, TokenKD):
+        raise ConfigError("distill=token_kd distills language models; run it with experiment=lm_pydoc (task=causal_lm) "
+                          "and an LM data set (data=lm_pydoc | lm_text | lm_jsonl)")
+    if task == CAUSAL_LM and not isinstance(loss, TokenKD):
+        raise ConfigError(f"distill={cfg.distill.get('name')} is a classifier method; language models distill with "
+                          "distill=token_kd (distill.divergence=forward|reverse|jsd|skew_forward|skew_reverse|tvd)")
+    return loss
 
 
 def run(cfg: DictConfig) -> Dict[str, Any]:
@@ -274,6 +292,11 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     from .checks import check_train_config
 
     check_train_config(cfg)
+    task = cfg.get("task", "classification")
+    if task == CAUSAL_LM:
+        from . import lm
+
+        teacher_cfg = lm.teacher_view(cfg)  # before instantiation resolves cfg's interpolations in place
     loss = validate(cfg)
     make_module = build_module_factory(cfg.module)
     if cfg.get("torch_threads"):
@@ -284,15 +307,21 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         datamodule.setup("fit")
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
-    check_classes(build_net(cfg.student, "student"), datamodule, "student", int(cfg.data.num_classes))
-    stages = Stages(cfg)
-
-    teacher, teacher_res = obtain_teacher(cfg, datamodule, stages, make_module)
+    if task == CAUSAL_LM:
+        lm.check_lm(build_net(cfg.student, "student"), datamodule, "student")
+        make_module = lm.module_factory(cfg.module, datamodule.tokenizer)
+        sampling = OmegaConf.to_container(cfg.get("samples") or {}, resolve=True)
+        stages = Stages(cfg, lm.MeasureLM(datamodule.tokenizer, seed=int(cfg.seed), **sampling), curve_key="val/ppl")
+        teacher, teacher_res = lm.obtain_teacher(cfg, datamodule, stages, teacher_cfg)
+    else:
+        check_classes(build_net(cfg.student, "student"), datamodule, "student", int(cfg.data.num_classes))
+        stages = Stages(cfg)
+        teacher, teacher_res = obtain_teacher(cfg, datamodule, stages, make_module)
     baseline_res: Optional[StageResult] = None
     if cfg.baseline.get("enabled", True):
         L.seed_everything(cfg.seed, workers=True)
         net = build_net(cfg.student, "student")
-        baseline_res = stages.fit("baseline", labels_only(make_module, net), datamodule, net)
+        baseline_res = stages.fit("baseline", labels_only(make_module, net, task), datamodule, net)
     # Teacher-assistant chain (TAKD): teacher -> assistant 1 -> ... -> student.
     links = []
     for i, preset in enumerate(cfg.get("assistants") or []):
@@ -317,11 +346,18 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     student_res.ckpt_path = save_student(cfg, student, "student")
     extra: Dict[str, Any] = {"distill": {"name": cfg.distill.get("name"), "temperature": cfg.distill.get("temperature")},
                              "data": cfg.data.get("_target_", "").rsplit(".", 1)[-1], "seed": cfg.seed}
+    if task == CAUSAL_LM:
+        extra["distill"]["divergence"] = cfg.distill.get("divergence")
+        extra["task"] = task
+        extra["prompts"] = list(stages.measure.prompts)
+        # Nested, so that a sweep table (summary.json flattened) does not take the path for a swept setting.
+        extra["export"] = {"student_hf": lm.save_student_hf(student, datamodule.tokenizer,
+                                                            Path(cfg.paths.output_dir) / "student_hf")}
     if links:
         extra["assistants"] = [r.to_dict() for _, r in links]
     if len(generations) > 1:
         extra["generations"] = [r.to_dict() for r in generations]
-    return write_report(Path(cfg.paths.output_dir), teacher_res, baseline_res, student_res, extra)
+    return write_report(Path(cfg.paths.output_dir), teacher_res, baseline_res, student_res, extra, task=task)
 
 
 def preset_config(name: str) -> DictConfig:

@@ -19,8 +19,9 @@ def preset_node(name: str) -> Dict[str, Any]:
     """The config node of model ``name``: ``net`` (what ``instantiate`` builds), ``taps``, ``ckpt_path``."""
     entry = model_entry(name)
     node: Dict[str, Any] = {}
-    net: Dict[str, Any] = {"_target_": "kd_lightning.models.create_model", "model_name": name,
-                           "num_classes": "${data.num_classes}"}
+    net: Dict[str, Any] = {"_target_": "kd_lightning.models.create_model", "model_name": name}
+    for key in entry.data_args:  # num_classes, or a language model's vocab_size: the data decides
+        net[key] = f"${{data.{key}}}"
     for key, value in entry.arguments().items():
         if key in entry.top_level:  # teacher.name=resnet34 rather than teacher.net.name=...
             node[key] = value

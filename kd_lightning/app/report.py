@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -109,15 +110,114 @@ def plot_summary(summary: Dict[str, Any], path: Path) -> None:
 
 
 def write_report(out: Path, teacher: StageResult, baseline: Optional[StageResult], student: StageResult,
-                 extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """summary.json, summary.md and summary.png in ``out``, and the table on the console."""
-    summary = build_summary(teacher, baseline, student)
+                 extra: Optional[Dict[str, Any]] = None, task: str = "classification") -> Dict[str, Any]:
+    """summary.json, summary.md and summary.png in ``out``, and the table on the console (by ``task``)."""
+    lm = task == "causal_lm"
+    summary = (build_lm_summary if lm else build_summary)(teacher, baseline, student)
     summary.update(extra or {})
     io.write_json(out / "summary.json", summary)
-    io.write_text(out / "summary.md", markdown_table(summary))
+    io.write_text(out / "summary.md", (lm_markdown if lm else markdown_table)(summary))
     try:
-        plot_summary(summary, out / "summary.png")
+        (plot_lm_summary if lm else plot_summary)(summary, out / "summary.png")
     except Exception as err:  # a plotting problem must not lose a finished run
         log.warning("could not draw summary.png: %s", err)
-    print_table(summary)
+    if lm:
+        print(lm_markdown(summary, samples=False))
+    else:
+        print_table(summary)
     return summary
+
+
+# ------------------------------------------------------------------------------ language models
+def build_lm_summary(teacher: StageResult, baseline: Optional[StageResult], student: StageResult) -> Dict[str, Any]:
+    """Perplexity and bits per byte of the three models; ``gap_closed`` is the share of the baseline's
+    excess cross-entropy over the teacher that distillation removes: (ln b - ln s) / (ln b - ln t)."""
+    summary: Dict[str, Any] = {
+        "teacher": teacher.to_dict(),
+        "baseline": baseline.to_dict() if baseline is not None else None,
+        "student": student.to_dict(),
+        "compression": round(teacher.params / max(student.params, 1), 3),
+        "size_ratio": round(teacher.size_bytes / max(student.size_bytes, 1), 3),
+        "speedup": round(teacher.latency_ms / max(student.latency_ms, 1e-9), 3),
+        "ppl_gain": None, "gap_closed": None,
+    }
+    if baseline is not None and baseline.ppl and student.ppl and teacher.ppl:
+        summary["ppl_gain"] = round(baseline.ppl - student.ppl, 3)
+        excess = math.log(baseline.ppl) - math.log(teacher.ppl)
+        if abs(excess) > 1e-9:
+            summary["gap_closed"] = round((math.log(baseline.ppl) - math.log(student.ppl)) / excess, 4)
+    if summary["baseline"] is None:
+        del summary["baseline"]
+    return summary
+
+
+def _num(v: Any, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def lm_markdown(summary: Dict[str, Any], samples: bool = True) -> str:
+    lines = ["| model | perplexity | bits/byte | agreement | params | size (KiB) | tokens/s (CPU) | wall (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for stage in STAGES:
+        s = summary.get(stage)
+        if not s:
+            continue
+        label = stage if stage != "teacher" else f"teacher ({s.get('source', '')})"
+        lines.append(f"| {label} | {_num(s.get('ppl'), '.2f')} | {_num(s.get('bpb'), '.3f')} | "
+                     f"{_num(s.get('agreement'), '.3f')} | {s['params']:,} | {s['size_bytes'] / 1024:.1f} | "
+                     f"{_num(s.get('tokens_per_s'), ',.0f')} | {s['wall_s']:.1f} |")
+    lines.append("")
+    gap = summary.get("gap_closed")
+    lines.append(f"Compression {summary['compression']:.1f}x in parameters"
+                 + (f"; distillation changes the student's perplexity by {-summary['ppl_gain']:+.2f} against the "
+                    f"labels-only baseline and closes {100 * gap:.1f}% of the baseline-teacher gap (in cross-entropy)."
+                    if gap is not None else "."))
+    prompts = summary.get("prompts") or []
+    if samples and prompts:
+        lines += ["", "## Sampled continuations", ""]
+        for i, prompt in enumerate(prompts):
+            lines.append(f"**{prompt}**")
+            lines.append("")
+            for stage in STAGES:
+                s = summary.get(stage) or {}
+                texts = s.get("samples") or []
+                if i < len(texts):
+                    lines.append(f"- {stage}: `{prompt}`{_inline(texts[i])}")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _inline(text: str) -> str:
+    """A continuation on one line of Markdown: newlines shown as ⏎, backticks kept out of code spans."""
+    return " " + text.replace("\n", " ⏎ ").replace("`", "'").strip()
+
+
+def plot_lm_summary(summary: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for stage in STAGES:
+        s = summary.get(stage)
+        if s and s.get("val_curve"):
+            ax1.plot(range(1, len(s["val_curve"]) + 1), s["val_curve"], marker=".", label=stage)
+    ax1.set(xlabel="epoch", ylabel="held-out perplexity", title="Held-out perplexity per stage")
+    ax1.set_yscale("log")
+    ax1.grid(alpha=0.3)
+    if ax1.lines:
+        ax1.legend()
+    for stage, marker in zip(STAGES, ("o", "s", "*")):
+        s = summary.get(stage)
+        if s and s.get("ppl"):
+            ax2.scatter(s["params"], s["ppl"], marker=marker, s=120, label=stage)
+            ax2.annotate(f"{stage} {s['ppl']:.1f}", (s["params"], s["ppl"]), textcoords="offset points", xytext=(6, 4))
+    ax2.set_xscale("log")
+    ax2.set(xlabel="parameters (log scale)", ylabel="held-out perplexity (lower is better)",
+            title="Perplexity against size")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -6,7 +6,7 @@ import io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import lightning as L
 import torch
@@ -20,13 +20,18 @@ class StageResult:
     """What the report keeps of one stage."""
 
     name: str
-    acc: float
+    acc: Optional[float]  # classification; None for a language model
     params: int
     size_bytes: int
     latency_ms: float
     wall_s: float
     acc_top5: Optional[float] = None
     agreement: Optional[float] = None
+    # Language models: held-out perplexity and bits per byte, forward throughput, sampled continuations.
+    ppl: Optional[float] = None
+    bpb: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    samples: Optional[List[str]] = None
     val_curve: List[float] = field(default_factory=list)
     ckpt_path: Optional[str] = None
     source: Optional[str] = None
@@ -75,8 +80,12 @@ def measure(name: str, net: nn.Module, datamodule: L.LightningDataModule, test: 
         latency_ms=cpu_latency_ms(net, example), wall_s=round(wall_s, 2), **extra)
 
 
+Measure = Callable[..., StageResult]  # (name, net, datamodule, test metrics, wall_s, **extra)
+
+
 def fit_and_test(name: str, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
-                 net: nn.Module, test_ckpt: str = "best", ckpt_path: Optional[str] = None) -> StageResult:
+                 net: nn.Module, test_ckpt: str = "best", measure: Measure = measure,
+                 curve_key: str = "val/acc", ckpt_path: Optional[str] = None) -> StageResult:
     """Train ``module`` (continuing from ``ckpt_path`` when given), test its best (or last) weights, and
     measure ``net`` (the deployable model)."""
     t0 = time.perf_counter()
@@ -89,12 +98,12 @@ def fit_and_test(name: str, trainer: L.Trainer, module: L.LightningModule, datam
         module.on_load_checkpoint(state)
         module.load_state_dict(state["state_dict"])
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    curve = list(getattr(module, "val_history", [])) or _csv_curve(trainer)
+    curve = list(getattr(module, "val_history", [])) or _csv_curve(trainer, curve_key)
     return measure(name, net, datamodule, test, wall, val_curve=curve, ckpt_path=best or None)
 
 
 def test_only(name: str, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
-              net: nn.Module, wall_s: float, source: str) -> StageResult:
+              net: nn.Module, wall_s: float, source: str, measure: Measure = measure) -> StageResult:
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     return measure(name, net, datamodule, test, wall_s, source=source)
 
@@ -103,12 +112,12 @@ def _maybe(d: Dict[str, Any], key: str) -> Optional[float]:
     return float(d[key]) if key in d else None
 
 
-def _csv_curve(trainer: L.Trainer) -> List[float]:
+def _csv_curve(trainer: L.Trainer, key: str = "val/acc") -> List[float]:
     # Under ddp_spawn the module that logged lives in the worker processes; the CSV log is the record then.
     for logger in trainer.loggers:
         if isinstance(logger, L.pytorch.loggers.CSVLogger):
             path = Path(logger.log_dir) / "metrics.csv"
             if path.exists():
                 with open(path) as f:
-                    return [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+                    return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
     return []

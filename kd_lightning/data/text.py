@@ -48,6 +48,15 @@ def check_context_length(seq_len: int, model: Any) -> int:
     return int(seq_len)
 
 
+def resolve_tokenizer(tokenizer: Any) -> Any:
+    """``tokenizer`` as given, or loaded from a local directory when it is a path (nothing is downloaded)."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from ..models.lm import load_tokenizer
+
+        return load_tokenizer(tokenizer)
+    return tokenizer
+
+
 def check_tokenizer(tokenizer: Any) -> Any:
     """A tokenizer must have a pad token (batches are padded with it)."""
     if getattr(tokenizer, "pad_token_id", None) is None:
@@ -187,7 +196,7 @@ class _PackedTextDataModule(L.LightningDataModule):
         self.seq_len, self.batch_size, self.num_workers = int(seq_len), int(batch_size), int(num_workers)
         self.vocab_size = int(vocab_size)
         self.cache_dir = cache_dir
-        self.tokenizer = check_tokenizer(tokenizer) if tokenizer is not None else None
+        self.tokenizer = check_tokenizer(resolve_tokenizer(tokenizer)) if tokenizer is not None else None
         self.train_set: Optional[PackedSequences] = None
         self.val_set: Optional[PackedSequences] = None
         self.bytes_per_token: Optional[float] = None
@@ -322,19 +331,21 @@ class PromptResponseDataModule(L.LightningDataModule):
 
     Each line is a JSON object with ``prompt_key`` and ``response_key`` fields. A row is
     ``prompt tokens + response tokens + eos``, truncated to ``seq_len``; prompt positions get label -100.
-    The last ``val_fraction`` of the lines is held out (or all of ``val_path`` when given).
+    The last ``val_fraction`` of the lines is held out (or all of ``val_path`` when given). ``tokenizer``
+    is a tokenizer, a local directory to load one from, or None: a byte-level BPE of ``vocab_size`` tokens
+    trained on the training pairs (cached under ``cache_dir`` by content hash).
     """
 
-    def __init__(self, path: PathLike, tokenizer: Any, seq_len: int = 128, batch_size: int = 16,
+    def __init__(self, path: PathLike, tokenizer: Any = None, seq_len: int = 128, batch_size: int = 16,
                  prompt_key: str = "prompt", response_key: str = "response", val_path: Optional[PathLike] = None,
-                 val_fraction: float = 0.1, num_workers: int = 0):
+                 val_fraction: float = 0.1, num_workers: int = 0, vocab_size: int = 2048,
+                 cache_dir: Optional[PathLike] = None):
         super().__init__()
         for p in (path, val_path):
             if p is not None and not Path(p).is_file():
                 raise FileNotFoundError(f"JSON-lines file {os.fspath(p)!r} does not exist; point at a local .jsonl file")
-        if tokenizer is None:
-            raise ValueError("PromptResponseDataModule needs a tokenizer (e.g. the teacher's); got None")
-        self.tokenizer = check_tokenizer(tokenizer)
+        self.tokenizer = check_tokenizer(resolve_tokenizer(tokenizer)) if tokenizer is not None else None
+        self.vocab_size, self.cache_dir = int(vocab_size), cache_dir
         self.path, self.val_path = Path(path), Path(val_path) if val_path is not None else None
         self.seq_len, self.batch_size, self.num_workers = int(seq_len), int(batch_size), int(num_workers)
         self.prompt_key, self.response_key = prompt_key, response_key
@@ -342,8 +353,8 @@ class PromptResponseDataModule(L.LightningDataModule):
         self.train_set: Optional[PromptResponseDataset] = None
         self.val_set: Optional[PromptResponseDataset] = None
 
-    def _read(self, path: Path) -> List[Tuple[List[int], List[int]]]:
-        rows = []
+    def _read(self, path: Path) -> List[Tuple[str, str]]:
+        pairs = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
@@ -356,15 +367,21 @@ class PromptResponseDataModule(L.LightningDataModule):
                 have = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise ValueError(f"{os.fspath(path)!r} line {n} has no field {missing[0]!r} (it has {have}); set "
                                  "prompt_key / response_key to the field names of your file")
-            prompt = self.tokenizer(str(obj[self.prompt_key]), add_special_tokens=False)["input_ids"]
-            response = self.tokenizer(str(obj[self.response_key]), add_special_tokens=False)["input_ids"]
+            pairs.append((str(obj[self.prompt_key]), str(obj[self.response_key])))
+        if not pairs:
+            raise ValueError(f"{os.fspath(path)!r} holds no examples")
+        return pairs
+
+    def _encode(self, pairs: List[Tuple[str, str]]) -> List[Tuple[List[int], List[int]]]:
+        rows = []
+        for prompt_text, response_text in pairs:
+            prompt = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+            response = self.tokenizer(response_text, add_special_tokens=False)["input_ids"]
             if self.tokenizer.eos_token_id is not None:
                 response = response + [self.tokenizer.eos_token_id]
             ids = (prompt + response)[: self.seq_len]
             labels = ([IGNORE_INDEX] * len(prompt) + response)[: self.seq_len]
             rows.append((ids, labels))
-        if not rows:
-            raise ValueError(f"{os.fspath(path)!r} holds no examples")
         return rows
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -376,7 +393,10 @@ class PromptResponseDataModule(L.LightningDataModule):
         else:
             cut = min(len(rows) - 1, max(1, round(len(rows) * (1 - self.val_fraction)))) if len(rows) > 1 else 1
             train, val = rows[:cut], rows[cut:] or rows[-1:]
-        self.train_set, self.val_set = PromptResponseDataset(train), PromptResponseDataset(val)
+        if self.tokenizer is None:
+            self.tokenizer = train_bpe_tokenizer([p + r for p, r in train], self.vocab_size, self.cache_dir)
+        self.train_set = PromptResponseDataset(self._encode(train))
+        self.val_set = PromptResponseDataset(self._encode(val))
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,

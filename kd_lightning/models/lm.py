@@ -9,7 +9,7 @@ from typing import Any, Dict
 
 from torch import nn
 
-__all__ = ["build_causal_lm", "lm_preset", "LM_PRESETS", "load_causal_lm", "count_parameters"]
+__all__ = ["build_causal_lm", "lm_preset", "LM_PRESETS", "load_causal_lm", "load_tokenizer", "count_parameters"]
 
 # Sizes at vocab_size 2048 (tied input/output embeddings):
 #   lm_teacher_1m:   hidden 128, 4 layers, 4 heads, MLP 336  -> 1,041,536 parameters
@@ -67,12 +67,28 @@ def load_causal_lm(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     """``AutoModelForCausalLM.from_pretrained`` from local files only (nothing is downloaded)."""
     import transformers
 
+    if name_or_path is None or not str(name_or_path):
+        raise ValueError("no model directory given; set name_or_path to a local directory made by save_pretrained "
+                         "(config.json + weights)")
     try:
         return transformers.AutoModelForCausalLM.from_pretrained(os.fspath(name_or_path), local_files_only=True, **kwargs)
     except OSError:
         raise ValueError(
             f"model {os.fspath(name_or_path)!r} is not on this machine and nothing is downloaded; point at a local "
-            "directory made by save_pretrained (config.json + weights)") from None
+            "directory made by save_pretrained (config.json + weights), e.g. one saved with "
+            "AutoModelForCausalLM.from_pretrained(name).save_pretrained(dir) where the hub is reachable") from None
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+    """``AutoTokenizer.from_pretrained`` from local files only (nothing is downloaded)."""
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(os.fspath(name_or_path), local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        raise ValueError(
+            f"tokenizer {os.fspath(name_or_path)!r} is not on this machine and nothing is downloaded; point at a local "
+            "directory made by tokenizer.save_pretrained (tokenizer.json / tokenizer_config.json)") from None
 
 
 def count_parameters(model: nn.Module) -> int:

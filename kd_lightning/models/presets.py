@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import cifar
 from .hub import timm_model, torchvision_model
+from .lm import LM_PRESETS, build_causal_lm, load_causal_lm
 from .mnist1d import CNN1D, ResidualMLP
 from .registry import register_model
 
@@ -45,3 +46,12 @@ register_model("torchvision", torchvision_model, "any torchvision classifier: <r
                top_level=("name", "weights"), name="resnet18", weights=None)
 register_model("timm", timm_model, "any timm classifier: <role>.name=... <role>.pretrained=true", _HUB_TAPS,
                top_level=("name", "pretrained"), name="resnet18", pretrained=False)
+
+# Causal language models (kd_lightning.lm): Llama-style presets built from a config (the vocabulary size
+# comes from the data's tokenizer), and any local Hugging Face directory.
+for _name, _sizes in LM_PRESETS.items():
+    register_model(_name, build_causal_lm, f"Llama-style causal LM ({', '.join(f'{k} {v}' for k, v in _sizes.items())})",
+                   {}, data_args=("vocab_size",), task="causal_lm", arch="llama", **_sizes)
+register_model("hf_local", load_causal_lm, "any Hugging Face causal LM in a local directory: <role>.name_or_path=DIR "
+               "(nothing is downloaded)", {}, top_level=("name_or_path",), data_args=(), task="causal_lm",
+               name_or_path=None)

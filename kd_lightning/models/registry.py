@@ -32,12 +32,16 @@ class ModelEntry:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     # Builder arguments a config shows at its top level (``teacher=torchvision teacher.name=resnet34``).
     top_level: Tuple[str, ...] = ()
+    # Builder arguments that come from the data (the class count; a language model's vocabulary size).
+    data_args: Tuple[str, ...] = ("num_classes",)
+    # What the model does: "classification" (logits [batch, classes]) or "causal_lm" (logits [batch, time, vocab]).
+    task: str = "classification"
 
     def arguments(self) -> Dict[str, Any]:
         """Every builder argument with a default, as this preset sets it (num_classes aside)."""
         out = {}
         for p in inspect.signature(self.builder).parameters.values():
-            if p.default is not inspect.Parameter.empty and p.name != "num_classes" and p.kind is not p.VAR_KEYWORD:
+            if p.default is not inspect.Parameter.empty and p.name not in self.data_args and p.kind is not p.VAR_KEYWORD:
                 out[p.name] = p.default
         out.update(self.kwargs)
         return out
@@ -47,11 +51,17 @@ REGISTRY: Dict[str, ModelEntry] = {}
 
 
 def register_model(model_name: str, builder: Callable[..., nn.Module], description: str, taps: Dict[str, Any],
-                   top_level: Tuple[str, ...] = (), **kwargs: Any) -> ModelEntry:
-    """Add ``model_name`` to the registry; ``kwargs`` are the builder arguments this preset fixes."""
+                   top_level: Tuple[str, ...] = (), data_args: Tuple[str, ...] = ("num_classes",),
+                   task: str = "classification", **kwargs: Any) -> ModelEntry:
+    """Add ``model_name`` to the registry; ``kwargs`` are the builder arguments this preset fixes.
+
+    ``data_args`` name the builder arguments that the data decides (``num_classes``; ``vocab_size`` for a
+    language model); ``task`` is ``"classification"`` or ``"causal_lm"``.
+    """
     if model_name in REGISTRY:
         raise ValueError(f"model {model_name!r} is registered twice")
-    entry = ModelEntry(model_name, builder, description, dict(taps), dict(kwargs), tuple(top_level))
+    entry = ModelEntry(model_name, builder, description, dict(taps), dict(kwargs), tuple(top_level),
+                       tuple(data_args), task)
     REGISTRY[model_name] = entry
     return entry
 

@@ -21,7 +21,7 @@ from .helpers import options
 
 CONF = str(CONFIG_DIR)
 
-MODEL_PRESETS = list_models()
+MODEL_PRESETS = [n for n in list_models() if model_entry(n).task == "classification"]  # LM presets: tests/app
 PAIRS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONF, "pair", "*.yaml")))
 METHODS = ("kd", "dkd", "fitnet", "at", "rkd", "crd")
 # A quick subset covering every pair and every special case (DKD betas, lr 0.01); the rest runs as slow tests.
@@ -158,8 +158,11 @@ GROUPS = ["data", "teacher", "student", "distill", "module", "optim", "trainer",
 def test_every_option_of_every_group_composes(compose, group):
     names = options(group)
     assert names, f"conf/{group} has no options"
+    lm_models = {n for n in list_models() if model_entry(n).task == "causal_lm"}
     for name in names:
-        cfg = compose(f"{group}={name}")
+        # Language-model data and models compose with the LM experiment (they read data.vocab_size).
+        lm_only = name.startswith("lm_") if group == "data" else name in lm_models and group in ("teacher", "student")
+        cfg = compose(*(["experiment=lm_pydoc"] if lm_only else []), f"{group}={name}")
         # Resolve everything but the hydra-runtime and environment-dependent paths.
         for key in ("data", "teacher", "student", "distill", "optim"):
             OmegaConf.to_container(cfg[key], resolve=True)

@@ -101,10 +101,13 @@ def test_mismatched_class_count_fails_before_training(compose, tmp_path):
 
 @pytest.mark.parametrize("method", options("distill"))
 def test_every_distill_method_runs_one_step(compose, method):
-    cfg = compose(f"distill={method}", "debug=fast_dev_run", "baseline.enabled=false")
+    lm = ["experiment=lm_pydoc", "data.seq_len=32", "data.vocab_size=300"] if method == "token_kd" else []
+    cfg = compose(*lm, f"distill={method}", "debug=fast_dev_run", "baseline.enabled=false")
     summary = run(cfg)
     assert summary["distill"]["name"] == cfg.distill.name
     assert summary["student"]["params"] == n_params(instantiate(cfg.student.net))
+    if lm:  # a language model reports perplexity, at least 1 and at most the vocabulary's uniform guess
+        assert 1.0 < summary["student"]["ppl"] <= 300 * 1.5
 
 
 def test_digits_data_set(compose):

@@ -1,0 +1,208 @@
+"""What only ``task=causal_lm`` runs need: checks, the teacher stage, measurements, samples, the HF export.
+
+The process is :func:`kd_lightning.app.pipeline.run`; this module supplies its language-model pieces, each
+taking built objects (networks, the data module, the tokenizer, a module factory, :class:`Stages`).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, open_dict
+from torch import nn
+
+from .. import io
+from ..losses import TokenKD
+from ..teacher import load_teacher
+from .build import build_module_factory, build_net
+from .errors import ConfigError
+from .stage import StageResult, count_params, state_dict_bytes
+
+log = logging.getLogger(__name__)
+ModuleFactory = Callable[..., L.LightningModule]
+
+
+# ------------------------------------------------------------------------------------------ checks
+def check_lm(net: nn.Module, datamodule: L.LightningDataModule, role: str) -> None:
+    """The data's sequences must fit the model's context, and its tokenizer the model's vocabulary."""
+    seq_len = int(getattr(datamodule, "seq_len", 0) or 0)
+    config = getattr(net, "config", None)
+    limit = next((getattr(config, a) for a in ("max_position_embeddings", "n_positions", "n_ctx")
+                  if getattr(config, a, None) is not None), None)
+    if limit is not None and seq_len > int(limit):
+        raise ConfigError(f"data.seq_len={seq_len} is longer than the {role}'s context of {limit} positions; set "
+                          f"data.seq_len<={limit}, or {role}.net.max_position_embeddings>={seq_len} for a preset")
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    embeddings = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
+    if tokenizer is not None and embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the {role}'s vocabulary has {embeddings.num_embeddings}; "
+            f"build the {role} with vocab_size>={len(tokenizer)} ({role}.net.vocab_size follows data.vocab_size), "
+            f"or give the data the {role}'s own tokenizer (data.tokenizer=DIR)")
+
+
+def labels_only_loss() -> TokenKD:
+    """The teacher's and the baseline's objective: next-token cross-entropy on the labels, no teacher."""
+    return TokenKD(ce_weight=1.0, kd_weight=0.0)
+
+
+def module_factory(module_cfg: DictConfig, tokenizer: Any) -> ModuleFactory:
+    """``module`` (a partial of CausalLMDistillationModule) with the data's tokenizer bound."""
+    return functools.partial(build_module_factory(module_cfg), tokenizer=tokenizer)
+
+
+def teacher_view(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose trainer budget is ``teacher_fit.max_steps``, so that everything interpolating
+    ``${trainer.max_steps}`` (the one-cycle schedule's total_steps) follows the teacher stage's budget.
+
+    Take it before anything is instantiated from ``cfg``: instantiation resolves interpolations in place.
+    """
+    view = copy.deepcopy(cfg)
+    steps = cfg.teacher_fit.get("max_steps")
+    if steps:
+        with open_dict(view):
+            view.trainer.max_steps = int(steps)
+    return view
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """SHA-256 of the tokenizer's full definition (fast tokenizers) or of its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------- the teacher
+def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: Any,
+                   tcfg: Optional[DictConfig] = None) -> Tuple[nn.Module, StageResult]:
+    """The teacher LM: given (``teacher.ckpt_path``, ``teacher=hf_local`` or ``teacher_fit.max_steps=0``),
+    from this machine's cache, or trained for ``teacher_fit.max_steps`` and cached.
+
+    The cache directory is the classifier's key (teacher, data, seed, optimizer, precision) plus the
+    tokenizer's digest and the step budget; ``meta.json`` holds the checkpoint's SHA-256, checked before use.
+    """
+    from .pipeline import teacher_cache_dir
+
+    steps = int(cfg.teacher_fit.get("max_steps") or 0)
+    tcfg = tcfg if tcfg is not None else teacher_view(cfg)
+    make_module = module_factory(tcfg.module, datamodule.tokenizer)
+    t0 = time.perf_counter()
+    net = build_net(cfg.teacher, "teacher")
+    check_lm(net, datamodule, "teacher")
+    given = cfg.teacher.get("ckpt_path")
+    if given or steps == 0 or cfg.teacher.net.get("model_name") == "hf_local":
+        module = make_module(student=net, teacher=None, loss=labels_only_loss())
+        result = stages.test("teacher", module, datamodule, net, time.perf_counter() - t0,
+                             "checkpoint" if given else "pretrained")
+        result.ckpt_path = str(given or cfg.teacher.net.get("name_or_path") or "") or None
+        return net, result
+    key = hashlib.sha256(json.dumps([tokenizer_digest(datamodule.tokenizer), steps]).encode()).hexdigest()[:16]
+    cache = teacher_cache_dir(tcfg) / f"lm_{key}"
+    ckpt, meta_path = cache / "teacher.ckpt", cache / "meta.json"
+    use_cache = bool(cfg.teacher_fit.get("use_cache", True)) and not cfg.trainer.get("fast_dev_run")
+    if use_cache and ckpt.exists():
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if meta.get("sha256") == file_sha256(ckpt):
+            net = load_teacher(ckpt, net)
+            module = make_module(student=net, teacher=None, loss=labels_only_loss())
+            result = stages.test("teacher", module, datamodule, net, time.perf_counter() - t0, "cache")
+            result.val_curve, result.ckpt_path = meta.get("val_curve", []), str(ckpt)
+            return net, result
+        log.warning("cached teacher %s does not match the digest in %s: training it again", ckpt, meta_path)
+    module = make_module(student=net, teacher=None, loss=labels_only_loss())
+    result = stages.fit("teacher", module, datamodule, net, max_steps=steps)
+    result.source = "trained"
+    if use_cache:
+        io.torch_save({"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}}, ckpt)
+        io.write_json(meta_path, {"sha256": file_sha256(ckpt), "ppl": result.ppl, "val_curve": result.val_curve,
+                                  "steps": steps, "tokenizer_sha256": tokenizer_digest(datamodule.tokenizer)})
+        result.ckpt_path = str(ckpt)
+    return net, result
+
+
+# ---------------------------------------------------------------------------------- measurements
+@torch.no_grad()
+def sample_continuations(net: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 24,
+                         temperature: float = 0.7, top_k: int = 20, seed: int = 0) -> List[str]:
+    """One sampled continuation per prompt (same random stream for every model, so rows compare)."""
+    if not prompts or not hasattr(net, "generate"):
+        return []
+    device = next(net.parameters()).device
+    was = net.training
+    net.eval()
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        for i, prompt in enumerate(prompts):
+            torch.manual_seed(seed + i)
+            ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
+            gen = net.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=float(temperature),
+                               top_k=int(top_k), max_new_tokens=int(max_new_tokens), use_cache=True,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    net.train(was)
+    return out
+
+
+@torch.no_grad()
+def forward_speed(net: nn.Module, input_ids: torch.Tensor, repeats: int = 10) -> Tuple[float, float]:
+    """(median CPU ms of one forward pass over one sequence, tokens per second of it)."""
+    device = next(net.parameters()).device
+    was = net.training
+    net.eval().cpu()
+    x = input_ids[:1].cpu()
+    net(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        net(x)
+        times.append(time.perf_counter() - t0)
+    net.to(device).train(was)
+    median = sorted(times)[len(times) // 2]
+    return 1000.0 * median, x.numel() / max(median, 1e-9)
+
+
+class MeasureLM:
+    """Test metrics of one stage (perplexity, bits per byte, agreement) plus size, speed and samples."""
+
+    def __init__(self, tokenizer: Any, prompts: Sequence[str] = (), max_new_tokens: int = 24,
+                 temperature: float = 0.7, top_k: int = 20, seed: int = 0):
+        self.tokenizer, self.prompts = tokenizer, list(prompts)
+        self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+
+    def __call__(self, name: str, net: nn.Module, datamodule: L.LightningDataModule, test: Dict[str, Any],
+                 wall_s: float, **extra: Any) -> StageResult:
+        ids = next(iter(datamodule.test_dataloader()))["input_ids"]
+        latency, tokens_per_s = forward_speed(net, ids)
+        get = lambda k: float(test[k]) if k in test else None  # noqa: E731
+        return StageResult(
+            name=name, acc=None, params=count_params(net), size_bytes=state_dict_bytes(net), latency_ms=latency,
+            wall_s=round(wall_s, 2), agreement=get("test/agreement"), ppl=get("test/ppl"), bpb=get("test/bpb"),
+            tokens_per_s=round(tokens_per_s, 1),
+            samples=sample_continuations(net, self.tokenizer, self.prompts, **self.sampling), **extra)
+
+
+# ------------------------------------------------------------------------------------------- export
+def save_student_hf(net: nn.Module, tokenizer: Any, path: Path) -> Optional[str]:
+    """``save_pretrained`` the student with its tokenizer (loads with AutoModelForCausalLM / pipeline)."""
+    from ..lm import CausalLMDistillationModule
+
+    if not hasattr(net, "save_pretrained"):
+        log.warning("the student is a %s, not a Hugging Face model: no %s written", type(net).__name__, path)
+        return None
+    return CausalLMDistillationModule(student=net, tokenizer=tokenizer).save_student_pretrained(path)

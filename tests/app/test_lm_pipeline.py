@@ -1,0 +1,146 @@
+"""kd-train for language models (task=causal_lm, experiment=lm_pydoc): the stages, the report, the Hugging
+Face export, the sweep over divergences and the one-line errors on bad input. Tiny models, few steps."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from kd_lightning.app.confdir import CONFIG_DIR  # noqa: E402
+from kd_lightning.app.errors import ConfigError  # noqa: E402
+from kd_lightning.app.pipeline import run  # noqa: E402
+
+# A ~20k-parameter teacher and a ~7k student, a 300-token BPE, 32-token sequences, a few steps per stage.
+TINY = ["experiment=lm_pydoc", "teacher_fit.max_steps=6", "trainer.max_steps=4", "trainer.enable_progress_bar=false",
+        "data.seq_len=32", "data.vocab_size=300", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2",
+        "samples.max_new_tokens=4", "+trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+        "student.net.hidden_size=16", "student.net.num_layers=1", "student.net.intermediate_size=32"]
+TINY_TEACHER = ["teacher.net.hidden_size=32", "teacher.net.num_layers=1", "teacher.net.intermediate_size=64"]
+TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog, {i % 7} times.\n" for i in range(200))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lm_cache")  # the tokenizers and teachers are shared by the tests here
+
+
+def make_cfg(tmp_path: Path, cache: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        teacher = [] if any(o.startswith("teacher=") for o in overrides) else TINY_TEACHER
+        cfg = compose("train", overrides=[*TINY, *teacher, *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.cache_dir = str(cache)
+    return cfg
+
+
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def test_lm_run_has_three_stages_report_and_hf_student(tmp_path, cache_dir):
+    summary = run(make_cfg(tmp_path, cache_dir))
+    out = tmp_path / "run"
+    assert summary["task"] == "causal_lm" and summary["teacher"]["source"] == "trained"
+    for stage in ("teacher", "baseline", "student"):
+        s = summary[stage]
+        assert s["ppl"] > 1 and 0 < s["bpb"] < 20 and s["params"] > 0 and s["tokens_per_s"] > 0, stage
+        assert len(s["samples"]) == len(summary["prompts"]) == 3, stage
+        assert s["val_curve"], stage  # validation every 2 steps
+    assert summary["teacher"]["params"] > 2 * summary["student"]["params"]
+    assert 0 < summary["student"]["agreement"] <= 1
+    assert {"gap_closed", "ppl_gain", "compression", "speedup"} <= set(summary)
+    assert summary["distill"] == {"name": "token_kd", "temperature": 1.0, "divergence": "forward"}
+    assert json.loads((out / "summary.json").read_text())["student"]["ppl"] == summary["student"]["ppl"]
+    md = (out / "summary.md").read_text()
+    assert "| model | perplexity | bits/byte |" in md and "## Sampled continuations" in md
+    assert (out / "summary.png").stat().st_size > 0 and (out / "student.ckpt").is_file()
+    assert summary["export"]["student_hf"] == str(out / "student_hf")
+
+    from transformers import AutoModelForCausalLM, pipeline
+
+    model = AutoModelForCausalLM.from_pretrained(out / "student_hf")
+    assert sum(p.numel() for p in model.parameters()) == summary["student"]["params"]
+    generate = pipeline("text-generation", model=str(out / "student_hf"), device="cpu")
+    text = generate("The for statement", max_new_tokens=3, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The for statement")
+
+    # The same run again: the teacher comes from the cache (its digest checked), the numbers are the same.
+    again = run(make_cfg(tmp_path / "again", cache_dir, "baseline.enabled=false"))
+    assert again["teacher"]["source"] == "cache" and again["teacher"]["ppl"] == pytest.approx(summary["teacher"]["ppl"])
+    # A given teacher: the exported student as a local Hugging Face directory, with its own tokenizer.
+    hf = out / "student_hf"
+    given = run(make_cfg(tmp_path / "given", cache_dir, "teacher=hf_local", f"teacher.name_or_path={hf}",
+                         f"data.tokenizer={hf}", "baseline.enabled=false"))
+    assert given["teacher"]["source"] == "pretrained"
+    assert given["teacher"]["ppl"] == pytest.approx(summary["student"]["ppl"], rel=1e-4)
+
+
+def test_bad_lm_input_is_one_clear_line_before_training(tmp_path, cache_dir):
+    def error(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            run(make_cfg(tmp_path, cache_dir, *overrides))
+        message = str(info.value)
+        assert "\n" not in message and not (tmp_path / "run" / "teacher").exists(), message
+        return message
+
+    assert "does not exist" in error("data=lm_text", f"data.path={tmp_path / 'missing.txt'}")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(4)))
+    assert "line 1 has no field 'prompt'" in error("data=lm_jsonl", f"data.path={pairs}")
+    corpus = text_file(tmp_path)
+    assert "data.seq_len=64 is longer than the student's context of 32 positions" in error(
+        "data=lm_text", f"data.path={corpus}", "data.seq_len=64", "student.net.max_position_embeddings=32")
+
+    from kd_lightning.data.text import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer([TEXT], vocab_size=300)
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path / "no_pad")
+    assert "has no pad token" in error("data=lm_text", f"data.path={corpus}", f"data.tokenizer={tmp_path / 'no_pad'}")
+    message = error("teacher=hf_local", "teacher.name_or_path=some-org/not-on-disk")
+    assert "'some-org/not-on-disk' is not on this machine" in message and "local directory" in message
+    assert "divergence='kl' is not known" in error("distill.divergence=kl")
+    assert "distill=token_kd" in error("distill=kd")
+    assert "experiment=lm_pydoc" in error("task=classification")
+
+
+def test_prompt_response_data_masks_prompts_through_the_app(tmp_path, cache_dir):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} plus {i}? ",
+                                         "response": f"The answer is {2 * i}."}) + "\n" for i in range(40)))
+    summary = run(make_cfg(tmp_path, cache_dir, "data=lm_jsonl", f"data.path={pairs}", "data.batch_size=8",
+                           "distill.kd_positions=labels", "baseline.enabled=false", "samples.prompts=[Question 1:]"))
+    assert summary["data"] == "PromptResponseDataModule" and summary["student"]["ppl"] > 1
+    assert len(summary["student"]["samples"]) == 1
+
+
+@pytest.mark.slow
+def test_divergence_sweep_writes_the_table(tmp_path):
+    env = {**os.environ, "KD_CACHE_DIR": str(tmp_path / "cache"), "KD_LOG_DIR": str(tmp_path / "outputs"),
+           "OMP_NUM_THREADS": "1"}
+    exe = Path(sys.executable).parent / "kd-train"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "kd_lightning.app.train"]
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(cmd + ["-m", *TINY, *TINY_TEACHER, "distill.divergence=forward,reverse,jsd", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (sweep / "sweep_summary.md").read_text()
+    assert "distill.divergence" in table and "student/ppl" in table
+    assert all(d in table for d in ("forward", "reverse", "jsd")) and (sweep / "sweep_summary.png").exists()
+    # A bad input on the command line: one line, no traceback.
+    proc = subprocess.run(cmd + [*TINY, "data=lm_text", "data.path=/nowhere/corpus.txt"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "kd-train: error: " in proc.stderr and "Traceback" not in proc.stderr
