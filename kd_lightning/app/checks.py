@@ -51,7 +51,7 @@ def check_train_config(cfg: DictConfig) -> None:
             "set teacher_fit.max_epochs=0)")
     if max_epochs == -1 and not (_int(max_steps) and max_steps > 0) and not cfg.trainer.get("max_time"):
         raise ConfigError("trainer.max_epochs=-1 trains forever without trainer.max_steps or trainer.max_time; "
-                          "set trainer.max_epochs to a positive integer, or add +trainer.max_steps=<n>")
+                          "set trainer.max_epochs to a positive integer, or set trainer.max_steps=<n>")
     if not given:
         t_epochs = cfg.teacher_fit.get("max_epochs")
         bounded = (_int(max_steps) and max_steps > 0) or cfg.trainer.get("max_time")

@@ -53,7 +53,7 @@ def test_max_epochs_zero_is_allowed_for_a_teacher_with_weights(tmp_path):
                                 "teacher.weights=DEFAULT"))
     check_train_config(make_cfg(tmp_path, "teacher_fit.max_epochs=0", "teacher=timm", "teacher.pretrained=true"))
     check_train_config(make_cfg(tmp_path, "teacher_fit.max_epochs=0", "teacher.ckpt_path=x.ckpt"))
-    check_train_config(make_cfg(tmp_path, "trainer.max_epochs=-1", "+trainer.max_steps=10"))
+    check_train_config(make_cfg(tmp_path, "trainer.max_epochs=-1", "trainer.max_steps=10"))
     with pytest.raises(ConfigError, match="untrained teacher"):
         check_train_config(make_cfg(tmp_path, "teacher_fit.max_epochs=0", "teacher=torchvision",
                                     "teacher.weights=null"))

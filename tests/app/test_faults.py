@@ -189,7 +189,7 @@ def test_each_key_field_changes_the_key_and_each_other_field_does_not(tmp_path):
         changed = teacher_store.teacher_key(cfg) != teacher_store.teacher_key(make_cfg(tmp_path, "teacher_fit.max_epochs=40"))
         assert changed == (field in teacher_store.TRAINER_KEY_FIELDS), field
     # The reported case: a budget field given with + on the command line.
-    assert _key(tmp_path, "+trainer.max_steps=3") != base
+    assert _key(tmp_path, "trainer.max_steps=3") != base
     assert _key(tmp_path, "+trainer.some_future_field=1") != base  # unknown fields are in the key
     for override in ("trainer.precision=16-mixed", "seed=1", "optim.optimizer.lr=0.001", "data.batch_size=64",
                      "teacher=cnn1d_64", "teacher_fit.max_epochs=3", "trainer.max_epochs=3",
@@ -206,7 +206,7 @@ def test_each_key_field_changes_the_key_and_each_other_field_does_not(tmp_path):
 
 
 def test_a_teacher_trained_with_a_step_budget_is_not_reused_without_it(tmp_path):
-    _, limited = teacher_stage(make_cfg(tmp_path, *FAST, "+trainer.max_steps=3"))
+    _, limited = teacher_stage(make_cfg(tmp_path, *FAST, "trainer.max_steps=3"))
     _, full = teacher_stage(make_cfg(tmp_path, *FAST))
     assert limited.source == full.source == "trained"
 
