@@ -32,29 +32,38 @@ def build_summary(teacher: StageResult, baseline: Optional[StageResult], student
         "student": student.to_dict(),
         "compression": round(teacher.params / max(student.params, 1), 3),
         "size_ratio": round(teacher.size_bytes / max(student.size_bytes, 1), 3),
+        # The deterministic figure first: multiply-accumulates per sample; then the measured latency ratios.
+        "mac_ratio": (round(teacher.macs_per_sample / max(student.macs_per_sample, 1), 3)
+                      if teacher.macs_per_sample and student.macs_per_sample else None),
         "speedup": round(teacher.latency_ms / max(student.latency_ms, 1e-9), 3),
+        "speedup_serving": (round(teacher.latency_serving_ms_per_sample
+                                  / max(student.latency_serving_ms_per_sample, 1e-12), 3)
+                            if teacher.latency_serving_ms_per_sample and student.latency_serving_ms_per_sample else None),
         "acc_retained": round(student.acc / teacher.acc, 4) if teacher.acc > 0 else None,
         "kd_gain": round(student.acc - baseline.acc, 4) if baseline is not None else None,
     }
-    if summary["baseline"] is None:
-        del summary["baseline"]
-    return summary
+    keep = ("acc_retained", "kd_gain")  # None says "no baseline" / "no accuracy" there
+    return {k: v for k, v in summary.items() if v is not None or k in keep}
 
 
 def markdown_table(summary: Dict[str, Any]) -> str:
     lines = [
-        "| model | acc | params | size (KiB) | CPU latency (ms/sample) | wall (s) |",
-        "|---|---|---|---|---|---|",
+        "| model | acc | params | MACs/sample | size (KiB) | CPU latency, batch 1 (ms, median ± IQR) | wall (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for stage in STAGES:
         s = summary.get(stage)
         if not s:
             continue
         label = stage if stage != "teacher" else f"teacher ({s.get('source', '')})"
-        lines.append(f"| {label} | {100 * s['acc']:.2f}% | {s['params']:,} | {s['size_bytes'] / 1024:.1f} | "
-                     f"{s['latency_ms']:.3f} | {s['wall_s']:.1f} |")
+        macs = f"{s['macs_per_sample']:,}" if s.get("macs_per_sample") else "—"
+        spread = f" ± {s['latency_iqr_ms']:.3f}" if s.get("latency_iqr_ms") is not None else ""
+        lines.append(f"| {label} | {100 * s['acc']:.2f}% | {s['params']:,} | {macs} | {s['size_bytes'] / 1024:.1f} | "
+                     f"{s['latency_ms']:.3f}{spread} | {s['wall_s']:.1f} |")
     lines.append("")
-    lines.append(f"Compression {summary['compression']:.1f}x in parameters, "
+    lines.append(f"Compression {summary['compression']:.1f}x in parameters"
+                 + (f", {summary['mac_ratio']:.1f}x in multiply-accumulates" if summary.get("mac_ratio") else "")
+                 + ", "
                  f"accuracy retained {100 * (summary['acc_retained'] or 0):.1f}%"
                  + (f", gain over the labels-only baseline {100 * summary['kd_gain']:+.2f} points."
                     if summary.get("kd_gain") is not None else "."))
@@ -69,13 +78,13 @@ def print_table(summary: Dict[str, Any]) -> None:
         print(markdown_table(summary))
         return
     table = Table(title=f"kd-lightning: {summary['distill']['name']} on {summary['data']}")
-    for col in ("model", "acc", "params", "size KiB", "ms/sample", "wall s"):
+    for col in ("model", "acc", "params", "MACs", "size KiB", "ms/sample", "wall s"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for stage in STAGES:
         s = summary.get(stage)
         if s:
-            table.add_row(stage, f"{100 * s['acc']:.2f}%", f"{s['params']:,}", f"{s['size_bytes'] / 1024:.1f}",
-                          f"{s['latency_ms']:.3f}", f"{s['wall_s']:.1f}")
+            table.add_row(stage, f"{100 * s['acc']:.2f}%", f"{s['params']:,}", f"{s.get('macs_per_sample') or 0:,}",
+                          f"{s['size_bytes'] / 1024:.1f}", f"{s['latency_ms']:.3f}", f"{s['wall_s']:.1f}")
     Console().print(table)
     Console().print(markdown_table(summary).strip().splitlines()[-1])
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..batch import unpack
+from .cost import serving_cost
 
 
 @dataclass
@@ -32,6 +33,10 @@ class StageResult:
     bpb: Optional[float] = None
     tokens_per_s: Optional[float] = None
     samples: Optional[List[str]] = None
+    # Serving cost (classifiers): deterministic figures, and latency's spread and serving-batch time.
+    macs_per_sample: Optional[int] = None
+    latency_iqr_ms: Optional[float] = None
+    latency_serving_ms_per_sample: Optional[float] = None
     val_curve: List[float] = field(default_factory=list)
     ckpt_path: Optional[str] = None
     source: Optional[str] = None
@@ -51,33 +56,18 @@ def state_dict_bytes(net: nn.Module) -> int:
     return buf.tell()
 
 
-@torch.no_grad()
-def cpu_latency_ms(net: nn.Module, example: torch.Tensor, repeats: int = 50) -> float:
-    """Median CPU time of one single-sample forward pass, in milliseconds."""
-    device = next(net.parameters()).device
-    was_training = net.training
-    net.eval().cpu()
-    x = example[:1].cpu().float()
-    for _ in range(5):
-        net(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        net(x)
-        times.append(time.perf_counter() - t0)
-    net.to(device).train(was_training)
-    times.sort()
-    return 1000.0 * times[len(times) // 2]
-
-
 def measure(name: str, net: nn.Module, datamodule: L.LightningDataModule, test: Dict[str, Any],
             wall_s: float, **extra: Any) -> StageResult:
-    """A :class:`StageResult` from Lightning's test metrics plus the network's size and latency."""
+    """A :class:`StageResult` from Lightning's test metrics plus the network's size and serving cost
+    (:mod:`.cost`: multiply-accumulates, and latency with warm-up, repeats and its spread)."""
     example = unpack(next(iter(datamodule.test_dataloader()))).x  # tuple or dict batches
+    cost = serving_cost(net, example)
     return StageResult(
         name=name, acc=float(test["test/acc"]), acc_top5=_maybe(test, "test/acc_top5"),
         agreement=_maybe(test, "test/agreement"), params=count_params(net), size_bytes=state_dict_bytes(net),
-        latency_ms=cpu_latency_ms(net, example), wall_s=round(wall_s, 2), **extra)
+        latency_ms=cost["latency_ms"], latency_iqr_ms=cost["latency_iqr_ms"],
+        latency_serving_ms_per_sample=cost["latency_serving_ms_per_sample"],
+        macs_per_sample=cost["macs_per_sample"], wall_s=round(wall_s, 2), **extra)
 
 
 Measure = Callable[..., StageResult]  # (name, net, datamodule, test metrics, wall_s, **extra)

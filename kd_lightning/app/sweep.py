@@ -33,12 +33,7 @@ def collect(sweep_dir: Path, sweep_id: Optional[str] = None) -> List[Dict[str, A
         if sweep_id is not None and (status or {}).get("sweep_id") != sweep_id:
             continue
         summary_path = job_dir / "summary.json"
-        row: Dict[str, Any] = {"job": job_dir.name}
-        overrides_file = job_dir / ".hydra" / "overrides.yaml"
-        if overrides_file.exists():
-            for item in OmegaConf.load(overrides_file):
-                key, _, value = str(item).partition("=")
-                row[key.lstrip("+~")] = value
+        row: Dict[str, Any] = {"job": job_dir.name, **job_overrides(job_dir)}
         ok = (status or {}).get("status", "ok") == "ok" and summary_path.is_file()
         row["status"] = "ok" if ok else "failed"
         if not ok:
@@ -47,6 +42,17 @@ def collect(sweep_dir: Path, sweep_id: Optional[str] = None) -> List[Dict[str, A
             row.update(flatten(json.loads(summary_path.read_text())))
         rows.append(row)
     return rows
+
+
+def job_overrides(job_dir: Path) -> Dict[str, str]:
+    """The command-line overrides of one job (``key -> value``), from Hydra's ``.hydra/overrides.yaml``."""
+    out: Dict[str, str] = {}
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    if overrides_file.exists():
+        for item in OmegaConf.load(overrides_file):
+            key, _, value = str(item).partition("=")
+            out[key.lstrip("+~")] = value
+    return out
 
 
 def _job_order(name: str):
@@ -66,8 +72,9 @@ def write_sweep_summary(sweep_dir: Path, metric: str, sweep_id: Optional[str] = 
             w = csv.DictWriter(f, fieldnames=columns)
             w.writeheader()
             w.writerows(rows)
-    swept = [c for c in columns if "/" not in c and c not in ("job", "status", "error")
-             and len({str(r.get(c)) for r in rows}) > 1]
+    # Only what the sweep set is a parameter; derived results (speedup, kd_gain, ...) stay results.
+    overridden = {k for r in rows for k in job_overrides(sweep_dir / r["job"])}
+    swept = [c for c in columns if c in overridden and len({str(r.get(c)) for r in rows}) > 1]
     shown = ["job", "status"] + swept + [c for c in (metric, "teacher/acc", "baseline/acc", "student/acc")
                                          if c in columns]
     if "error" in columns:

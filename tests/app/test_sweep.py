@@ -33,3 +33,21 @@ def test_optuna_search_two_trials(tmp_path):
     # the best value is the best trial's student accuracy (optimized_metric: student/acc, maximized)
     accs = [json.loads((tmp_path / "search" / j / "summary.json").read_text())["student"]["acc"] for j in ("0", "1")]
     assert float(results.best_value) == pytest.approx(max(accs))
+
+
+def test_only_overridden_keys_are_swept_parameters_and_derived_metrics_stay_results(tmp_path):
+    import json
+
+    from kd_lightning.app.sweep import write_sweep_summary
+
+    for job, (t, speedup, gain) in enumerate([(1, 2.79, 0.03), (4, 1.04, 0.05)]):
+        d = tmp_path / str(job)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- distill.temperature={t}\n- trainer.max_epochs=5\n")
+        (d / "summary.json").write_text(json.dumps({"student": {"acc": 0.9 + job / 100}, "speedup": speedup,
+                                                    "acc_retained": 0.95 + job / 100, "kd_gain": gain}))
+    rows = write_sweep_summary(tmp_path, "student/acc")
+    header = (tmp_path / "sweep_summary.md").read_text().splitlines()[0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["job", "status", "distill.temperature", "student/acc"]
+    assert [r["speedup"] for r in rows] == [2.79, 1.04]  # still recorded in the CSV, as results
