@@ -87,7 +87,7 @@ def test_cli_refuses_another_configs_run_directory(tmp_path):
                  cwd=tmp_path)
     assert second.returncode != 0
     assert f"kd-train: error: run directory '{tmp_path / 'run'}' holds the outputs of another config" in second.stderr
-    assert "distill.temperature: 4" in second.stderr and "Traceback" not in second.stderr
+    assert "distill.temperature: 1.0 -> 2" in second.stderr and "Traceback" not in second.stderr
     assert (tmp_path / "run" / "summary.json").read_bytes() == before  # the first run's outputs are intact
 
 
