@@ -1,6 +1,6 @@
 """Token-level divergences for language-model distillation, as pure tensor functions.
 
-Notation (``REFERENCE.md``, "Language models"): ``z_s``, ``z_t`` are student / teacher logits
+Notation (the formulas are written out in ``docs/language-models.md``): ``z_s``, ``z_t`` are student / teacher logits
 ``[..., V]`` at next-token positions, ``p = softmax(z_t / T)`` (teacher), ``q = softmax(z_s / T)``
 (student), ``KL(a‖b) = Σ_v a_v (log a_v − log b_v)``. A mask ``[...]`` marks the positions that count;
 every divergence ``d`` is reduced as

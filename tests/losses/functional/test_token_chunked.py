@@ -11,7 +11,7 @@ from kd_lightning.losses.functional.token import _unchunked_token_divergence as 
 PARAMS = dict(beta=0.3, alpha=0.2)
 
 
-def _close(a, b, rel=1e-5):
+def assert_close_rel(a, b, rel=1e-5):
     """Equal to ``rel`` relative to the larger magnitude of the tensor (entries near 0 included)."""
     scale = max(float(b.abs().max()), 1e-30) if b.numel() else 1.0
     torch.testing.assert_close(a, b, rtol=rel, atol=rel * scale)
@@ -42,8 +42,8 @@ def test_values_and_student_gradients_equal_the_unchunked_form(divergence, tempe
     for chunk in (1, 3, 7, 15, None):
         got, (got_g,) = _value_and_grads(lambda a: token_divergence(a, t, mask, chunk_size=chunk, **kw), s)
         assert got.dtype == torch.float32
-        _close(got, want)
-        _close(got_g, want_g)
+        assert_close_rel(got, want)
+        assert_close_rel(got_g, want_g)
         if mask is not None:
             assert torch.all(got_g[~mask] == 0)
 
@@ -71,8 +71,8 @@ def test_endpoints_of_the_mixtures(divergence, endpoint):
         assert abs(got.item()) < 1e-6 and float(got_g.abs().max()) < 1e-7
         return
     want, (want_g,) = _value_and_grads(lambda a: reference(a, t, **kw), s)
-    _close(got, want)
-    _close(got_g, want_g)
+    assert_close_rel(got, want)
+    assert_close_rel(got_g, want_g)
 
 
 @pytest.mark.parametrize("divergence", TOKEN_DIVERGENCES)
@@ -82,9 +82,9 @@ def test_teacher_that_requires_grad_gets_the_unchunked_gradient(divergence):
     kw = dict(divergence=divergence, temperature=1.5, **PARAMS)
     want, want_g = _value_and_grads(lambda a, b: reference(a, b, mask, **kw), s, t)
     got, got_g = _value_and_grads(lambda a, b: token_divergence(a, b, mask, chunk_size=2, **kw), s, t)
-    _close(got, want)
+    assert_close_rel(got, want)
     for a, b in zip(got_g, want_g):
-        _close(a, b)
+        assert_close_rel(a, b)
 
 
 @pytest.mark.parametrize("divergence", TOKEN_DIVERGENCES)
@@ -95,7 +95,7 @@ def test_bf16_inputs(divergence):
     want, (want_g,) = _value_and_grads(lambda a: reference(a, tb, **kw), sb)
     got, (got_g,) = _value_and_grads(lambda a: token_divergence(a, tb, chunk_size=5, **kw), sb)
     assert got.dtype == torch.float32 and got_g.dtype == torch.bfloat16
-    _close(got, want)
+    assert_close_rel(got, want)
     # both round one fp32 gradient to bf16 (a last-bit difference where the fp32 values differ slightly)
     torch.testing.assert_close(got_g.float(), want_g.float(), rtol=2 ** -7, atol=1e-3 * float(want_g.abs().max()))
 
@@ -110,8 +110,8 @@ def test_minus_inf_logits(divergence):
     got, (got_g,) = _value_and_grads(lambda a: token_divergence(a, t, chunk_size=3, **kw), s)
     assert torch.isfinite(got) and torch.isfinite(got_g).all()
     assert torch.all(got_g[:, -2:] == 0)
-    _close(got, want)
-    _close(got_g, want_g)
+    assert_close_rel(got, want)
+    assert_close_rel(got_g, want_g)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, None])
@@ -129,8 +129,8 @@ def test_non_contiguous_inputs_are_read_in_place():
         want, (want_g,) = _value_and_grads(lambda a: reference(a[:, :-1], t[:, :-1], m, divergence="jsd"), s)
         got, (got_g,) = _value_and_grads(lambda a: token_divergence(a[:, :-1], t[:, :-1], m, divergence="jsd",
                                                                      chunk_size=4), s)
-        _close(got, want)
-        _close(got_g, want_g)
+        assert_close_rel(got, want)
+        assert_close_rel(got_g, want_g)
 
 
 def test_default_chunk_size_bounds_the_chunk():
@@ -149,7 +149,7 @@ def test_scaled_backward_then_a_second_backward_is_refused():
     (2.0 * out).backward(retain_graph=True)
     g = s.grad.clone()
     want, (want_g,) = _value_and_grads(lambda a: 2.0 * reference(a, t), s.detach())
-    _close(g, want_g)
+    assert_close_rel(g, want_g)
     with pytest.raises(RuntimeError, match="already"):
         out.backward()
 
@@ -159,7 +159,7 @@ def test_no_grad_computes_the_value_only():
     with torch.no_grad():
         got = token_divergence(s.requires_grad_(), t, divergence="reverse")
     assert not got.requires_grad
-    _close(got, reference(s.detach(), t, divergence="reverse"))
+    assert_close_rel(got, reference(s.detach(), t, divergence="reverse"))
 
 
 @pytest.mark.parametrize("divergence", TOKEN_DIVERGENCES)
@@ -183,8 +183,8 @@ def test_topk_chunk_sizes_agree(tail):
     for chunk in (1, 3, 7, None):
         got, (got_g, _) = _value_and_grads(lambda a, b: token_divergence_topk(a, ids, b, mask, tail=tail,
                                                                               chunk_size=chunk), s, vals)
-        _close(got, want)
-        _close(got_g, want_g)
+        assert_close_rel(got, want)
+        assert_close_rel(got_g, want_g)
 
 
 @pytest.mark.parametrize("tail", [False, True])
@@ -217,9 +217,9 @@ def test_fused_equals_unfused(divergence, masked):
     for chunk in (1, 3, 7, None):
         got, got_g = _value_and_grads(
             lambda a, c, d: token_divergence_fused(a, c, t, mask, lm_head_bias=d, chunk_size=chunk, **kw), h, w, b)
-        _close(got, want)
+        assert_close_rel(got, want)
         for x, y in zip(got_g, want_g):
-            _close(x, y)
+            assert_close_rel(x, y)
 
 
 def test_fused_without_bias_and_with_teacher_gradient():
@@ -227,9 +227,9 @@ def test_fused_without_bias_and_with_teacher_gradient():
     want, want_g = _value_and_grads(lambda a, c, d: reference(a @ c.T, d, divergence="jsd"), h, w, t)
     got, got_g = _value_and_grads(lambda a, c, d: token_divergence_fused(a, c, d, divergence="jsd", chunk_size=4),
                                   h, w, t)
-    _close(got, want)
+    assert_close_rel(got, want)
     for x, y in zip(got_g, want_g):
-        _close(x, y)
+        assert_close_rel(x, y)
 
 
 @pytest.mark.parametrize("divergence", TOKEN_DIVERGENCES)
@@ -278,6 +278,6 @@ def test_cross_entropy_chunked_and_fused_equal_f_cross_entropy():
         fused, fused_g = _value_and_grads(lambda a, c, d: token_cross_entropy_fused(
             a, c, y, mask, lm_head_bias=d, num_valid=11, chunk_size=chunk), h, w, b)
         for v, gs in ((got, got_g), (fused, fused_g)):
-            _close(v, want)
+            assert_close_rel(v, want)
             for x, r in zip(gs, want_g):
-                _close(x, r)
+                assert_close_rel(x, r)
