@@ -14,30 +14,17 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import C, D, Spy
 from kd_lightning import DistillationModule
 from kd_lightning.app.build import build_loss, build_module_factory
 from kd_lightning.augment import Mixup
 from kd_lightning.losses import CE, KD
 
-D, C, N, B = 8, 4, 32, 8  # features, classes, samples, batch: 4 steps an epoch
+N, B = 32, 8  # samples, batch: 4 steps an epoch (features D and classes C as tests/helpers.py)
 RECIPES = ["", "experiment=mnist1d_patient", "experiment=mnist1d_paper_patient"]
-
-
-class Spy(nn.Module):
-    """A tiny network that records the inputs of its training-mode calls."""
-
-    def __init__(self, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Linear(D, C)
-        self.seen: List[Tensor] = []
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.seen.append(x.detach().clone())
-        return self.net(x)
 
 
 def loader(seed: int = 0) -> DataLoader:
