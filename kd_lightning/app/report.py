@@ -89,28 +89,37 @@ def print_table(summary: Dict[str, Any]) -> None:
     Console().print(markdown_table(summary).strip().splitlines()[-1])
 
 
-def plot_summary(summary: Dict[str, Any], path: Path) -> None:
+def plot_summary(summary: Dict[str, Any], path: Path, lm: bool = False) -> None:
+    """The validation curve of each stage, and the test metric against size: accuracy for classifiers,
+    held-out perplexity (log scale, lower is better) for language models."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scale = 1.0 if lm else 100.0
+    name = "held-out perplexity" if lm else "accuracy (%)"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for stage in STAGES:
         s = summary.get(stage)
         if s and s.get("val_curve"):
-            ax1.plot(range(1, len(s["val_curve"]) + 1), [100 * v for v in s["val_curve"]], marker=".", label=stage)
-    ax1.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy per stage")
+            ax1.plot(range(1, len(s["val_curve"]) + 1), [scale * v for v in s["val_curve"]], marker=".", label=stage)
+    ax1.set(xlabel="epoch", ylabel=f"validation {name}", title=f"Validation {name.split(' (')[0]} per stage")
+    if lm:
+        ax1.set_yscale("log")
     ax1.grid(alpha=0.3)
     if ax1.lines:
         ax1.legend()
     for stage, marker in zip(STAGES, ("o", "s", "*")):
         s = summary.get(stage)
-        if s:
-            ax2.scatter(s["params"], 100 * s["acc"], marker=marker, s=120, label=stage)
-            ax2.annotate(stage, (s["params"], 100 * s["acc"]), textcoords="offset points", xytext=(6, 4))
+        value = (s or {}).get("ppl" if lm else "acc")
+        if value:
+            ax2.scatter(s["params"], scale * value, marker=marker, s=120, label=stage)
+            ax2.annotate(f"{stage} {value:.1f}" if lm else stage, (s["params"], scale * value),
+                         textcoords="offset points", xytext=(6, 4))
     ax2.set_xscale("log")
-    ax2.set(xlabel="parameters (log scale)", ylabel="test accuracy (%)", title="Accuracy against size")
+    ax2.set(xlabel="parameters (log scale)", ylabel=f"test {name}" + (" (lower is better)" if lm else ""),
+            title=f"{'Perplexity' if lm else 'Accuracy'} against size")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     with io.atomic_path(path) as tmp:
@@ -127,7 +136,7 @@ def write_report(out: Path, teacher: StageResult, baseline: Optional[StageResult
     io.write_json(out / "summary.json", summary)
     io.write_text(out / "summary.md", (lm_markdown if lm else markdown_table)(summary))
     try:
-        (plot_lm_summary if lm else plot_summary)(summary, out / "summary.png")
+        plot_summary(summary, out / "summary.png", lm)
     except Exception as err:  # a plotting problem must not lose a finished run
         log.warning("could not draw summary.png: %s", err)
     if lm:
@@ -199,34 +208,3 @@ def lm_markdown(summary: Dict[str, Any], samples: bool = True) -> str:
 def _inline(text: str) -> str:
     """A continuation on one line of Markdown: newlines shown as ⏎, backticks kept out of code spans."""
     return " " + text.replace("\n", " ⏎ ").replace("`", "'").strip()
-
-
-def plot_lm_summary(summary: Dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for stage in STAGES:
-        s = summary.get(stage)
-        if s and s.get("val_curve"):
-            ax1.plot(range(1, len(s["val_curve"]) + 1), s["val_curve"], marker=".", label=stage)
-    ax1.set(xlabel="epoch", ylabel="held-out perplexity", title="Held-out perplexity per stage")
-    ax1.set_yscale("log")
-    ax1.grid(alpha=0.3)
-    if ax1.lines:
-        ax1.legend()
-    for stage, marker in zip(STAGES, ("o", "s", "*")):
-        s = summary.get(stage)
-        if s and s.get("ppl"):
-            ax2.scatter(s["params"], s["ppl"], marker=marker, s=120, label=stage)
-            ax2.annotate(f"{stage} {s['ppl']:.1f}", (s["params"], s["ppl"]), textcoords="offset points", xytext=(6, 4))
-    ax2.set_xscale("log")
-    ax2.set(xlabel="parameters (log scale)", ylabel="held-out perplexity (lower is better)",
-            title="Perplexity against size")
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
