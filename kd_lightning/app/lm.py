@@ -80,14 +80,6 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------- the teacher
 def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: Any,
                    tcfg: Optional[DictConfig] = None) -> Tuple[nn.Module, StageResult]:
@@ -118,7 +110,7 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: A
     use_cache = bool(cfg.teacher_fit.get("use_cache", True)) and not cfg.trainer.get("fast_dev_run")
     if use_cache and ckpt.exists():
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if meta.get("sha256") == file_sha256(ckpt):
+        if meta.get("sha256") == io.file_sha256(ckpt):
             net = load_teacher(ckpt, net)
             module = make_module(student=net, teacher=None, loss=labels_only_loss())
             result = stages.test("teacher", module, datamodule, net, time.perf_counter() - t0, "cache")
@@ -130,7 +122,7 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: A
     result.source = "trained"
     if use_cache:
         io.torch_save({"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}}, ckpt)
-        io.write_json(meta_path, {"sha256": file_sha256(ckpt), "ppl": result.ppl, "val_curve": result.val_curve,
+        io.write_json(meta_path, {"sha256": io.file_sha256(ckpt), "ppl": result.ppl, "val_curve": result.val_curve,
                                   "steps": steps, "tokenizer_sha256": tokenizer_digest(datamodule.tokenizer)})
         result.ckpt_path = str(ckpt)
     return net, result

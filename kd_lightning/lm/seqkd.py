@@ -40,14 +40,6 @@ class _Rows(Dataset):
         return {k: v[i] for k, v in self.tensors.items()}
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class SequenceKDDataModule(WrappedDataModule):
     """``datamodule`` whose training data are ``teacher``'s completions of its training prompts."""
 
@@ -75,12 +67,12 @@ class SequenceKDDataModule(WrappedDataModule):
         data, meta = directory / "completions.pt", directory / "meta.json"
         if data.is_file() and meta.is_file():
             expected = json.loads(meta.read_text()).get("sha256")
-            if expected == file_digest(data):
+            if expected == io.file_sha256(data):
                 return torch.load(data, map_location="cpu", weights_only=True)
             log.warning("sequence-KD completions %s do not match their digest; generating them again", data)
         completions = self.generate(dataset)
         io.torch_save(completions, data)
-        io.write_json(meta, {"sha256": file_digest(data), "rows": int(completions["input_ids"].shape[0]),
+        io.write_json(meta, {"sha256": io.file_sha256(data), "rows": int(completions["input_ids"].shape[0]),
                              "sampling": asdict(self.sampling)})
         return completions
 
