@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from .. import io
+from ..cache.fingerprint import fingerprint_tokenizer
 from ..losses import TokenKD
 from ..teacher import load_teacher
 from .build import build_module_factory, build_net
@@ -73,13 +74,6 @@ def teacher_view(cfg: DictConfig) -> DictConfig:
     return view
 
 
-def tokenizer_digest(tokenizer: Any) -> str:
-    """SHA-256 of the tokenizer's full definition (fast tokenizers) or of its vocabulary."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
 # ------------------------------------------------------------------------------------- the teacher
 def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: Any,
                    tcfg: Optional[DictConfig] = None) -> Tuple[nn.Module, StageResult]:
@@ -104,7 +98,7 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: A
                              "checkpoint" if given else "pretrained")
         result.ckpt_path = str(given or cfg.teacher.net.get("name_or_path") or "") or None
         return net, result
-    key = hashlib.sha256(json.dumps([tokenizer_digest(datamodule.tokenizer), steps]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([fingerprint_tokenizer(datamodule.tokenizer), steps]).encode()).hexdigest()[:16]
     cache = teacher_cache_dir(tcfg) / f"lm_{key}"
     ckpt, meta_path = cache / "teacher.ckpt", cache / "meta.json"
     use_cache = bool(cfg.teacher_fit.get("use_cache", True)) and not cfg.trainer.get("fast_dev_run")
@@ -123,9 +117,83 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: A
     if use_cache:
         io.torch_save({"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}}, ckpt)
         io.write_json(meta_path, {"sha256": io.file_sha256(ckpt), "ppl": result.ppl, "val_curve": result.val_curve,
-                                  "steps": steps, "tokenizer_sha256": tokenizer_digest(datamodule.tokenizer)})
+                                  "steps": steps, "tokenizer_sha256": fingerprint_tokenizer(datamodule.tokenizer)})
         result.ckpt_path = str(ckpt)
     return net, result
+
+
+# ------------------------------------------------------------------------------ the token cache
+def teacher_cache_enabled(cfg: DictConfig) -> bool:
+    setting = cfg.distill.get("teacher_cache", False)
+    return not (setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("", "false", "null")))
+
+
+def vocab_width(net: nn.Module) -> Optional[int]:
+    """The number of logits a causal LM returns per token, when its output layer tells."""
+    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    if isinstance(head, nn.Linear):
+        return int(head.out_features)
+    size = getattr(getattr(net, "config", None), "vocab_size", None)
+    return int(size) if size else None
+
+
+def check_token_cache(cfg: DictConfig, loss: TokenKD) -> None:
+    """``distill.teacher_cache=true`` for a language model: what the stored top-k signal can serve."""
+    if not teacher_cache_enabled(cfg):
+        return
+    if loss.divergence != "forward":
+        raise ConfigError(f"distill.teacher_cache stores the teacher's top-k next-token distribution, which serves the "
+                          f"forward KL only, not distill.divergence={loss.divergence}; set distill.divergence=forward "
+                          "or distill.teacher_cache=false")
+    if loss.kd_weight <= 0:
+        raise ConfigError("distill.teacher_cache=true with distill.kd_weight=0 stores a teacher signal nothing reads; "
+                          "set distill.teacher_cache=false")
+    if cfg.module.get("fused_head"):
+        raise ConfigError("distill.teacher_cache=true needs the student's logits; set module.fused_head=false")
+    top_k, vocab = cfg.distill.get("teacher_cache_top_k"), cfg.teacher.get("net", {}).get("vocab_size")
+    if isinstance(top_k, int) and isinstance(vocab, int) and top_k > vocab:
+        raise ConfigError(f"distill.teacher_cache_top_k={top_k} exceeds the teacher's vocabulary of {vocab} tokens; "
+                          f"set distill.teacher_cache_top_k<={vocab} (or null for all of them)")
+
+
+def token_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: TokenKD,
+                           datamodule: L.LightningDataModule) -> Optional[L.LightningDataModule]:
+    """``distill.teacher_cache`` for language models: the training set's top-k teacher signal, stored once
+    (keyed by the teacher's weights, the tokenizer, the data, k and T) and served with every batch."""
+    if not teacher_cache_enabled(cfg):
+        return None
+    from ..cache import TeacherCacheError
+    from ..cache.tokens import CachedTokenDataModule
+
+    width = vocab_width(teacher)
+    top_k = cfg.distill.get("teacher_cache_top_k") or width
+    if top_k is None:
+        raise ConfigError("distill.teacher_cache_top_k=null keeps the whole vocabulary, but the teacher does not say "
+                          "its size; set distill.teacher_cache_top_k=K")
+    if width is not None and int(top_k) > width:
+        raise ConfigError(f"distill.teacher_cache_top_k={top_k} exceeds the teacher's vocabulary of {width} tokens; "
+                          f"set distill.teacher_cache_top_k<={width}")
+    setting = cfg.distill.teacher_cache
+    root = Path(cfg.paths.cache_dir) / "teacher_outputs" if setting is True else Path(str(setting))
+    cached = CachedTokenDataModule(datamodule, teacher, root, tokenizer=datamodule.tokenizer, top_k=int(top_k),
+                                   temperature=loss.temperature)
+    t0 = time.perf_counter()
+    try:
+        cache = cached.prepare_cache()
+    except TeacherCacheError as err:
+        raise ConfigError(str(err)) from None
+    log.info("teacher top-%d signal cached in %.1fs: %r", int(top_k), time.perf_counter() - t0, cache)
+    return cached
+
+
+def cache_summary(datamodule: L.LightningDataModule) -> Optional[Dict[str, Any]]:
+    """What the report says about a stored teacher signal (None when the student distilled online)."""
+    cache = getattr(datamodule, "cache", None)
+    if cache is None or not hasattr(cache, "bytes_per_token"):
+        return None
+    return {"top_k": cache.top_k, "temperature": cache.temperature, "tokens": cache.num_tokens,
+            "bytes": cache.nbytes(), "bytes_per_token": round(cache.bytes_per_token(), 2),
+            "dense_fp32_bytes_per_token": 4 * cache.vocab_size, "path": str(cache.directory)}
 
 
 # ---------------------------------------------------------------------------------- measurements

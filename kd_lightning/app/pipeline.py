@@ -198,12 +198,22 @@ def distill_student(cfg: DictConfig, teacher: nn.Module, loss: Loss, datamodule:
     net = build_net(cfg.student, "student")
     batch_transform = instantiate(cfg.distill.batch_transform) if cfg.distill.get("batch_transform") else None
     data = with_transfer_set(datamodule, loss)  # the teacher and the baseline never see it
-    cached = teacher_cache_datamodule(cfg, teacher, loss, data, batch_transform is not None)
-    if cached is not None:  # offline KD: no teacher runs during training, the batches carry its logits
+    extra: Dict[str, Any] = {"batch_transform": batch_transform} if batch_transform is not None else {}
+    if isinstance(loss, TokenKD):
+        from .lm import cache_summary, token_cache_datamodule
+
+        cached = token_cache_datamodule(cfg, teacher, loss, data)
+        if cached is not None:
+            extra["cached_teacher"] = True
+    else:
+        cached = teacher_cache_datamodule(cfg, teacher, loss, data, batch_transform is not None)
+    if cached is not None:  # offline KD: no teacher runs during training, the batches carry its outputs
         data, teacher = cached, None
-    extra = {"batch_transform": batch_transform} if batch_transform is not None else {}
     module = make_module(student=net, teacher=teacher, loss=loss, **extra)
-    return net, stages.fit(stage, module, data, net)
+    result = stages.fit(stage, module, data, net)
+    if isinstance(loss, TokenKD) and cached is not None:
+        result.teacher_cache = cache_summary(cached)
+    return net, result
 
 
 def with_transfer_set(datamodule: L.LightningDataModule, loss: Loss) -> L.LightningDataModule:
@@ -284,6 +294,10 @@ def validate(cfg: DictConfig) -> Loss:
     if task == CAUSAL_LM and not isinstance(loss, TokenKD):
         raise ConfigError(f"distill={cfg.distill.get('name')} is a classifier method; language models distill with "
                           "distill=token_kd (distill.divergence=forward|reverse|jsd|skew_forward|skew_reverse|tvd)")
+    if task == CAUSAL_LM:
+        from .lm import check_token_cache
+
+        check_token_cache(cfg, loss)
     return loss
 
 

@@ -190,6 +190,11 @@ def lm_markdown(summary: Dict[str, Any], samples: bool = True) -> str:
                  + (f"; distillation changes the student's perplexity by {-summary['ppl_gain']:+.2f} against the "
                     f"labels-only baseline and closes {100 * gap:.1f}% of the baseline-teacher gap (in cross-entropy)."
                     if gap is not None else "."))
+    stored = (summary.get("student") or {}).get("teacher_cache")
+    if stored:
+        lines.append(f"The student trained on the teacher's stored top-{stored['top_k']} next-token distributions "
+                     f"({stored['bytes_per_token']:.0f} bytes per token on disk, against "
+                     f"{stored['dense_fp32_bytes_per_token']:,} for dense fp32 logits); no teacher ran in its stage.")
     prompts = summary.get("prompts") or []
     if samples and prompts:
         lines += ["", "## Sampled continuations", ""]

@@ -37,6 +37,8 @@ class StageResult:
     macs_per_sample: Optional[int] = None
     latency_iqr_ms: Optional[float] = None
     latency_serving_ms_per_sample: Optional[float] = None
+    # Language models trained on a stored teacher signal: its k, size on disk and bytes per token.
+    teacher_cache: Optional[Dict[str, Any]] = None
     val_curve: List[float] = field(default_factory=list)
     ckpt_path: Optional[str] = None
     source: Optional[str] = None

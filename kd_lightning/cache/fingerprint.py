@@ -87,6 +87,14 @@ def fingerprint_dataset(dataset: Dataset) -> str:
     return h.hexdigest()
 
 
+def fingerprint_tokenizer(tokenizer: Any) -> str:
+    """SHA-256 of a tokenizer's full definition (a fast tokenizer's JSON: vocabulary, merges, normalizer,
+    special tokens) or, for other tokenizers, of its sorted vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 def transform_fingerprint(transform: Any) -> str:
     return hashlib.sha256(repr(transform).encode()).hexdigest() if transform is not None else "none"
 

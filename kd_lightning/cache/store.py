@@ -29,7 +29,7 @@ class TeacherCacheError(RuntimeError):
 
 
 
-def _file_sha(arr: np.ndarray) -> str:
+def array_sha256(arr: np.ndarray) -> str:
     """SHA-256 of the array's data bytes (not the .npy header: shape and dtype are checked apart)."""
     h = sha256()
     flat = arr.reshape(-1)
@@ -39,7 +39,7 @@ def _file_sha(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _open_npy(path: Path, shape: Sequence[int], dtype: str) -> np.ndarray:
+def open_npy(path: Path, shape: Sequence[int], dtype: str) -> np.ndarray:
     """Memory-map ``path`` and check it is exactly the array ``meta.json`` describes."""
     if not path.is_file():
         raise TeacherCacheError(f"teacher cache file {str(path)!r} is missing; delete {str(path.parent)!r} to rebuild it")
@@ -148,7 +148,7 @@ class TeacherOutputCache:
             if not expected:
                 raise TeacherCacheError(f"{str(self.directory / META_NAME)!r} records no checksum for {name}; "
                                         f"delete {str(self.directory)!r} to rebuild it")
-            if _file_sha(arr) != expected:
+            if array_sha256(arr) != expected:
                 raise TeacherCacheError(
                     f"teacher cache file {str(self.directory / name)!r} fails its checksum (its content changed "
                     f"after it was written); delete {str(self.directory)!r} to rebuild it")
@@ -156,7 +156,7 @@ class TeacherOutputCache:
 
     def _load_arrays(self) -> Dict[str, np.ndarray]:
         if self._arrays is None:
-            self._arrays = {name: _open_npy(self.directory / name, f["shape"], f["dtype"])
+            self._arrays = {name: open_npy(self.directory / name, f["shape"], f["dtype"])
                             for name, f in self.meta["files"].items()}
         return self._arrays
 
@@ -252,7 +252,7 @@ class TeacherOutputCache:
             files = {}
             for name, arr in writers.items():
                 arr.flush()
-                files[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": _file_sha(arr)}
+                files[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": array_sha256(arr)}
             del arr
             writers.clear()
             (directory / META_NAME).unlink(missing_ok=True)  # a rebuild is unfinished until its meta.json lands

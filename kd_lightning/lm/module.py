@@ -62,7 +62,7 @@ def check_fused_head(net: nn.Module) -> None:
                              "takes hidden @ Wᵀ as the logits, so use fused_head=False")
 
 
-def _call_signature(net: nn.Module) -> Tuple[bool, bool]:
+def call_signature(net: nn.Module) -> Tuple[bool, bool]:
     """(passes attention_mask, passes use_cache): only arguments the forward names explicitly."""
     try:
         params = inspect.signature(net.forward).parameters
@@ -142,6 +142,11 @@ class CausalLMDistillationModule(L.LightningModule):
             token_divergence_fused`). Needs a Hugging Face-style causal LM (``base_model`` returning the final
             hidden states, a linear output layer, no logit scaling or soft-capping); evaluation still uses
             the full logits.
+        cached_teacher: train on a stored teacher signal instead of a live teacher (``teacher=None``): every
+            training batch carries the teacher's top-k next-token ids, log-probabilities and rest mass
+            (:class:`~kd_lightning.cache.tokens.CachedTokenDataModule` adds them), and KD is the top-k forward
+            KL of :class:`TokenKD` (``topk_tail`` picks the variant). No teacher runs; evaluation reports the
+            student's metrics only.
 
     Logged: ``train/loss``, ``train/ce``, ``train/kd`` (means over each micro-batch's own tokens),
     ``train/tokens_per_s`` (input tokens of the step over all ranks / wall time between steps);
@@ -166,6 +171,7 @@ class CausalLMDistillationModule(L.LightningModule):
         save_teacher: bool = False,
         on_policy: Optional[OnPolicy] = None,
         fused_head: bool = False,
+        cached_teacher: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "tokenizer",
@@ -184,7 +190,16 @@ class CausalLMDistillationModule(L.LightningModule):
             loss = TokenKD() if teacher is not None else TokenKD(ce_weight=1.0, kd_weight=0.0)
         if not isinstance(loss, TokenKD):
             raise TypeError(f"loss must be a TokenKD, got {type(loss).__name__}")
-        if loss.needs_teacher and teacher is None:
+        if cached_teacher:
+            if teacher is not None:
+                raise ValueError("cached_teacher=True trains on stored teacher outputs; pass teacher=None (the live "
+                                 "teacher would never run)")
+            if not loss.needs_teacher or loss.divergence != "forward" or fused_head or on_policy is not None:
+                raise ValueError(
+                    f"cached_teacher=True needs TokenKD(kd_weight>0, divergence='forward') without fused_head or "
+                    f"on_policy (got kd_weight={loss.kd_weight}, divergence={loss.divergence!r}, fused_head="
+                    f"{fused_head}, on_policy={on_policy is not None}): the stored signal is a top-k forward-KL target")
+        elif loss.needs_teacher and teacher is None:
             raise ValueError(f"loss has kd_weight={loss.kd_weight} but no teacher was given; pass teacher=... or use "
                              "TokenKD(ce_weight=1.0, kd_weight=0.0) for labels-only training")
         if teacher_tokenizer is not None and student_tokenizer is not None \
@@ -204,8 +219,8 @@ class CausalLMDistillationModule(L.LightningModule):
         self.loss = loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tokenizer = tokenizer if tokenizer is not None else (student_tokenizer or teacher_tokenizer)
-        self.student_signature = _call_signature(student)
-        self.teacher_signature = _call_signature(teacher) if teacher is not None else (False, False)
+        self.student_signature = call_signature(student)
+        self.teacher_signature = call_signature(teacher) if teacher is not None else (False, False)
         self.vocab_checked = False
         self.vocab_size: Optional[int] = None  # the compared width (min of both under "truncate")
         # Per-step token accounting (see the class docstring).
@@ -316,7 +331,10 @@ class CausalLMDistillationModule(L.LightningModule):
                 self.log("train/on_policy", float(generated), on_step=False, on_epoch=True)
         ids, mask, labels, _ = _batch_fields(batch)
         student: Dict[str, Any] = {}
-        if self.hparams.get("fused_head", False):
+        if self.hparams.get("cached_teacher", False):
+            student_logits, teacher_logits = self.run_models(ids, mask, labels)
+            student["teacher_topk"] = self.stored_signal(batch)
+        elif self.hparams.get("fused_head", False):
             student, teacher_logits = self.run_models_fused(ids, mask, labels)
             student_logits = None
         else:
@@ -340,6 +358,24 @@ class CausalLMDistillationModule(L.LightningModule):
         if self.attached_trainer() is not None:
             self.log_train_terms(terms, labels, mask, world * accum, ids.shape[0])
         return terms["loss"]
+
+    def stored_signal(self, batch: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor]:
+        """The batch's stored top-k teacher signal, checked against the loss and the student's vocabulary."""
+        from ..cache.tokens import BATCH_KEYS
+
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise ValueError(f"cached_teacher=True, but the training batch has no {', '.join(missing)}; wrap the data "
+                             "module in kd_lightning.cache.CachedTokenDataModule so batches carry the stored teacher signal")
+        temperature = batch["teacher_temperature"]
+        if not torch.allclose(temperature.float(), torch.full_like(temperature.float(), self.loss.temperature)):
+            raise ValueError(f"the stored teacher log-probabilities were taken at T={float(temperature.flatten()[0])} "
+                             f"but the loss uses T={self.loss.temperature}; rebuild the cache at the loss's temperature")
+        ids = batch["teacher_topk_ids"]
+        if ids.numel() and int(ids.max()) >= int(self.vocab_size or 0):
+            raise ValueError(f"the stored teacher signal holds token id {int(ids.max())}, outside the student's "
+                             f"vocabulary of {self.vocab_size}: the cache was made for another vocabulary")
+        return ids, batch["teacher_topk_logprobs"], batch["teacher_rest"]
 
     def log_train_terms(self, terms: Dict[str, Tensor], labels: Tensor, mask: Tensor, split: int, batch_size: int) -> None:
         # Rescale the step-normalised terms to means over this micro-batch's own tokens, for the log.

@@ -10,7 +10,7 @@ from torch import Tensor
 from .base import Loss
 from .checks import check_temperature, check_weights
 from .functional.token import (TOKEN_DIVERGENCES, token_cross_entropy, token_cross_entropy_fused, token_divergence,
-                               token_divergence_fused)
+                               token_divergence_fused, token_divergence_topk)
 
 IGNORE_INDEX = -100
 KD_POSITIONS = ("all", "labels")
@@ -47,12 +47,19 @@ class TokenKD(Loss):
     ``lm_head_weight [V,H]`` (and ``lm_head_bias``) instead: the student's logits are then computed chunk by
     chunk and never exist in full (:func:`~kd_lightning.losses.functional.token_divergence_fused`); with
     both terms on, each term makes its own pass over the output layer.
+
+    **Stored teacher signal:** pass ``teacher_logits=None`` and ``teacher_topk=(ids [B,L,k],
+    logprobs [B,L,k], rest [B,L])`` (a :class:`~kd_lightning.cache.tokens.TokenTopKCache`'s batch keys): KD is
+    then :func:`~kd_lightning.losses.functional.token_divergence_topk` — forward KL only — renormalised
+    over the kept ids (``topk_tail=False``) or with the rest of the mass as one extra bucket
+    (``topk_tail=True``).
     """
 
     def __init__(self, divergence: str = "forward", temperature: float = 1.0, ce_weight: float = 0.0,
                  kd_weight: float = 1.0, beta: float = 0.5, alpha: float = 0.1, kd_positions: str = "all",
-                 chunk_size: Optional[int] = None):
+                 chunk_size: Optional[int] = None, topk_tail: bool = False):
         super().__init__()
+        self.topk_tail = bool(topk_tail)
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"TokenKD: chunk_size={chunk_size!r} must be a positive number of rows (or None)")
         self.chunk_size = chunk_size
@@ -95,7 +102,8 @@ class TokenKD(Loss):
                 attention_mask: Optional[Tensor] = None,
                 num_tokens: Optional[Union[int, float, Tensor]] = None, *,
                 student_hidden: Optional[Tensor] = None, lm_head_weight: Optional[Tensor] = None,
-                lm_head_bias: Optional[Tensor] = None) -> Dict[str, Tensor]:
+                lm_head_bias: Optional[Tensor] = None,
+                teacher_topk: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Dict[str, Tensor]:
         fused = student_hidden is not None
         if fused:
             if student_logits is not None or lm_head_weight is None:
@@ -127,6 +135,8 @@ class TokenKD(Loss):
                 ce = token_cross_entropy(student_logits, target, ce_full, num_valid=num_tokens,
                                          chunk_size=self.chunk_size)
         if self.kd_weight > 0:
+            if teacher_topk is not None:
+                return self.combine(ce, self.topk_kd(student_logits, teacher_topk, kd_full, num_tokens, fused))
             if teacher_logits is None:
                 raise ValueError("TokenKD: kd_weight > 0 needs teacher logits, got None; pass a teacher to the "
                                  "module or set kd_weight=0 (with ce_weight > 0) for labels-only training")
@@ -137,16 +147,31 @@ class TokenKD(Loss):
                                             lm_head_bias=lm_head_bias, **kw)
             else:
                 kd = token_divergence(student_logits, teacher_logits, kd_full, **kw)
+        return self.combine(ce, kd)
+
+    def combine(self, ce: Tensor, kd: Tensor) -> Dict[str, Tensor]:
         loss = None
         for weight, term in ((self.ce_weight, ce), (self.kd_weight, kd)):
             if weight > 0:
                 loss = weight * term if loss is None else loss + weight * term
         return {"loss": loss, "ce": ce, "kd": kd}
 
+    def topk_kd(self, student_logits: Optional[Tensor], teacher_topk: Tuple[Tensor, Tensor, Tensor], kd_full: Tensor,
+                num_tokens: Optional[Union[int, float, Tensor]], fused: bool) -> Tensor:
+        if self.divergence != "forward":
+            raise ValueError(f"TokenKD: a stored top-k teacher signal supports divergence='forward' only, not "
+                             f"{self.divergence!r}; distill online (no cache) for other divergences")
+        if fused:
+            raise ValueError("TokenKD: a stored top-k teacher signal needs the student's logits; use fused_head=False")
+        ids, logprobs, rest = teacher_topk
+        return token_divergence_topk(student_logits, ids, logprobs, kd_full, tail=self.topk_tail,
+                                     temperature=self.temperature, teacher_rest=rest, num_valid=num_tokens,
+                                     chunk_size=self.chunk_size)
+
     def extra_repr(self) -> str:
         return (f"divergence={self.divergence!r}, temperature={self.temperature}, ce_weight={self.ce_weight}, "
                 f"kd_weight={self.kd_weight}, beta={self.beta}, alpha={self.alpha}, kd_positions={self.kd_positions!r}, "
-                f"chunk_size={self.chunk_size}")
+                f"chunk_size={self.chunk_size}, topk_tail={self.topk_tail}")
 
 
 def masked_token_ce(logits: Tensor, target: Tensor, mask: Tensor,

@@ -21,3 +21,15 @@ def test_module_node_sets_every_constructor_argument(compose):
     assert module.hparams.ensemble_mode == "logits" and not module.hparams.check_finite
     assert module.hparams.input_key == "signal"
     assert module.optimizer_factory.func is torch.optim.Adam and module.optimizer_factory.keywords["lr"] == 0.01
+
+
+def test_lm_module_node_sets_every_constructor_argument(compose):
+    """conf/module/lm.yaml maps onto CausalLMDistillationModule in the same way."""
+    from kd_lightning import CausalLMDistillationModule
+
+    built_by_app = {"student", "teacher", "loss", "tokenizer", "teacher_tokenizer", "student_tokenizer",
+                    "on_policy", "cached_teacher"}
+    cfg = compose("experiment=lm_pydoc", "module.fused_head=true", "module.vocab_alignment=truncate")
+    params = set(inspect.signature(CausalLMDistillationModule.__init__).parameters) - {"self"}
+    assert params - built_by_app == set(cfg.module) - {"_target_", "_partial_"}
+    assert cfg.module.fused_head and cfg.module.vocab_alignment == "truncate"

@@ -115,6 +115,35 @@ def test_bad_lm_input_is_one_clear_line_before_training(tmp_path, cache_dir):
     assert "divergence='kl' is not known" in error("distill.divergence=kl")
     assert "distill=token_kd" in error("distill=kd")
     assert "experiment=lm_pydoc" in error("task=classification")
+    assert "serves the forward KL only" in error("distill.teacher_cache=true", "distill.divergence=reverse")
+    assert "teacher_cache_top_k=500 exceeds the teacher's vocabulary of 300" in error(
+        "distill.teacher_cache=true", "distill.teacher_cache_top_k=500")
+
+
+def test_student_trains_on_the_stored_top_k_signal_without_a_teacher(tmp_path, cache_dir, monkeypatch):
+    from kd_lightning import CausalLMDistillationModule
+    from kd_lightning.cache.tokens import TokenTopKCache
+
+    seen = []
+    step = CausalLMDistillationModule.training_step
+
+    def spy(self, batch, batch_idx):
+        seen.append((self.teacher is None, "teacher_topk_ids" in batch))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(CausalLMDistillationModule, "training_step", spy)
+    cached = ["distill.teacher_cache=true", "distill.teacher_cache_top_k=8", "baseline.enabled=false"]
+    summary = run(make_cfg(tmp_path, cache_dir, *cached))
+    stored = summary["student"]["teacher_cache"]
+    assert stored["top_k"] == 8 and stored["dense_fp32_bytes_per_token"] == 4 * 300
+    assert 6 * 8 + 4 <= stored["bytes_per_token"] < 6 * 8 + 5  # ids int32 + log-probs fp16 + rest fp32
+    student_steps = seen[-4:]  # trainer.max_steps=4 (teacher steps come first, with their own module)
+    assert student_steps == [(True, True)] * 4
+    assert "stored top-8 next-token distributions" in (tmp_path / "run" / "summary.md").read_text()
+    # Again: the stored signal is reused (checked, not rebuilt), and the student ends the same.
+    monkeypatch.setattr(TokenTopKCache, "build", lambda *a, **k: pytest.fail("the cache was rebuilt"))
+    again = run(make_cfg(tmp_path / "again", cache_dir, *cached))
+    assert again["student"]["ppl"] == pytest.approx(summary["student"]["ppl"], rel=1e-6)
 
 
 def test_prompt_response_data_masks_prompts_through_the_app(tmp_path, cache_dir):

@@ -547,7 +547,8 @@ def _unchunked_token_divergence(student_logits: Tensor, teacher_logits: Tensor, 
     return _reduce(d, d.shape[0], num_valid, temperature)
 
 
-def _topk_rows(s: Tensor, ids: Tensor, lp: Tensor, *, tail: bool, temperature: float) -> Tensor:
+def _topk_rows(s: Tensor, ids: Tensor, lp: Tensor, rest: Optional[Tensor] = None, *, tail: bool,
+               temperature: float) -> Tensor:
     """Per-row top-k forward KL (see :func:`token_divergence_topk`) for ``[rows, V]`` student logits."""
     dtype = s.dtype
     log_q = F.log_softmax(s / temperature, dim=-1).gather(-1, ids.long())
@@ -556,7 +557,10 @@ def _topk_rows(s: Tensor, ids: Tensor, lp: Tensor, *, tail: bool, temperature: f
         log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
         return _xlogx_ratio(log_p, log_q)
     d = _xlogx_ratio(log_p, log_q)
-    r_t = (-torch.expm1(torch.logsumexp(log_p, dim=-1))).clamp_min(0.0)
+    if rest is None:
+        r_t = (-torch.expm1(torch.logsumexp(log_p, dim=-1))).clamp_min(0.0)
+    else:
+        r_t = rest.reshape(log_p.shape[:-1]).to(dtype).clamp_min(0.0)  # stored in fp32: more exact than 1 - Σ p
     r_s = (-torch.expm1(torch.logsumexp(log_q, dim=-1))).clamp_min(torch.finfo(dtype).tiny)
     has_tail = r_t > 0
     safe_r_t = torch.where(has_tail, r_t, torch.ones_like(r_t))
@@ -565,7 +569,8 @@ def _topk_rows(s: Tensor, ids: Tensor, lp: Tensor, *, tail: bool, temperature: f
 
 def token_divergence_topk(student_logits: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor,
                           mask: Optional[Tensor] = None, *, tail: bool = False, temperature: float = 1.0,
-                          num_valid: Optional[Number] = None, chunk_size: Optional[int] = None) -> Tensor:
+                          teacher_rest: Optional[Tensor] = None, num_valid: Optional[Number] = None,
+                          chunk_size: Optional[int] = None) -> Tensor:
     """Forward KL against a stored top-k teacher signal (DistillKit-style offline logits).
 
     ``teacher_ids`` ``[..., k]`` are the kept vocabulary ids ``S`` and ``teacher_logprobs`` ``[..., k]``
@@ -575,7 +580,8 @@ def token_divergence_topk(student_logits: Tensor, teacher_ids: Tensor, teacher_l
     - ``tail=False`` (renormalised): ``p̃_i = p_i / Σ_S p_j`` and ``d = Σ_S p̃_i (log p̃_i − log q_i)``.
     - ``tail=True`` (a (k+1)-way KL with the leftover mass as one bucket, teacher not renormalised):
       ``d = Σ_S p_i (log p_i − log q_i) + r_t (log r_t − log r_s)``, ``r_t = 1 − Σ_S p_i``,
-      ``r_s = 1 − Σ_S q_i``.
+      ``r_s = 1 − Σ_S q_i``. ``teacher_rest`` ``[...]`` gives ``r_t`` as stored (e.g. computed in fp32
+      before the log-probabilities were rounded to fp16); without it ``r_t`` is computed from them.
 
     Reduced like :func:`token_divergence` (``T² · Σ_counted d / N``) and chunked like it too (``chunk_size``
     rows of the student's ``[.., V]`` upcast at a time, the gradient computed per chunk by autograd). Both
@@ -589,6 +595,9 @@ def token_divergence_topk(student_logits: Tensor, teacher_ids: Tensor, teacher_l
     if teacher_ids.shape[:-1] != student_logits.shape[:-1]:
         raise ValueError(f"{name}: teacher top-k {tuple(teacher_ids.shape)} and student logits "
                          f"{tuple(student_logits.shape)} must share their leading shape")
+    if teacher_rest is not None and teacher_rest.shape != student_logits.shape[:-1]:
+        raise ValueError(f"{name}: teacher_rest {tuple(teacher_rest.shape)} must have the student's leading shape "
+                         f"{tuple(student_logits.shape[:-1])}")
     vocab, k = student_logits.shape[-1], teacher_ids.shape[-1]
     if k > vocab:
         raise ValueError(f"{name}: k = {k} kept ids exceed the student's vocabulary of {vocab}")
@@ -598,13 +607,16 @@ def token_divergence_topk(student_logits: Tensor, teacher_ids: Tensor, teacher_l
     dtype = _float_dtype(student_logits, teacher_logprobs)
     scale = _scale(count, num_valid, temperature, dtype, student_logits.device)
 
-    def rows_fn(s: Tensor, ids: Tensor, lp: Tensor) -> Tensor:
-        return _topk_rows(s, ids, lp, tail=tail, temperature=temperature)
+    def rows_fn(s: Tensor, ids: Tensor, lp: Tensor, *rest: Tensor) -> Tensor:
+        return _topk_rows(s, ids, lp, rest[0] if rest else None, tail=tail, temperature=temperature)
 
     def kernel(chunk_inputs: Sequence[Tensor], needs: Tuple[bool, ...]):
         return _autograd_chunk(rows_fn, chunk_inputs, needs, dtype)
 
-    return _ChunkedRows.apply(kernel, rows, chunk, scale, dtype, student_logits, teacher_ids, teacher_logprobs)
+    inputs = [student_logits, teacher_ids, teacher_logprobs]
+    if teacher_rest is not None and tail:
+        inputs.append(teacher_rest.unsqueeze(-1))  # [..., 1]: chunked like the other row inputs
+    return _ChunkedRows.apply(kernel, rows, chunk, scale, dtype, *inputs)
 
 
 # ----------------------------------------------------------------------------------- cross-entropy
