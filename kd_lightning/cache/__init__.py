@@ -44,13 +44,19 @@ val and test sets, and :class:`~kd_lightning.DistillationModule` with ``teacher=
 Cached targets are fixed per sample: a random training transform (random crops, flips, ...) would show
 the student a view the teacher never saw, so such transforms are refused unless
 ``allow_random_transform=True``.
+
+Language models: :mod:`kd_lightning.cache.tokens` stores, per token, the teacher's top-k next-token ids and
+log-probabilities plus the rest of the mass (:class:`TokenTopKCache`, :class:`CachedTokenDataModule`),
+checked against the teacher's weights, the tokenizer and the temperature before use.
 """
 from .data import CachedLogitsDataset, CachedTeacherDataModule
-from .fingerprint import cache_key, fingerprint_dataset, fingerprint_module
+from .fingerprint import cache_key, fingerprint_dataset, fingerprint_module, fingerprint_tokenizer
 from .store import TeacherCacheError, TeacherOutputCache
+from .tokens import CachedTokenDataModule, TokenTopKCache
 from .topk import reconstruct_topk, topk_logprobs
 from .transforms import RandomTransformError, check_transform, dataset_transform, find_random_transforms
 
 __all__ = ["TeacherOutputCache", "TeacherCacheError", "CachedLogitsDataset", "CachedTeacherDataModule",
+           "TokenTopKCache", "CachedTokenDataModule", "fingerprint_tokenizer",
            "RandomTransformError", "cache_key", "fingerprint_module", "fingerprint_dataset", "check_transform",
            "dataset_transform", "find_random_transforms", "topk_logprobs", "reconstruct_topk"]

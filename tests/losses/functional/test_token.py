@@ -182,6 +182,15 @@ def test_topk_hand_computation_renormalised_and_tail():
     args = (torch.tensor(z_s)[None], torch.tensor(ids)[None], torch.tensor(np.log(p[ids]))[None])
     assert token_divergence_topk(*args).item() == pytest.approx(renorm, rel=1e-12)
     assert token_divergence_topk(*args, tail=True).item() == pytest.approx(tail, rel=1e-12)
+    # A stored rest mass (the cache keeps it in fp32, its log-probabilities in fp16) is the r_t used.
+    stored = 0.21
+    with_rest = float(np.sum(p[ids] * (np.log(p[ids]) - np.log(q[ids])))) + stored * (np.log(stored) - np.log(r_s))
+    got = token_divergence_topk(*args, tail=True, teacher_rest=torch.tensor([stored], dtype=torch.float64))
+    assert got.item() == pytest.approx(with_rest, rel=1e-12)
+    # It only matters to the tail bucket; the renormalised form ignores it.
+    assert token_divergence_topk(*args, teacher_rest=torch.tensor([stored])).item() == pytest.approx(renorm, rel=1e-12)
+    with pytest.raises(ValueError, match="teacher_rest"):
+        token_divergence_topk(*args, tail=True, teacher_rest=torch.tensor([0.1, 0.2]))
 
 
 def test_bad_arguments_one_line_errors():

@@ -187,6 +187,21 @@ def test_topk_chunk_sizes_agree(tail):
         assert_close_rel(got_g, want_g)
 
 
+def test_topk_stored_rest_is_chunked_with_its_rows():
+    s, t = _inputs((3, 5, 17), seed=9)
+    vals, ids = torch.log_softmax(t, -1).topk(6, dim=-1)
+    rest = torch.rand(3, 5, generator=torch.Generator().manual_seed(1)) * 0.5
+    mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(4)) > 0.3
+    want = token_divergence_topk(s, ids, vals, mask, tail=True, teacher_rest=rest, chunk_size=15)
+    for chunk in (1, 4, None):
+        assert_close_rel(token_divergence_topk(s, ids, vals, mask, tail=True, teacher_rest=rest, chunk_size=chunk), want)
+    # Each position reads its own rest mass: changing one counted position's rest changes the value.
+    rest2 = rest.clone()
+    rest2[mask.nonzero()[0].tolist()] += 0.3
+    assert not torch.allclose(token_divergence_topk(s, ids, vals, mask, tail=True, teacher_rest=rest2, chunk_size=1),
+                              want)
+
+
 @pytest.mark.parametrize("tail", [False, True])
 def test_topk_gradcheck_float64(tail):
     g = torch.Generator().manual_seed(2)
