@@ -182,7 +182,8 @@ def token_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: TokenKD,
         cache = cached.prepare_cache()
     except TeacherCacheError as err:
         raise ConfigError(str(err)) from None
-    log.info("teacher top-%d signal cached in %.1fs: %r", int(top_k), time.perf_counter() - t0, cache)
+    cached.prepare_s = round(time.perf_counter() - t0, 2)  # built (teacher forward over the data) or opened
+    log.info("teacher top-%d signal cached in %.1fs: %r", int(top_k), cached.prepare_s, cache)
     return cached
 
 
@@ -193,7 +194,8 @@ def cache_summary(datamodule: L.LightningDataModule) -> Optional[Dict[str, Any]]
         return None
     return {"top_k": cache.top_k, "temperature": cache.temperature, "tokens": cache.num_tokens,
             "bytes": cache.nbytes(), "bytes_per_token": round(cache.bytes_per_token(), 2),
-            "dense_fp32_bytes_per_token": 4 * cache.vocab_size, "path": str(cache.directory)}
+            "dense_fp32_bytes_per_token": 4 * cache.vocab_size, "prepare_s": getattr(datamodule, "prepare_s", None),
+            "path": str(cache.directory)}
 
 
 # ---------------------------------------------------------------------------------- measurements
