@@ -298,11 +298,17 @@ class TextFileDataModule(_PackedTextDataModule):
 
 # ------------------------------------------------------------------------------ prompt/response
 class PromptResponseDataset(Dataset):
+    """Rows of ``(input_ids, labels)`` token lists."""
+
     def __init__(self, rows: List[Tuple[List[int], List[int]]]):
         self.rows = rows
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of every row's tokens and labels (what a teacher cache of this data is keyed by)."""
+        return hashlib.sha256(json.dumps(self.rows).encode()).hexdigest()
 
     def __getitem__(self, i: int) -> Tuple[List[int], List[int]]:
         return self.rows[i]

@@ -236,3 +236,36 @@ def test_cache_arrays_are_plain_npy_files(tmp_path):
         arr = np.load(cache.directory / name, allow_pickle=False)
         assert arr.dtype == {"topk_ids.npy": np.int32, "topk_logprobs.npy": np.float16,
                              "rest_mass.npy": np.float32, "offsets.npy": np.int64}[name]
+
+
+def test_prompt_response_batches_of_any_length_carry_their_own_rows(tmp_path):
+    """Variable-length prompt/response data (padded per batch by its own collate): each sequence's stored
+    rows land on its real tokens, and a file with other responses gets another cache."""
+    pytest.importorskip("tokenizers")
+    from kd_lightning.data.text import PromptResponseDataModule, train_bpe_tokenizer
+
+    def module(path, responses):
+        path.write_text("".join(json.dumps({"prompt": f"Q{i} " * (1 + i % 4), "response": r}) + "\n"
+                                for i, r in enumerate(responses)))
+        return PromptResponseDataModule(path, tokenizer=tok, batch_size=4, seq_len=24, val_fraction=0.25)
+
+    tok = train_bpe_tokenizer(["Q1 Q2 the answer is yes no maybe " * 20], vocab_size=280)
+    teacher = TinyLM(vocab=len(tok), seed=1)
+    dm = CachedTokenDataModule(module(tmp_path / "a.jsonl", [f"the answer is {'yes ' * (i % 5)}" for i in range(12)]),
+                               teacher, tmp_path / "cache", top_k=5)
+    dm.setup("fit")
+    cache = dm.cache
+    seen = 0
+    for batch in DataLoader(dm.train_dataloader().dataset, batch_size=4, collate_fn=dm.train_dataloader().collate_fn):
+        lengths = batch["attention_mask"].sum(-1)
+        assert batch["teacher_topk_ids"].shape[:2] == batch["input_ids"].shape
+        for row, n in enumerate(lengths.tolist()):
+            ids, lp, _ = cache.sequence(seen + row)
+            assert ids.shape[0] == n and torch.equal(batch["teacher_topk_ids"][row, :n], ids)
+            assert not batch["teacher_topk_logprobs"][row, n:].any()
+        seen += len(lengths)
+    assert seen == len(cache) == 9
+    other = CachedTokenDataModule(module(tmp_path / "b.jsonl", [f"no {'maybe ' * (i % 3)}" for i in range(12)]),
+                                  teacher, tmp_path / "cache", top_k=5)
+    other.setup("fit")
+    assert other.cache.directory != cache.directory
