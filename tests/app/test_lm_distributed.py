@@ -12,7 +12,7 @@ pytest.importorskip("tokenizers")
 
 from .helpers import cli  # noqa: E402
 
-# A ~70k-parameter teacher and a ~27k student, 64-token sequences, 40 steps per stage; the test metrics are taken
+# A ~115k-parameter teacher and a ~27k student, 64-token sequences, 40 steps per stage; the test metrics are taken
 # on the first 64 held-out sequences (4 batches of 16 on one rank, 4 of 8 on each of two ranks: the same rows).
 SMALL = ["experiment=lm_pydoc", "baseline.enabled=false", "trainer.enable_progress_bar=false",
          "data.seq_len=64", "data.vocab_size=512", "+trainer.limit_val_batches=0", "+trainer.limit_test_batches=4",
