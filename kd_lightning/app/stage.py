@@ -1,6 +1,7 @@
 """One stage of the process: fit a built module with a built Trainer, test it, measure the network."""
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import time
@@ -75,11 +76,36 @@ def measure(name: str, net: nn.Module, datamodule: L.LightningDataModule, test: 
 Measure = Callable[..., StageResult]  # (name, net, datamodule, test metrics, wall_s, **extra)
 
 
+def shards_parameters(trainer: L.Trainer) -> bool:
+    """Whether the trainer's strategy shards the module's parameters across ranks (FSDP, FSDP2)."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
+def load_student_weights(net: nn.Module, state: Dict[str, Any], prefix: str = "student.") -> nn.Module:
+    """Load the ``prefix`` keys of a module's full (gathered) state dict into the plain network ``net``, strictly."""
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not own:
+        raise ValueError(f"the gathered state dict has no {prefix!r} keys (got {len(state)} keys, e.g. "
+                         f"{sorted(state)[:3]}); cannot recover the trained network")
+    net.load_state_dict(own, strict=True)
+    return net
+
+
 def fit_and_test(name: str, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
                  net: nn.Module, test_ckpt: str = "best", measure: Measure = measure,
                  curve_key: str = "val/acc", ckpt_path: Optional[str] = None) -> StageResult:
     """Train ``module`` (continuing from ``ckpt_path`` when given), test its best (or last) weights, and
-    measure ``net`` (the deployable model)."""
+    measure ``net`` (the deployable model).
+
+    Under a sharding strategy (FSDP) a copy of ``module`` is trained, and afterwards the full weights are
+    gathered (``trainer.strategy.lightning_module_state_dict()``, on rank 0), sent to every rank and loaded into
+    ``net``, which therefore stays an ordinary module that the report, the checkpoint and the export can use.
+    """
+    sharded = shards_parameters(trainer)
+    if sharded:  # FSDP rewrites the module it trains in place: train a copy, keep the caller's networks plain
+        module = copy.deepcopy(module)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall = time.perf_counter() - t0
@@ -90,6 +116,8 @@ def fit_and_test(name: str, trainer: L.Trainer, module: L.LightningModule, datam
         module.on_load_checkpoint(state)
         module.load_state_dict(state["state_dict"])
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    if sharded:
+        load_student_weights(net, trainer.strategy.broadcast(trainer.strategy.lightning_module_state_dict(), src=0))
     curve = list(getattr(module, "val_history", [])) or _csv_curve(trainer, curve_key)
     return measure(name, net, datamodule, test, wall, val_curve=curve, ckpt_path=best or None)
 
