@@ -74,7 +74,8 @@ class Stages:
                  f"{count_params(net):,}")
         result = fit_and_test(name, self.trainer(name, max_epochs, max_steps), module, datamodule, net,
                               self.test_ckpt, self.measure, self.curve_key, ckpt_path=ckpt)
-        resume.record_stage(stage_dir, net, result)
+        if primary_process():  # every DDP rank runs the process; one writes
+            resume.record_stage(stage_dir, net, result)
         return result
 
     def test(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
@@ -212,7 +213,7 @@ def distill_student(cfg: DictConfig, teacher: nn.Module, loss: Loss, datamodule:
     module = make_module(student=net, teacher=teacher, loss=loss, **extra)
     result = stages.fit(stage, module, data, net)
     if isinstance(loss, TokenKD) and cached is not None:
-        result.teacher_cache = cache_summary(cached)
+        result.teacher_cache = {**cache_summary(cached), "tail": loss.topk_tail}
     return net, result
 
 
@@ -278,6 +279,14 @@ def save_student(cfg: DictConfig, net: nn.Module, name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the run
+def primary_process() -> bool:
+    """Rank 0 of a distributed run (or the only process). Under ``trainer=ddp``/``ddp_cpu`` every rank runs
+    the whole process, with identical results; only this one writes the run's files."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
+
+
 def validate(cfg: DictConfig) -> Loss:
     """Checks that need no data: anything wrong here is reported before any training."""
     task = cfg.get("task", "classification")
@@ -357,7 +366,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         student, student_res = distill_student(gen_cfg, student, validate(gen_cfg), datamodule, stages, make_module,
                                                stage=f"student_gen{g}")
         generations.append(student_res)
-    student_res.ckpt_path = save_student(cfg, student, "student")
+    primary = primary_process()
+    student_res.ckpt_path = save_student(cfg, student, "student") if primary else None
     extra: Dict[str, Any] = {"distill": {"name": cfg.distill.get("name"), "temperature": cfg.distill.get("temperature")},
                              "data": cfg.data.get("_target_", "").rsplit(".", 1)[-1], "seed": cfg.seed}
     if task == CAUSAL_LM:
@@ -365,13 +375,14 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         extra["task"] = task
         extra["prompts"] = list(stages.measure.prompts)
         # Nested, so that a sweep table (summary.json flattened) does not take the path for a swept setting.
-        extra["export"] = {"student_hf": lm.save_student_hf(student, datamodule.tokenizer,
-                                                            Path(cfg.paths.output_dir) / "student_hf")}
+        hf_dir = Path(cfg.paths.output_dir) / "student_hf"
+        extra["export"] = {"student_hf": lm.save_student_hf(student, datamodule.tokenizer, hf_dir) if primary else None}
     if links:
         extra["assistants"] = [r.to_dict() for _, r in links]
     if len(generations) > 1:
         extra["generations"] = [r.to_dict() for r in generations]
-    return write_report(Path(cfg.paths.output_dir), teacher_res, baseline_res, student_res, extra, task=task)
+    return write_report(Path(cfg.paths.output_dir), teacher_res, baseline_res, student_res, extra, task=task,
+                        write=primary)
 
 
 def preset_config(name: str) -> DictConfig:

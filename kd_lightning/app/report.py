@@ -128,11 +128,15 @@ def plot_summary(summary: Dict[str, Any], path: Path, lm: bool = False) -> None:
 
 
 def write_report(out: Path, teacher: StageResult, baseline: Optional[StageResult], student: StageResult,
-                 extra: Optional[Dict[str, Any]] = None, task: str = "classification") -> Dict[str, Any]:
-    """summary.json, summary.md and summary.png in ``out``, and the table on the console (by ``task``)."""
+                 extra: Optional[Dict[str, Any]] = None, task: str = "classification",
+                 write: bool = True) -> Dict[str, Any]:
+    """summary.json, summary.md and summary.png in ``out``, and the table on the console (by ``task``);
+    ``write=False`` (a DDP rank other than 0) only returns the summary."""
     lm = task == "causal_lm"
     summary = (build_lm_summary if lm else build_summary)(teacher, baseline, student)
     summary.update(extra or {})
+    if not write:
+        return summary
     io.write_json(out / "summary.json", summary)
     io.write_text(out / "summary.md", (lm_markdown if lm else markdown_table)(summary))
     try:
