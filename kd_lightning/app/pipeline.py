@@ -202,6 +202,11 @@ def distill_student(cfg: DictConfig, teacher: nn.Module, loss: Loss, datamodule:
     if cached is not None:  # offline KD: no teacher runs during training, the batches carry its logits
         data, teacher = cached, None
     extra = {"batch_transform": batch_transform} if batch_transform is not None else {}
+    if cfg.get("task") == CAUSAL_LM:  # distill.on_policy / distill.sequence_kd: sequences the models write
+        from .lm import self_generated
+
+        data, policy = self_generated(cfg, teacher, data)
+        extra.update(policy)
     module = make_module(student=net, teacher=teacher, loss=loss, **extra)
     return net, stages.fit(stage, module, data, net)
 
@@ -313,15 +318,18 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         sampling = OmegaConf.to_container(cfg.get("samples") or {}, resolve=True)
         stages = Stages(cfg, lm.MeasureLM(datamodule.tokenizer, seed=int(cfg.seed), **sampling), curve_key="val/ppl")
         teacher, teacher_res = lm.obtain_teacher(cfg, datamodule, stages, teacher_cfg)
+        scorer = teacher  # scores every model's own samples after the student stage
     else:
         check_classes(build_net(cfg.student, "student"), datamodule, "student", int(cfg.data.num_classes))
         stages = Stages(cfg)
         teacher, teacher_res = obtain_teacher(cfg, datamodule, stages, make_module)
     baseline_res: Optional[StageResult] = None
+    net = None
     if cfg.baseline.get("enabled", True):
         L.seed_everything(cfg.seed, workers=True)
         net = build_net(cfg.student, "student")
         baseline_res = stages.fit("baseline", labels_only(make_module, net, task), datamodule, net)
+    baseline_net = net
     # Teacher-assistant chain (TAKD): teacher -> assistant 1 -> ... -> student.
     links = []
     for i, preset in enumerate(cfg.get("assistants") or []):
@@ -343,6 +351,10 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         student, student_res = distill_student(gen_cfg, student, validate(gen_cfg), datamodule, stages, make_module,
                                                stage=f"student_gen{g}")
         generations.append(student_res)
+    if task == CAUSAL_LM:
+        lm.score_own_samples(cfg, scorer, datamodule, {"teacher": (scorer, teacher_res),
+                                                       "baseline": (baseline_net, baseline_res),
+                                                       "student": (student, student_res)})
     student_res.ckpt_path = save_student(cfg, student, "student")
     extra: Dict[str, Any] = {"distill": {"name": cfg.distill.get("name"), "temperature": cfg.distill.get("temperature")},
                              "data": cfg.data.get("_target_", "").rsplit(".", 1)[-1], "seed": cfg.seed}

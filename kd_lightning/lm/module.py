@@ -62,7 +62,7 @@ def check_fused_head(net: nn.Module) -> None:
                              "takes hidden @ Wᵀ as the logits, so use fused_head=False")
 
 
-def _call_signature(net: nn.Module) -> Tuple[bool, bool]:
+def call_signature(net: nn.Module) -> Tuple[bool, bool]:
     """(passes attention_mask, passes use_cache): only arguments the forward names explicitly."""
     try:
         params = inspect.signature(net.forward).parameters
@@ -204,8 +204,8 @@ class CausalLMDistillationModule(L.LightningModule):
         self.loss = loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tokenizer = tokenizer if tokenizer is not None else (student_tokenizer or teacher_tokenizer)
-        self.student_signature = _call_signature(student)
-        self.teacher_signature = _call_signature(teacher) if teacher is not None else (False, False)
+        self.student_signature = call_signature(student)
+        self.teacher_signature = call_signature(teacher) if teacher is not None else (False, False)
         self.vocab_checked = False
         self.vocab_size: Optional[int] = None  # the compared width (min of both under "truncate")
         # Per-step token accounting (see the class docstring).
