@@ -90,6 +90,7 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"distill.teacher_cache_top_k={top_k!r} must be a positive number of classes to keep, "
                           "or null to store every logit; set distill.teacher_cache_top_k=null or e.g. =5")
     _check_assistants(cfg.get("assistants") or [])
+    _check_self_generated(cfg)
     metric = cfg.get("optimized_metric")
     if metric:
         keys = summary_keys(cfg)
@@ -127,3 +128,46 @@ def _check_assistants(names: Iterable[Any]) -> None:
             raise ConfigError(f"assistants=[{name}]: {name!r} is not a model preset; use names from the teacher=/"
                               f"student= choices{' such as ' + ', '.join(close) if close else ''} "
                               f"(see kd-train --help)")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _check_self_generated(cfg: DictConfig) -> None:
+    """``distill.on_policy``, ``distill.sequence_kd`` and ``distill.sampling`` (language models)."""
+    on_policy = cfg.distill.get("on_policy") or {}
+    lam = on_policy.get("lam") if isinstance(on_policy, DictConfig) else None
+    seqkd = cfg.distill.get("sequence_kd", False)
+    if not isinstance(seqkd, bool):
+        raise ConfigError(f"distill.sequence_kd={seqkd!r} must be true or false")
+    if lam is None and not seqkd:
+        return
+    if cfg.get("task", "classification") != "causal_lm":
+        which = "distill.on_policy.lam" if lam is not None else "distill.sequence_kd"
+        raise ConfigError(f"{which} generates text, so it needs a language model (task=causal_lm, e.g. "
+                          "experiment=lm_pydoc_pairs); unset it for classifiers")
+    if lam is not None:
+        if not _number(lam) or not 0.0 <= lam <= 1.0:
+            raise ConfigError(f"distill.on_policy.lam={lam!r} must be in [0, 1] (0: supervised KD, 1: fully "
+                              "on-policy), or null to turn on-policy distillation off")
+        if cfg.distill.get("kd_positions") != "labels":
+            raise ConfigError(f"distill.on_policy needs distill.kd_positions=labels (got "
+                              f"{cfg.distill.get('kd_positions')!r}): the divergence must be taken on the sampled "
+                              "tokens only, not on the prompt")
+    sampling = cfg.distill.get("sampling") or {}
+    new_tokens, temperature, top_k = (sampling.get("max_new_tokens", 32), sampling.get("temperature", 1.0),
+                                      sampling.get("top_k"))
+    if _int(new_tokens) is None or new_tokens < 1:
+        raise ConfigError(f"distill.sampling.max_new_tokens={new_tokens!r} must be a positive integer (the tokens "
+                          "sampled after each prompt); set e.g. distill.sampling.max_new_tokens=32")
+    if not _number(temperature) or temperature <= 0:
+        raise ConfigError(f"distill.sampling.temperature={temperature!r} must be a number > 0; use a small value "
+                          "such as 0.1 for near-greedy sampling")
+    if top_k is not None and (_int(top_k) is None or top_k < 1):
+        raise ConfigError(f"distill.sampling.top_k={top_k!r} must be a positive integer, or null to sample from "
+                          "the whole vocabulary")
+    cache = cfg.distill.get("teacher_cache", False)
+    if cache not in (None, False) and str(cache).lower() not in ("", "false", "null"):
+        raise ConfigError("distill.teacher_cache stores the teacher's outputs on the training data, but on-policy "
+                          "and sequence-level KD train on generated text; set distill.teacher_cache=false")

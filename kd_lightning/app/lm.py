@@ -259,6 +259,99 @@ class MeasureLM:
             samples=sample_continuations(net, self.tokenizer, self.prompts, **self.sampling), **extra)
 
 
+# ------------------------------------------------------------------- sequences the models write themselves
+def sampling_settings(cfg: DictConfig, datamodule: L.LightningDataModule) -> Dict[str, Any]:
+    """:class:`~kd_lightning.lm.generation.Sampling` arguments: ``distill.sampling`` plus the data's
+    end-of-sequence and padding tokens and its prompt length (``prompt_tokens``, for data without one)."""
+    node = cfg.distill.get("sampling") or {}
+    tokenizer = datamodule.tokenizer
+    top_k = node.get("top_k")
+    return dict(max_new_tokens=int(node.get("max_new_tokens", 32)), temperature=float(node.get("temperature", 1.0)),
+                top_k=int(top_k) if top_k else None, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=int(tokenizer.pad_token_id),
+                prompt_tokens=int(getattr(datamodule, "prompt_tokens", 0) or 32))
+
+
+def self_generated(cfg: DictConfig, teacher: Optional[nn.Module],
+                   datamodule: L.LightningDataModule) -> Tuple[L.LightningDataModule, Dict[str, Any]]:
+    """The student stage's data and extra module arguments for ``distill.sequence_kd`` (the data become
+    the teacher's completions of the training prompts) and ``distill.on_policy.lam`` (GKD's OnPolicy)."""
+    from ..lm import OnPolicy, Sampling, SequenceKDDataModule
+
+    settings = sampling_settings(cfg, datamodule)
+    extra: Dict[str, Any] = {}
+    lam = (cfg.distill.get("on_policy") or {}).get("lam")
+    if lam is not None:
+        extra["on_policy"] = OnPolicy(lam=float(lam), **settings)
+    if cfg.distill.get("sequence_kd", False):
+        datamodule = SequenceKDDataModule(datamodule, teacher, cache_dir=str(Path(cfg.paths.cache_dir) / "seqkd"),
+                                          sampling=Sampling(**settings), batch_size=64, seed=int(cfg.seed))
+    return datamodule, extra
+
+
+@torch.no_grad()
+def teacher_ppl_of_samples(net: nn.Module, teacher: nn.Module, datamodule: L.LightningDataModule, sampling: Any,
+                           seed: int = 0, max_prompts: Optional[int] = None) -> Optional[float]:
+    """The teacher's perplexity of ``net``'s own continuations of the held-out prompts.
+
+    ``net`` samples a continuation of each test row's prompt (the tokens before its first labelled one) with
+    ``sampling`` (a :class:`~kd_lightning.lm.generation.Sampling`), from the random state ``seed`` (the
+    caller's random state is left as it was); the teacher then scores the sampled tokens, up to and
+    including the first end-of-sequence token: exp(Σ −log p_teacher(token | prefix) / number of tokens).
+    A low value means the model writes what the teacher finds likely. None when nothing was sampled.
+    """
+    from ..lm import lm_logits, on_policy_batch
+    from ..lm.module import call_signature
+
+    device = next(net.parameters()).device
+    teacher_device = next(teacher.parameters()).device
+    signature = call_signature(teacher)
+    was = teacher.training
+    teacher.eval()
+    nll = torch.zeros((), dtype=torch.float64)
+    count, seen = 0, 0
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for batch in datamodule.test_dataloader():
+                if max_prompts is not None and seen >= max_prompts:
+                    break
+                take = batch["input_ids"].shape[0] if max_prompts is None else min(batch["input_ids"].shape[0],
+                                                                                    max_prompts - seen)
+                seen += take
+                batch = {k: v[:take].to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                gen = {k: v.to(teacher_device) for k, v in on_policy_batch(net, batch, sampling).items()}
+                logits = lm_logits(teacher, gen["input_ids"], gen["attention_mask"], *signature)
+                target = gen["labels"][:, 1:]
+                nll += nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                                   target.reshape(-1), ignore_index=-100, reduction="sum").double().cpu()
+                count += int((target != -100).sum())
+    finally:
+        teacher.train(was)
+    return float(torch.exp(nll / count)) if count else None
+
+
+def score_own_samples(cfg: DictConfig, teacher: nn.Module, datamodule: L.LightningDataModule,
+                      models: Dict[str, Tuple[nn.Module, Optional[StageResult]]]) -> None:
+    """``teacher_ppl_of_samples.enabled``: set each stage result's ``teacher_ppl_of_samples`` (the same
+    prompts, seed and ``distill.sampling`` settings for every model)."""
+    node = cfg.get("teacher_ppl_of_samples") or {}
+    if not node.get("enabled", False):
+        return
+    from ..lm import Sampling
+
+    sampling = Sampling(**sampling_settings(cfg, datamodule))
+    limit = node.get("max_prompts")
+    for name, (net, result) in models.items():
+        if net is None or result is None:
+            continue
+        t0 = time.perf_counter()
+        result.teacher_ppl_of_samples = teacher_ppl_of_samples(net, teacher, datamodule, sampling, seed=int(cfg.seed),
+                                                               max_prompts=int(limit) if limit else None)
+        log.info("teacher perplexity of the %s's samples: %s (%.1fs)", name, result.teacher_ppl_of_samples,
+                 time.perf_counter() - t0)
+
+
 # ------------------------------------------------------------------------------------------- export
 def save_student_hf(net: nn.Module, tokenizer: Any, path: Path) -> Optional[str]:
     """``save_pretrained`` the student with its tokenizer (loads with AutoModelForCausalLM / pipeline)."""

@@ -201,11 +201,14 @@ def distill_student(cfg: DictConfig, teacher: nn.Module, loss: Loss, datamodule:
     data = with_transfer_set(datamodule, loss)  # the teacher and the baseline never see it
     extra: Dict[str, Any] = {"batch_transform": batch_transform} if batch_transform is not None else {}
     if isinstance(loss, TokenKD):
-        from .lm import cache_summary, token_cache_datamodule
+        from .lm import cache_summary, self_generated, token_cache_datamodule
 
         cached = token_cache_datamodule(cfg, teacher, loss, data)
         if cached is not None:
             extra["cached_teacher"] = True
+        else:  # distill.on_policy / distill.sequence_kd: sequences the models write
+            data, policy = self_generated(cfg, teacher, data)
+            extra.update(policy)
     else:
         cached = teacher_cache_datamodule(cfg, teacher, loss, data, batch_transform is not None)
     if cached is not None:  # offline KD: no teacher runs during training, the batches carry its outputs
@@ -336,15 +339,18 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         sampling = OmegaConf.to_container(cfg.get("samples") or {}, resolve=True)
         stages = Stages(cfg, lm.MeasureLM(datamodule.tokenizer, seed=int(cfg.seed), **sampling), curve_key="val/ppl")
         teacher, teacher_res = lm.obtain_teacher(cfg, datamodule, stages, teacher_cfg)
+        scorer = teacher  # scores every model's own samples after the student stage
     else:
         check_classes(build_net(cfg.student, "student"), datamodule, "student", int(cfg.data.num_classes))
         stages = Stages(cfg)
         teacher, teacher_res = obtain_teacher(cfg, datamodule, stages, make_module)
     baseline_res: Optional[StageResult] = None
+    net = None
     if cfg.baseline.get("enabled", True):
         L.seed_everything(cfg.seed, workers=True)
         net = build_net(cfg.student, "student")
         baseline_res = stages.fit("baseline", labels_only(make_module, net, task), datamodule, net)
+    baseline_net = net
     # Teacher-assistant chain (TAKD): teacher -> assistant 1 -> ... -> student.
     links = []
     for i, preset in enumerate(cfg.get("assistants") or []):
@@ -366,6 +372,10 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         student, student_res = distill_student(gen_cfg, student, validate(gen_cfg), datamodule, stages, make_module,
                                                stage=f"student_gen{g}")
         generations.append(student_res)
+    if task == CAUSAL_LM:
+        lm.score_own_samples(cfg, scorer, datamodule, {"teacher": (scorer, teacher_res),
+                                                       "baseline": (baseline_net, baseline_res),
+                                                       "student": (student, student_res)})
     primary = primary_process()
     student_res.ckpt_path = save_student(cfg, student, "student") if primary else None
     extra: Dict[str, Any] = {"distill": {"name": cfg.distill.get("name"), "temperature": cfg.distill.get("temperature")},

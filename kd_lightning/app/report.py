@@ -188,6 +188,11 @@ def lm_markdown(summary: Dict[str, Any], samples: bool = True) -> str:
         lines.append(f"| {label} | {_num(s.get('ppl'), '.2f')} | {_num(s.get('bpb'), '.3f')} | "
                      f"{_num(s.get('agreement'), '.3f')} | {s['params']:,} | {s['size_bytes'] / 1024:.1f} | "
                      f"{_num(s.get('tokens_per_s'), ',.0f')} | {s['wall_s']:.1f} |")
+    own = [(stage, (summary.get(stage) or {}).get("teacher_ppl_of_samples")) for stage in STAGES]
+    if any(v is not None for _, v in own):
+        lines += ["", "Teacher perplexity of each model's own samples from the held-out prompts (lower: closer to "
+                  "what the teacher would write): " + ", ".join(f"{stage} {v:.2f}" for stage, v in own if v is not None)
+                  + "."]
     lines.append("")
     gap = summary.get("gap_closed")
     lines.append(f"Compression {summary['compression']:.1f}x in parameters"

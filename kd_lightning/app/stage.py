@@ -34,6 +34,8 @@ class StageResult:
     bpb: Optional[float] = None
     tokens_per_s: Optional[float] = None
     samples: Optional[List[str]] = None
+    # The teacher's perplexity of the model's own samples from the held-out prompts (kd_lightning.app.lm).
+    teacher_ppl_of_samples: Optional[float] = None
     # Serving cost (classifiers): deterministic figures, and latency's spread and serving-batch time.
     macs_per_sample: Optional[int] = None
     latency_iqr_ms: Optional[float] = None

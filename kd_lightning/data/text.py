@@ -6,6 +6,8 @@
 - :class:`TextFileDataModule`: a local ``.txt`` file, or a folder of them.
 - :class:`PromptResponseDataModule`: a local JSON-lines file of prompt/response pairs; prompt tokens carry
   the label -100 (no loss), so only responses are learned.
+- :class:`PydocPairsDataModule`: the pydoc topics cut into fixed-length prompt/response pairs (the same
+  split and tokenizer as :class:`PydocTextDataModule`), for methods that need prompts (on-policy, SeqKD).
 
 Labels equal ``input_ids`` (the model shifts: position ``i`` predicts token ``i + 1``); padding has
 ``attention_mask`` 0 and label -100. ``transformers`` and ``tokenizers`` are imported when needed.
@@ -29,8 +31,8 @@ IGNORE_INDEX = -100
 PAD_TOKEN, EOS_TOKEN = "<pad>", "<eos>"
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["PydocTextDataModule", "TextFileDataModule", "PromptResponseDataModule", "train_bpe_tokenizer",
-           "pydoc_topics", "check_context_length", "check_tokenizer", "PackedSequences"]
+__all__ = ["PydocTextDataModule", "TextFileDataModule", "PromptResponseDataModule", "PydocPairsDataModule",
+           "train_bpe_tokenizer", "pydoc_topics", "check_context_length", "check_tokenizer", "PackedSequences"]
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -306,12 +308,12 @@ class PromptResponseDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def fingerprint(self) -> str:
-        """SHA-256 of every row's tokens and labels (what a teacher cache of this data is keyed by)."""
-        return hashlib.sha256(json.dumps(self.rows).encode()).hexdigest()
-
     def __getitem__(self, i: int) -> Tuple[List[int], List[int]]:
         return self.rows[i]
+
+    def fingerprint(self) -> str:
+        """Content hash of every row (caches keyed by the data use it: teacher signals, sequence-KD completions)."""
+        return hashlib.sha256(json.dumps(self.rows).encode()).hexdigest()
 
 
 class PadCollate:
@@ -332,7 +334,33 @@ class PadCollate:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-class PromptResponseDataModule(L.LightningDataModule):
+class _PairsDataModule(L.LightningDataModule):
+    """Shared part of the prompt/response data modules: rows of ``(input_ids, labels)`` lists, padded per
+    batch by :class:`PadCollate`; subclasses fill ``train_set`` and ``val_set`` in ``setup``."""
+
+    tokenizer: Any = None
+    batch_size: int = 16
+    num_workers: int = 0
+    train_set: Optional[PromptResponseDataset] = None
+    val_set: Optional[PromptResponseDataset] = None
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=PadCollate(self.tokenizer.pad_token_id))
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class PromptResponseDataModule(_PairsDataModule):
     """Prompt/response pairs from a local JSON-lines file; loss only on response tokens.
 
     Each line is a JSON object with ``prompt_key`` and ``response_key`` fields. A row is
@@ -404,17 +432,65 @@ class PromptResponseDataModule(L.LightningDataModule):
         self.train_set = PromptResponseDataset(self._encode(train))
         self.val_set = PromptResponseDataset(self._encode(val))
 
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=PadCollate(self.tokenizer.pad_token_id))
 
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        return self._loader(self.train_set, True)
+class PydocPairsDataModule(_PairsDataModule):
+    """CPython's pydoc topics as prompt/response pairs: loss and held-out perplexity on responses only.
 
-    def val_dataloader(self) -> DataLoader:
-        self.setup("validate")
-        return self._loader(self.val_set, False)
+    The topics are split as :class:`PydocTextDataModule` splits them (sorted by name, every
+    ``val_every``-th held out) and tokenized with the same cached byte-level BPE (trained on the training
+    topics). Each topic's tokens, followed by the end-of-sequence token, are cut into consecutive windows
+    of ``prompt_tokens + response_tokens``: the window's first ``prompt_tokens`` are the prompt (label
+    -100), the rest the response. A topic's last window is kept when it has at least one response token,
+    so some responses are shorter (and end with the end-of-sequence token). ``bytes_per_token`` counts the
+    UTF-8 bytes of the held-out responses, so bits per byte are on responses too.
+    """
 
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+    def __init__(self, prompt_tokens: int = 32, response_tokens: int = 32, batch_size: int = 16,
+                 vocab_size: int = 2048, cache_dir: Optional[PathLike] = None, tokenizer: Any = None,
+                 val_every: int = 10, num_workers: int = 0):
+        super().__init__()
+        if int(prompt_tokens) < 1 or int(response_tokens) < 1:
+            raise ValueError(f"prompt_tokens={prompt_tokens} and response_tokens={response_tokens} must both be >= 1")
+        if int(val_every) < 2:
+            raise ValueError(f"val_every={val_every} must be >= 2 (one topic in val_every is held out)")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.prompt_tokens, self.response_tokens = int(prompt_tokens), int(response_tokens)
+        self.seq_len = self.prompt_tokens + self.response_tokens
+        self.batch_size, self.num_workers, self.val_every = int(batch_size), int(num_workers), int(val_every)
+        self.vocab_size, self.cache_dir = int(vocab_size), cache_dir
+        self.tokenizer = check_tokenizer(resolve_tokenizer(tokenizer)) if tokenizer is not None else None
+        self.bytes_per_token: Optional[float] = None
+
+    def documents(self) -> Tuple[List[str], List[str]]:
+        return split_by_name(pydoc_topics(), self.val_every)
+
+    def pairs(self, docs: Sequence[str]) -> List[Tuple[List[int], List[int]]]:
+        """``(input_ids, labels)`` of every window of every document (labels -100 on the prompt)."""
+        rows = []
+        for doc in docs:
+            stream = encode_stream(self.tokenizer, [doc]).tolist()
+            for start in range(0, len(stream), self.seq_len):
+                window = stream[start:start + self.seq_len]
+                if len(window) > self.prompt_tokens:
+                    rows.append((window, [IGNORE_INDEX] * self.prompt_tokens + window[self.prompt_tokens:]))
+        return rows
+
+    def prepare_data(self) -> None:
+        if self.tokenizer is None and self.cache_dir is not None:
+            train_bpe_tokenizer(self.documents()[0], self.vocab_size, self.cache_dir)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        train_docs, val_docs = self.documents()
+        if self.tokenizer is None:
+            self.tokenizer = train_bpe_tokenizer(train_docs, self.vocab_size, self.cache_dir)
+        self.train_set = PromptResponseDataset(self.pairs(train_docs))
+        self.val_set = PromptResponseDataset(self.pairs(val_docs))
+        if not self.train_set.rows or not self.val_set.rows:
+            raise ValueError(f"prompt_tokens={self.prompt_tokens} leaves no response in the training or held-out "
+                             "topics; use a shorter prompt")
+        responses = [[t for t in labels if t != IGNORE_INDEX] for _, labels in self.val_set.rows]
+        nbytes = sum(len(self.tokenizer.decode(r).encode("utf-8")) for r in responses)
+        self.bytes_per_token = nbytes / max(1, sum(len(r) for r in responses))

@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import lightning as L
 import torch
@@ -62,7 +62,8 @@ class SequenceKDDataModule(WrappedDataModule):
             self.completions = self.load_or_generate()
 
     def load_or_generate(self) -> Dict[str, Tensor]:
-        dataset = self.datamodule.train_dataloader().dataset
+        loader = self.datamodule.train_dataloader()
+        dataset = loader.dataset
         directory = self.cache_dir / f"seqkd-{self.key(dataset)}"
         data, meta = directory / "completions.pt", directory / "meta.json"
         if data.is_file() and meta.is_file():
@@ -70,20 +71,23 @@ class SequenceKDDataModule(WrappedDataModule):
             if expected == io.file_sha256(data):
                 return torch.load(data, map_location="cpu", weights_only=True)
             log.warning("sequence-KD completions %s do not match their digest; generating them again", data)
-        completions = self.generate(dataset)
+        completions = self.generate(dataset, loader.collate_fn)
         io.torch_save(completions, data)
         io.write_json(meta, {"sha256": io.file_sha256(data), "rows": int(completions["input_ids"].shape[0]),
                              "sampling": asdict(self.sampling)})
         return completions
 
-    def generate(self, dataset: Dataset) -> Dict[str, Tensor]:
+    def generate(self, dataset: Dataset, collate_fn: Optional[Callable] = None) -> Dict[str, Tensor]:
+        """Completions of every row's prompt; rows are batched with ``collate_fn`` (the wrapped data
+        module's own, e.g. the padding of prompt/response pairs), or torch's default."""
         teacher = self.teacher
         device = next(teacher.parameters()).device
         parts: Dict[str, list] = {}
         state = torch.random.get_rng_state()
         torch.manual_seed(self.seed)  # the same completions whenever they are rebuilt
         try:
-            for batch in DataLoader(dataset, batch_size=self.generate_batch_size, shuffle=False):
+            for batch in DataLoader(dataset, batch_size=self.generate_batch_size, shuffle=False,
+                                    collate_fn=collate_fn):
                 batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
                 for k, v in on_policy_batch(teacher, batch, self.sampling).items():
                     parts.setdefault(k, []).append(v.cpu())

@@ -7,8 +7,9 @@ import torch
 pytest.importorskip("tokenizers")
 pytest.importorskip("transformers")
 
-from kd_lightning.data.text import (PromptResponseDataModule, PydocTextDataModule, TextFileDataModule,  # noqa: E402
-                                    check_context_length, split_by_name, train_bpe_tokenizer)
+from kd_lightning.data.text import (PromptResponseDataModule, PydocPairsDataModule, PydocTextDataModule,  # noqa: E402
+                                    TextFileDataModule, check_context_length, encode_stream, split_by_name,
+                                    train_bpe_tokenizer)
 
 TEXT = ["Lists are mutable sequences, typically used to store collections of items.\n" * 15,
         "Tuples are immutable sequences, typically used to store heterogeneous data.\n" * 15,
@@ -75,6 +76,38 @@ def test_pydoc_topics_module():
     dm = PydocTextDataModule(seq_len=64, batch_size=2, vocab_size=400)
     train, held = dm.documents()
     assert len(held) >= 5 and len(train) > 5 * len(held) and not set(train) & set(held)
+
+
+def test_pydoc_pairs_cut_each_topic_into_prompt_and_response(tmp_path):
+    dm = PydocPairsDataModule(prompt_tokens=6, response_tokens=10, batch_size=4, vocab_size=300, cache_dir=tmp_path)
+    dm.setup()
+    train_docs, held_docs = PydocTextDataModule(vocab_size=300).documents()
+    assert dm.documents() == (train_docs, held_docs) and dm.seq_len == 16
+    # The same cached tokenizer as the packed-text module (trained on the training topics).
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 1
+    # The held-out rows are consecutive 16-token windows of each held-out topic (its end-of-sequence
+    # token included); a last window with no response token is dropped.
+    expected = []
+    for doc in held_docs:
+        stream = encode_stream(dm.tokenizer, [doc]).tolist()
+        expected += [stream[s:s + 16] for s in range(0, len(stream), 16) if len(stream) - s > 6]
+    assert [ids for ids, _ in dm.val_set.rows] == expected
+    for ids, labels in dm.val_set.rows + dm.train_set.rows:
+        assert labels[:6] == [-100] * 6 and labels[6:] == ids[6:] and 7 <= len(ids) <= 16
+    assert any(len(ids) < 16 for ids, _ in dm.val_set.rows)  # the topics' last windows are shorter
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["input_ids"].shape[0] == 4 and (batch["labels"][:, :6] == -100).all()
+    assert torch.equal(batch["labels"] != -100, (batch["attention_mask"] == 1) & (torch.arange(16) >= 6))
+    # Bits per byte count the held-out responses' bytes only.
+    responses = [ids[6:] for ids, _ in dm.val_set.rows]
+    nbytes = sum(len(dm.tokenizer.decode(r).encode("utf-8")) for r in responses)
+    assert dm.bytes_per_token == pytest.approx(nbytes / sum(map(len, responses)))
+    # Rows are the content fingerprint: other windows, another fingerprint.
+    other = PydocPairsDataModule(prompt_tokens=8, response_tokens=8, vocab_size=300, cache_dir=tmp_path)
+    other.setup()
+    assert other.val_set.fingerprint() != dm.val_set.fingerprint()
+    with pytest.raises(ValueError, match="must both be >= 1"):
+        PydocPairsDataModule(prompt_tokens=0)
 
 
 def test_prompt_response_masks_prompt_tokens(tmp_path):

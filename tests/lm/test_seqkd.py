@@ -54,3 +54,34 @@ def test_completions_are_reused_and_a_damaged_file_is_rebuilt(tmp_path):
     assert torch.equal(again["input_ids"], first["input_ids"])  # rebuilt, same seed, same completions
     other = make(tmp_path, TinyLM(seed=2))  # another teacher: another cache entry
     assert len(list(tmp_path.glob("seqkd-*"))) == 2 and other.completions["input_ids"].shape == (6, 12)
+
+
+class Pairs(L.LightningDataModule):
+    """Prompt/response rows of different lengths, padded per batch by the data's own collate function."""
+
+    def __init__(self):
+        super().__init__()
+        from kd_lightning.data.text import PadCollate, PromptResponseDataset
+
+        self.collate = PadCollate(pad_id=0)
+        self.rows = PromptResponseDataset([([1, 2, 3, 4, 5, 6], [-100] * 3 + [4, 5, 6]),
+                                           ([7, 8, 9, 10], [-100] * 3 + [10]),
+                                           ([11, 12, 1, 2, 3], [-100] * 3 + [2, 3])])
+
+    def train_dataloader(self):
+        return DataLoader(self.rows, batch_size=2, shuffle=True, collate_fn=self.collate)
+
+
+def test_completions_of_ragged_pairs_use_the_data_modules_collate(tmp_path):
+    dm = SequenceKDDataModule(Pairs(), TinyLM(seed=1), str(tmp_path), Sampling(max_new_tokens=5), seed=0)
+    dm.setup("fit")
+    ids, labels = dm.completions["input_ids"], dm.completions["labels"]
+    # Each row continues its own 3-token prompt with 5 sampled tokens, and only those are labelled.
+    assert ids.shape == (3, 8) and ids[:, :3].tolist() == [[1, 2, 3], [7, 8, 9], [11, 12, 1]]
+    assert (labels[:, :3] == -100).all() and torch.equal(labels[:, 3:], ids[:, 3:])
+    # The rows are fingerprinted by content: other responses, another cache entry.
+    changed = Pairs()
+    changed.rows.rows[0] = ([1, 2, 3, 4, 5, 7], [-100] * 3 + [4, 5, 7])
+    dm2 = SequenceKDDataModule(changed, TinyLM(seed=1), str(tmp_path), Sampling(max_new_tokens=5), seed=0)
+    dm2.setup("fit")
+    assert len(list(tmp_path.glob("seqkd-*"))) == 2
