@@ -69,7 +69,7 @@ def test_experiment_composes_with_pairs_and_response_positions():
      "distill.sampling.max_new_tokens=0 must be a positive integer"),
     (["distill.sequence_kd=true", "distill.sampling.temperature=0"], "distill.sampling.temperature=0 must be"),
     (["distill.on_policy.lam=1", "distill.sampling.top_k=0"], "distill.sampling.top_k=0 must be a positive integer"),
-    (["distill.on_policy.lam=1", "+distill.teacher_cache=true"], "set distill.teacher_cache=false"),
+    (["distill.on_policy.lam=1", "distill.teacher_cache=true"], "set distill.teacher_cache=false"),
     (["task=classification", "distill.on_policy.lam=1"], "needs a language model"),
 ])
 def test_bad_values_are_one_line_before_training(tmp_path, cache_dir, overrides, message):
