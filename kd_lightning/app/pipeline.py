@@ -5,13 +5,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import lightning as L
 import torch
@@ -72,15 +73,29 @@ class Stages:
         ckpt = resume.interrupted_checkpoint(stage_dir) if self.resume else None
         log.info("stage %s: %s %s (%s parameters)", name, "resuming" if ckpt else "training", type(net).__name__,
                  f"{count_params(net):,}")
-        result = fit_and_test(name, self.trainer(name, max_epochs, max_steps), module, datamodule, net,
-                              self.test_ckpt, self.measure, self.curve_key, ckpt_path=ckpt)
+        with keep_dtype(net):
+            result = fit_and_test(name, self.trainer(name, max_epochs, max_steps), module, datamodule, net,
+                                  self.test_ckpt, self.measure, self.curve_key, ckpt_path=ckpt)
         resume.record_stage(stage_dir, net, result)
         return result
 
     def test(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
              wall_s: float, source: str) -> StageResult:
         log.info("stage %s: testing %s (%s)", name, type(net).__name__, source)
-        return test_only(name, self.trainer(name), module, datamodule, net, wall_s, source, self.measure)
+        with keep_dtype(net):
+            return test_only(name, self.trainer(name), module, datamodule, net, wall_s, source, self.measure)
+
+
+@contextlib.contextmanager
+def keep_dtype(net: nn.Module) -> Iterator[None]:
+    """Give ``net`` back its floating dtype after a stage: ``trainer.precision=64-true`` (or ``bf16-true``)
+    converts the module it fits, and the next stage pairs this network with one in the original dtype."""
+    dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+    try:
+        yield
+    finally:
+        if dtype is not None:
+            net.to(dtype)
 
 
 def config_hash(*nodes: Any) -> str:
