@@ -1,7 +1,7 @@
 """Config nodes to objects: every builder here is one ``instantiate`` plus the one-line error a user sees."""
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import lightning as L
 from hydra.utils import instantiate
@@ -27,16 +27,75 @@ def build_loss(distill_cfg: DictConfig) -> Loss:
 
 def build_net(model_cfg: DictConfig, role: str) -> nn.Module:
     """The ``teacher`` or ``student`` network (``<role>.net``), loaded from ``<role>.ckpt_path`` when set."""
+    preset = check_preset_arguments(model_cfg, role)
     try:
         net = instantiate(model_cfg.net)
     except Exception as err:  # hydra wraps constructor errors; keep the first useful line
-        raise ConfigError(f"could not build the {role} network from {role}.net: {root_cause(err)}") from None
+        what = f"{role}.net ({preset})" if preset else f"{role}.net"
+        raise ConfigError(f"could not build the {role} network from {what}: {root_cause(err)}") from None
     if model_cfg.get("ckpt_path"):
         try:
             net = load_teacher(model_cfg.ckpt_path, net)
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(f"{role}.ckpt_path: {err}") from None
     return net
+
+
+_KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"))
+
+
+def _kind(default: Any) -> Optional[Tuple[type, str]]:
+    for kind, words in _KINDS:
+        if isinstance(default, kind):
+            return kind, words
+    return None
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is bool or isinstance(value, bool):
+        return isinstance(value, bool) and kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def check_preset_arguments(model_cfg: DictConfig, role: str) -> Optional[str]:
+    """For a registry preset (``create_model``): every ``<role>.net.<arg>`` must be an argument of the model's
+    builder and of the type of the preset's own value. Returns the preset's name (None for other targets)."""
+    import inspect
+
+    from ..models import model_entry
+
+    net_cfg = model_cfg.get("net")
+    if not isinstance(net_cfg, DictConfig) or net_cfg.get("_target_") != "kd_lightning.models.create_model":
+        return None
+    name = str(net_cfg.get("model_name"))
+    try:
+        entry = model_entry(name)
+    except ValueError as err:
+        raise ConfigError(f"{role}.net.model_name: {err}") from None
+    params = inspect.signature(entry.builder).parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    defaults = entry.arguments()
+    for key in net_cfg:
+        key = str(key)
+        if key.startswith("_") or key == "model_name" or key in entry.data_args:
+            continue
+        if key not in params and not open_ended:
+            raise ConfigError(f"{role}.net.{key} is not an argument of the {name} model; its arguments are "
+                              f"{', '.join(sorted(defaults))}")
+        default = defaults.get(key)
+        kind = _kind(default)
+        if kind is None:
+            continue
+        try:
+            value = OmegaConf.select(model_cfg, f"net.{key}")
+        except Exception:  # an interpolation that does not resolve here: instantiate reports it
+            continue
+        if value is not None and not _fits(value, kind[0]):
+            raise ConfigError(f"{role}.net.{key}={value!r} must be {kind[1]} (the {name} preset uses "
+                              f"{default!r}); set e.g. {role}.net.{key}={default}")
+    return name
 
 
 def build_datamodule(data_cfg: DictConfig, return_index: bool = False) -> L.LightningDataModule:

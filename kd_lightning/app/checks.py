@@ -41,6 +41,11 @@ def summary_keys(cfg: DictConfig) -> Set[str]:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Everything about kd-train's own keys that can be wrong before any data is read."""
+    seed = cfg.get("seed")
+    if _int(seed) is None or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"seed={seed!r} must be an integer from 0 to 2**32-1 (it seeds torch, numpy and "
+                          "Python's random); set e.g. seed=42")
+    check_trainer(cfg.trainer)
     given = cfg.teacher.get("ckpt_path")
     max_epochs = cfg.trainer.get("max_epochs")
     max_steps = cfg.trainer.get("max_steps")
@@ -99,6 +104,55 @@ def check_train_config(cfg: DictConfig) -> None:
     resume = cfg.get("resume", False)
     if not isinstance(resume, bool):
         raise ConfigError(f"resume={resume!r} must be true or false")
+
+
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+_PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed",
+                      "transformer-engine": "transformer-engine", "transformer-engine-float16": "transformer-engine"}
+
+
+def runs_on_cpu(trainer_cfg: DictConfig) -> bool:
+    """Whether ``trainer.accelerator`` puts the run on the CPU (``auto`` does when no GPU is visible)."""
+    import torch
+
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if accelerator == "cpu":
+        return True
+    if accelerator != "auto":
+        return False
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
+def check_trainer(trainer_cfg: DictConfig) -> None:
+    """The ``trainer`` keys whose wrong values Lightning would only reject when a stage builds its Trainer."""
+    precision = trainer_cfg.get("precision")
+    if precision is not None:
+        name = str(precision).lower()
+        name = _PRECISION_ALIASES.get(name, name)
+        if name not in PRECISIONS and name != "transformer-engine":
+            raise ConfigError(f"trainer.precision={precision!r} is not a precision Lightning knows; use one of "
+                              f"{', '.join(PRECISIONS)}")
+        if name in ("16-mixed", "16-true") and runs_on_cpu(trainer_cfg):
+            raise ConfigError(f"trainer.precision={precision!r} (float16) needs a GPU and this run is on the CPU; "
+                              "on the CPU use trainer.precision=bf16-mixed, bf16-true or 32-true "
+                              "(or trainer=gpu on a machine with a GPU)")
+    devices = trainer_cfg.get("devices")
+    if _int(devices) is not None and (devices == 0 or devices < -1):
+        raise ConfigError(f"trainer.devices={devices!r} asks for no device; set trainer.devices=1 (a number of "
+                          "devices, -1 for all of them, or auto)")
+    max_steps = trainer_cfg.get("max_steps")
+    if max_steps is not None and (_int(max_steps) is None or max_steps < -1):
+        raise ConfigError(f"trainer.max_steps={max_steps!r} must be a positive integer, or -1 for no step limit; "
+                          "set e.g. trainer.max_steps=-1")
+    positive = {"accumulate_grad_batches": "1", "check_val_every_n_epoch": "1", "log_every_n_steps": "20"}
+    for key, example in positive.items():
+        value = trainer_cfg.get(key)
+        if value is not None and (_int(value) is None or value < 1):
+            raise ConfigError(f"trainer.{key}={value!r} must be a positive integer; set e.g. trainer.{key}={example}")
+    clip = trainer_cfg.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip >= 0):
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (0 or null: no clipping); "
+                          "set e.g. trainer.gradient_clip_val=1.0")
 
 
 def _check_optimizer(cfg: DictConfig) -> None:
