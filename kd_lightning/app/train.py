@@ -33,6 +33,7 @@ def run_task(cfg: DictConfig) -> Optional[float]:
     the other jobs run and the sweep summary lists it; a single run fails with one line."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from ..data.imagefolder import UnreadableImageError
     from . import rundir
     from .pipeline import run
     from .report import flatten
@@ -58,7 +59,7 @@ def run_task(cfg: DictConfig) -> Optional[float]:
             rundir.write_job_status(out, "interrupted", sweep, error="SIGTERM", overrides=job["overrides"])
         raise SystemExit(f"kd-train: interrupted by SIGTERM; the running stage saved a resumable checkpoint in "
                          f"{out}. Continue with the same command plus hydra.run.dir={out} resume=true") from None
-    except ConfigError as err:
+    except (ConfigError, UnreadableImageError) as err:
         # One clear line instead of a traceback: the message names the problem and the fix.
         log.error("%s", err)
         if not multirun:
