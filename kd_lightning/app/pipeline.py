@@ -25,6 +25,7 @@ from ..losses import CE, Loss, TokenKD
 from ..teacher import load_teacher
 from .build import build_callbacks, build_datamodule, build_loggers, build_loss, build_module_factory, build_net
 from .errors import ConfigError, root_cause
+from .interrupt import stop_if_received
 from .report import write_report
 from .stage import Measure, StageResult, count_params, fit_and_test, measure, test_only
 
@@ -77,13 +78,16 @@ class Stages:
             result = fit_and_test(name, self.trainer(name, max_epochs, max_steps), module, datamodule, net,
                                   self.test_ckpt, self.measure, self.curve_key, ckpt_path=ckpt)
         resume.record_stage(stage_dir, net, result)
+        stop_if_received()
         return result
 
     def test(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
              wall_s: float, source: str) -> StageResult:
         log.info("stage %s: testing %s (%s)", name, type(net).__name__, source)
         with keep_dtype(net):
-            return test_only(name, self.trainer(name), module, datamodule, net, wall_s, source, self.measure)
+            result = test_only(name, self.trainer(name), module, datamodule, net, wall_s, source, self.measure)
+        stop_if_received()
+        return result
 
 
 @contextlib.contextmanager
