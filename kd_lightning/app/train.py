@@ -94,6 +94,13 @@ def _main(cfg: DictConfig) -> Optional[float]:
 def main() -> None:
     from .interrupt import Interrupted, SigtermGuard
 
+    import sys
+
+    from .confdir import unknown_group_choice
+
+    bad_choice = unknown_group_choice(sys.argv[1:])
+    if bad_choice:
+        raise SystemExit(f"kd-train: error: {bad_choice}")
     quiet_known_noise()
     set_run_id()
     with SigtermGuard():
