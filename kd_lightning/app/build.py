@@ -1,7 +1,7 @@
 """Config nodes to objects: every builder here is one ``instantiate`` plus the one-line error a user sees."""
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import lightning as L
 from hydra.utils import instantiate
@@ -98,7 +98,57 @@ def check_preset_arguments(model_cfg: DictConfig, role: str) -> Optional[str]:
     return name
 
 
+def target_defaults(target: str) -> Dict[str, Any]:
+    """The keyword defaults of ``target`` (a class: its ``__init__`` and, through ``**kwargs``, its bases')."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    obj = get_object(target)
+    functions = [c.__init__ for c in obj.__mro__ if "__init__" in vars(c)] if isinstance(obj, type) else [obj]
+    out: Dict[str, Any] = {}
+    for fn in functions:
+        if fn is object.__init__:
+            break
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            break
+        for p in params:
+            if p.default is not inspect.Parameter.empty:
+                out.setdefault(p.name, p.default)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def check_argument_types(node: DictConfig, prefix: str) -> None:
+    """Every ``<prefix>.<key>`` whose constructor default is a bool, an int or a float must be one (a string
+    ``abc`` for a batch size is named here, not deep inside the constructor)."""
+    target = node.get("_target_")
+    if not target:
+        return
+    try:
+        defaults = target_defaults(str(target))
+    except Exception:  # an unknown target: instantiate reports it
+        return
+    for key in node:
+        key = str(key)
+        kind = _kind(defaults.get(key))
+        if key.startswith("_") or kind is None or kind[0] is str:
+            continue
+        try:
+            value = node[key]
+        except Exception:  # an interpolation that does not resolve here: instantiate reports it
+            continue
+        if value is not None and not _fits(value, kind[0]):
+            owner = str(target).rsplit(".", 1)[-1]
+            raise ConfigError(f"{prefix}.{key}={value!r} must be {kind[1]} ({owner} takes {defaults[key]!r} by "
+                              f"default); set e.g. {prefix}.{key}={defaults[key]}")
+
+
 def build_datamodule(data_cfg: DictConfig, return_index: bool = False) -> L.LightningDataModule:
+    check_argument_types(data_cfg, "data")
     kwargs = OmegaConf.to_container(data_cfg, resolve=True)
     kwargs.pop("num_train", None)  # informational (losses size memory banks with it)
     if return_index:
@@ -106,7 +156,8 @@ def build_datamodule(data_cfg: DictConfig, return_index: bool = False) -> L.Ligh
     try:
         return instantiate(kwargs)
     except Exception as err:
-        raise ConfigError(f"could not build the data module from data: {root_cause(err)}") from None
+        owner = str(data_cfg.get("_target_", "")).rsplit(".", 1)[-1]
+        raise ConfigError(f"could not build the data module ({owner}) from data: {root_cause(err)}") from None
 
 
 def build_module_factory(module_cfg: DictConfig) -> Callable[..., L.LightningModule]:

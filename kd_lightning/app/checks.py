@@ -104,6 +104,32 @@ def check_train_config(cfg: DictConfig) -> None:
     resume = cfg.get("resume", False)
     if not isinstance(resume, bool):
         raise ConfigError(f"resume={resume!r} must be true or false")
+    for key in ("output_dir", "cache_dir"):
+        check_writable_dir(cfg, f"paths.{key}")
+
+
+def check_writable_dir(cfg: DictConfig, key: str) -> None:
+    """``key`` names a directory this run creates or writes into: its nearest existing ancestor must be a
+    writable directory (not a file), or the run would fail after its first stage trained."""
+    import os
+    from pathlib import Path
+
+    try:
+        value = OmegaConf.select(cfg, key)
+    except Exception:  # e.g. ${hydra:...} outside a Hydra run: nothing to check here
+        return
+    if not value:
+        return
+    path = Path(str(value)).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={str(value)!r} cannot be a directory: {str(existing)!r} is a file; "
+                          f"set {key} to a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={str(value)!r} is not writable ({str(existing)!r} does not let this user "
+                          f"create files); set {key} to a directory you can write")
 
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
@@ -149,6 +175,11 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
         value = trainer_cfg.get(key)
         if value is not None and (_int(value) is None or value < 1):
             raise ConfigError(f"trainer.{key}={value!r} must be a positive integer; set e.g. trainer.{key}={example}")
+    limit = trainer_cfg.get("limit_train_batches")
+    if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0
+                              or (isinstance(limit, float) and limit > 1)):
+        raise ConfigError(f"trainer.limit_train_batches={limit!r} trains nothing or is not a limit; set a fraction of "
+                          "the epoch in (0, 1.0] or a number of batches >= 1 (or drop it)")
     clip = trainer_cfg.get("gradient_clip_val")
     if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip >= 0):
         raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (0 or null: no clipping); "

@@ -242,15 +242,18 @@ _LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "p
                 "num_train")
 
 
-def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: Loss,
-                             datamodule: L.LightningDataModule, has_batch_transform: bool = False):
-    """``distill.teacher_cache``: wrap ``datamodule`` so batches carry the teacher's stored logits (or None)."""
+def uses_teacher_cache(cfg: DictConfig) -> bool:
     setting = cfg.distill.get("teacher_cache", False)
-    if setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("", "false", "null")):
-        return None
-    from ..cache import CachedTeacherDataModule, RandomTransformError, TeacherCacheError
+    return not (setting is None or setting is False
+                or (isinstance(setting, str) and setting.lower() in ("", "false", "null")))
+
+
+def check_teacher_cache(cfg: DictConfig, loss: Loss, has_batch_transform: bool) -> None:
+    """What ``distill.teacher_cache`` cannot serve, refused before any stage trains."""
     from ..losses import LogitMSE
 
+    if not uses_teacher_cache(cfg):
+        return
     name = cfg.distill.get("name", type(loss).__name__)
     if loss.teacher_taps:
         raise ConfigError(f"distill.teacher_cache stores teacher logits only, but {name} reads teacher features "
@@ -258,11 +261,22 @@ def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: Loss,
     if has_batch_transform:
         raise ConfigError("distill.batch_transform changes the inputs at every step, so the teacher must label them "
                           "online (consistent teaching); set distill.teacher_cache=false")
-    top_k = cfg.distill.get("teacher_cache_top_k")
     parts = list(getattr(loss, "losses", [loss]))
-    if top_k and any(isinstance(o, LogitMSE) for o in parts):
+    if cfg.distill.get("teacher_cache_top_k") and any(isinstance(o, LogitMSE) for o in parts):
         raise ConfigError("LogitMSE matches raw teacher logits, which top-k storage does not keep; "
                           "set distill.teacher_cache_top_k=null")
+
+
+def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: Loss,
+                             datamodule: L.LightningDataModule, has_batch_transform: bool = False):
+    """``distill.teacher_cache``: wrap ``datamodule`` so batches carry the teacher's stored logits (or None)."""
+    if not uses_teacher_cache(cfg):
+        return None
+    setting = cfg.distill.get("teacher_cache")
+    from ..cache import CachedTeacherDataModule, RandomTransformError, TeacherCacheError
+
+    check_teacher_cache(cfg, loss, has_batch_transform)
+    top_k = cfg.distill.get("teacher_cache_top_k")
     root = Path(cfg.paths.cache_dir) / "teacher_outputs" if setting is True else Path(str(setting))
     data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _LOADER_KEYS}
     cached = CachedTeacherDataModule(
@@ -303,6 +317,8 @@ def validate(cfg: DictConfig) -> Loss:
     if task == CAUSAL_LM and not isinstance(loss, TokenKD):
         raise ConfigError(f"distill={cfg.distill.get('name')} is a classifier method; language models distill with "
                           "distill=token_kd (distill.divergence=forward|reverse|jsd|skew_forward|skew_reverse|tvd)")
+    if task != CAUSAL_LM:
+        check_teacher_cache(cfg, loss, cfg.distill.get("batch_transform") is not None)
     return loss
 
 
