@@ -106,6 +106,24 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"resume={resume!r} must be true or false")
     for key in ("output_dir", "cache_dir"):
         check_writable_dir(cfg, f"paths.{key}")
+    if cfg.get("task") == "causal_lm":
+        check_samples(cfg.get("samples") or {})
+
+
+def check_samples(samples: Any) -> None:
+    """``samples``: the continuations a language-model report shows (sampled after each stage trains)."""
+    new_tokens = samples.get("max_new_tokens", 24)
+    if _int(new_tokens) is None or new_tokens < 1:
+        raise ConfigError(f"samples.max_new_tokens={new_tokens!r} must be a positive number of tokens to generate; "
+                          "set e.g. samples.max_new_tokens=24")
+    temperature = samples.get("temperature", 0.7)
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        raise ConfigError(f"samples.temperature={temperature!r} must be a positive number (the report samples "
+                          "continuations); set e.g. samples.temperature=0.7")
+    top_k = samples.get("top_k", 20)
+    if _int(top_k) is None or top_k < 0:
+        raise ConfigError(f"samples.top_k={top_k!r} must be an integer >= 0 (0: no top-k filter); "
+                          "set e.g. samples.top_k=20")
 
 
 def check_writable_dir(cfg: DictConfig, key: str) -> None:
