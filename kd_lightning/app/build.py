@@ -13,13 +13,36 @@ from ..teacher import load_teacher
 from .errors import ConfigError, root_cause
 
 
+def named_key(node: DictConfig, prefix: str, message: str) -> str:
+    """``<prefix>.<key>=<value>`` for the key of ``node`` that a constructor's error ``message`` names first
+    (``temperature must be ...``), so the user sees which setting to change; "" when none is named."""
+    import re
+
+    found = []
+    for key in node:
+        key = str(key)
+        match = re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message)
+        if key.startswith("_") or match is None:
+            continue
+        try:
+            value = node[key]
+        except Exception:  # an interpolation that does not resolve here
+            continue
+        if not isinstance(value, DictConfig):
+            found.append((match.start(), f"{prefix}.{key}={value!r}"))
+    return min(found)[1] if found else ""
+
+
 def build_loss(distill_cfg: DictConfig) -> Loss:
     """Every entry of ``distill.losses``, summed (one entry is returned as it is)."""
     entries = distill_cfg.get("losses") or {}
     try:
         losses = [instantiate(v) for v in entries.values() if v is not None]
     except Exception as err:
-        raise ConfigError(f"bad distill config ({distill_cfg.get('name')}): {root_cause(err)}") from None
+        cause = root_cause(err)
+        key = named_key(distill_cfg, "distill", cause.split(": ", 1)[-1])
+        raise ConfigError(f"{key + ': ' if key else ''}bad distill config ({distill_cfg.get('name')}): "
+                          f"{cause}") from None
     if not losses:
         raise ConfigError("distill.losses is empty: choose a method, e.g. distill=kd")
     return losses[0] if len(losses) == 1 else Compose(losses)
@@ -157,7 +180,10 @@ def build_datamodule(data_cfg: DictConfig, return_index: bool = False) -> L.Ligh
         return instantiate(kwargs)
     except Exception as err:
         owner = str(data_cfg.get("_target_", "")).rsplit(".", 1)[-1]
-        raise ConfigError(f"could not build the data module ({owner}) from data: {root_cause(err)}") from None
+        cause = root_cause(err)
+        key = named_key(data_cfg, "data", cause.split(": ", 1)[-1])
+        raise ConfigError(f"{key + ': ' if key else ''}could not build the data module ({owner}) from data: "
+                          f"{cause}") from None
 
 
 def build_module_factory(module_cfg: DictConfig) -> Callable[..., L.LightningModule]:

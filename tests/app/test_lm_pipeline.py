@@ -107,7 +107,7 @@ def _pairs_without_prompt(tmp: Path) -> str:
 # a file the test writes: (overrides, what the one-line error must say).
 LM_BAD = {
     "experiment=lm_pydoc data=lm_text data.path=<missing file>": (
-        lambda tmp: ["data=lm_text", f"data.path={tmp / 'missing.txt'}"], r"missing.txt.*does not exist"),
+        lambda tmp: ["data=lm_text", f"data.path={tmp / 'missing.txt'}"], r"^data.path='.*missing.txt': .*missing.txt.*does not exist"),
     "experiment=lm_pydoc data=lm_jsonl data.path=<rows without a prompt field>": (
         lambda tmp: ["data=lm_jsonl", f"data.path={_pairs_without_prompt(tmp)}"], r"line 1 has no field 'prompt'"),
     "experiment=lm_pydoc data.seq_len=64 student.net.max_position_embeddings=32": (
@@ -120,17 +120,17 @@ LM_BAD = {
         lambda tmp: ["teacher=hf_local", "teacher.name_or_path=some-org/not-on-disk"],
         r"'some-org/not-on-disk' is not on this machine.*local directory"),
     "experiment=lm_pydoc data.seq_len=1": (lambda tmp: ["data.seq_len=1"],
-                                          r"seq_len=1 is too short: a sequence needs >= 2 tokens"),
+                                          r"^data.seq_len=1: .*seq_len=1 is too short: a sequence needs >= 2 tokens"),
     "experiment=lm_pydoc data.vocab_size=10": (lambda tmp: ["data.vocab_size=10"],
                                                r"the tokenizer has \d+ tokens but the student's vocabulary has 10"),
     "experiment=lm_pydoc distill.divergence=kl": (lambda tmp: ["distill.divergence=kl"],
-                                                  r"divergence='kl' is not known"),
+                                                  r"^distill.divergence='kl': .*divergence='kl' is not known"),
     "experiment=lm_pydoc distill.divergence=jsd distill.beta=2": (
-        lambda tmp: ["distill.divergence=jsd", "distill.beta=2"], r"TokenKD: beta=2 is outside \[0, 1\]"),
+        lambda tmp: ["distill.divergence=jsd", "distill.beta=2"], r"^distill.beta=2: .*TokenKD: beta=2 is outside \[0, 1\]"),
     "experiment=lm_pydoc distill.divergence=skew_forward distill.alpha=2": (
-        lambda tmp: ["distill.divergence=skew_forward", "distill.alpha=2"], r"TokenKD: alpha=2 is outside \[0, 1\]"),
+        lambda tmp: ["distill.divergence=skew_forward", "distill.alpha=2"], r"^distill.alpha=2: .*TokenKD: alpha=2 is outside \[0, 1\]"),
     "experiment=lm_pydoc distill.kd_positions=nope": (lambda tmp: ["distill.kd_positions=nope"],
-                                                      r"kd_positions='nope' is not known; use 'all'.*or 'labels'"),
+                                                      r"^distill.kd_positions='nope': .*kd_positions='nope' is not known; use 'all'.*or 'labels'"),
     "experiment=lm_pydoc distill.temperature=0": (lambda tmp: ["distill.temperature=0"],
                                                   r"temperature must be a positive finite number, got 0"),
     "experiment=lm_pydoc distill=kd": (lambda tmp: ["distill=kd"], r"distill=kd is a classifier method.*distill=token_kd"),
