@@ -260,7 +260,8 @@ def check_teacher_cache(cfg: DictConfig, loss: Loss, has_batch_transform: bool) 
                           f"({', '.join(loss.teacher_taps)}); set distill.teacher_cache=false")
     if has_batch_transform:
         raise ConfigError("distill.batch_transform changes the inputs at every step, so the teacher must label them "
-                          "online (consistent teaching); set distill.teacher_cache=false")
+                          "online (consistent teaching); set distill.teacher_cache=false, or pick a recipe without "
+                          "it (e.g. experiment=mnist1d_kd)")
     parts = list(getattr(loss, "losses", [loss]))
     if cfg.distill.get("teacher_cache_top_k") and any(isinstance(o, LogitMSE) for o in parts):
         raise ConfigError("LogitMSE matches raw teacher logits, which top-k storage does not keep; "
