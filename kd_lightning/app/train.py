@@ -92,11 +92,10 @@ def _main(cfg: DictConfig) -> Optional[float]:
 
 
 def main() -> None:
-    from .interrupt import Interrupted, SigtermGuard
-
     import sys
 
     from .confdir import unknown_group_choice
+    from .interrupt import Interrupted, SigtermGuard
 
     bad_choice = unknown_group_choice(sys.argv[1:])
     if bad_choice:
