@@ -71,3 +71,40 @@ def test_readme_command_composes(line, name, overrides):
             for part in key.split("."):
                 node = node[part]
             assert str(node).lower() == value.lower() or re.sub(r"\.0$", "", str(node)) == value, (line, key)
+
+
+def bad_input_rows():
+    """The first cell (the input, in backticks) of every table row in the README's "### Bad input" section."""
+    text = README.read_text()
+    section = text[text.index("### Bad input"):]
+    section = section[:section.index("\n### ", 1)]
+    rows = []
+    for line in section.splitlines():
+        match = re.match(r"^\| `([^`]+)` \|", line)
+        if match:
+            rows.append(match.group(1))
+    return rows
+
+
+def bad_inputs_under_test():
+    """Every bad input the test suite exercises, keyed as the README writes it."""
+    from app import test_bad_checkpoints, test_bad_inputs
+
+    cases = [*test_bad_inputs.BAD, *test_bad_inputs.PATHS, *test_bad_inputs.CHOICES, *test_bad_inputs.IMAGES,
+             *test_bad_checkpoints.CASES]
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from app import test_lm_pipeline, test_lm_policy
+
+    return cases + list(test_lm_pipeline.LM_BAD) + list(test_lm_policy.POLICY_BAD)
+
+
+def test_the_bad_input_table_lists_exactly_the_tested_cases():
+    rows, tested = bad_input_rows(), bad_inputs_under_test()
+    assert len(rows) == len(set(rows)), [r for r in rows if rows.count(r) > 1]
+    assert len(tested) == len(set(tested))
+    untested = [r for r in rows if r not in tested]
+    assert not untested, f"README rows with no test case: {untested}"
+    missing = [c for c in tested if c not in rows]
+    assert not missing, f"tested bad inputs the README does not list: {missing}"
+    assert len(rows) >= 60

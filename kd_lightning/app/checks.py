@@ -41,6 +41,11 @@ def summary_keys(cfg: DictConfig) -> Set[str]:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Everything about kd-train's own keys that can be wrong before any data is read."""
+    seed = cfg.get("seed")
+    if _int(seed) is None or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"seed={seed!r} must be an integer from 0 to 2**32-1 (it seeds torch, numpy and "
+                          "Python's random); set e.g. seed=42")
+    check_trainer(cfg.trainer)
     given = cfg.teacher.get("ckpt_path")
     max_epochs = cfg.trainer.get("max_epochs")
     max_steps = cfg.trainer.get("max_steps")
@@ -100,6 +105,104 @@ def check_train_config(cfg: DictConfig) -> None:
     resume = cfg.get("resume", False)
     if not isinstance(resume, bool):
         raise ConfigError(f"resume={resume!r} must be true or false")
+    for key in ("output_dir", "cache_dir"):
+        check_writable_dir(cfg, f"paths.{key}")
+    if cfg.get("task") == "causal_lm":
+        check_samples(cfg.get("samples") or {})
+
+
+def check_samples(samples: Any) -> None:
+    """``samples``: the continuations a language-model report shows (sampled after each stage trains)."""
+    new_tokens = samples.get("max_new_tokens", 24)
+    if _int(new_tokens) is None or new_tokens < 1:
+        raise ConfigError(f"samples.max_new_tokens={new_tokens!r} must be a positive number of tokens to generate; "
+                          "set e.g. samples.max_new_tokens=24")
+    temperature = samples.get("temperature", 0.7)
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        raise ConfigError(f"samples.temperature={temperature!r} must be a positive number (the report samples "
+                          "continuations); set e.g. samples.temperature=0.7")
+    top_k = samples.get("top_k", 20)
+    if _int(top_k) is None or top_k < 0:
+        raise ConfigError(f"samples.top_k={top_k!r} must be an integer >= 0 (0: no top-k filter); "
+                          "set e.g. samples.top_k=20")
+
+
+def check_writable_dir(cfg: DictConfig, key: str) -> None:
+    """``key`` names a directory this run creates or writes into: its nearest existing ancestor must be a
+    writable directory (not a file), or the run would fail after its first stage trained."""
+    import os
+    from pathlib import Path
+
+    try:
+        value = OmegaConf.select(cfg, key)
+    except Exception:  # e.g. ${hydra:...} outside a Hydra run: nothing to check here
+        return
+    if not value:
+        return
+    path = Path(str(value)).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={str(value)!r} cannot be a directory: {str(existing)!r} is a file; "
+                          f"set {key} to a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={str(value)!r} is not writable ({str(existing)!r} does not let this user "
+                          f"create files); set {key} to a directory you can write")
+
+
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+_PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed",
+                      "transformer-engine": "transformer-engine", "transformer-engine-float16": "transformer-engine"}
+
+
+def runs_on_cpu(trainer_cfg: DictConfig) -> bool:
+    """Whether ``trainer.accelerator`` puts the run on the CPU (``auto`` does when no GPU is visible)."""
+    import torch
+
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if accelerator == "cpu":
+        return True
+    if accelerator != "auto":
+        return False
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
+def check_trainer(trainer_cfg: DictConfig) -> None:
+    """The ``trainer`` keys whose wrong values Lightning would only reject when a stage builds its Trainer."""
+    precision = trainer_cfg.get("precision")
+    if precision is not None:
+        name = str(precision).lower()
+        name = _PRECISION_ALIASES.get(name, name)
+        if name not in PRECISIONS and name != "transformer-engine":
+            raise ConfigError(f"trainer.precision={precision!r} is not a precision Lightning knows; use one of "
+                              f"{', '.join(PRECISIONS)}")
+        if name in ("16-mixed", "16-true") and runs_on_cpu(trainer_cfg):
+            raise ConfigError(f"trainer.precision={precision!r} (float16) needs a GPU and this run is on the CPU; "
+                              "on the CPU use trainer.precision=bf16-mixed, bf16-true or 32-true "
+                              "(or trainer=gpu on a machine with a GPU)")
+    devices = trainer_cfg.get("devices")
+    if _int(devices) is not None and (devices == 0 or devices < -1):
+        raise ConfigError(f"trainer.devices={devices!r} asks for no device; set trainer.devices=1 (a number of "
+                          "devices, -1 for all of them, or auto)")
+    max_steps = trainer_cfg.get("max_steps")
+    if max_steps is not None and (_int(max_steps) is None or max_steps < -1):
+        raise ConfigError(f"trainer.max_steps={max_steps!r} must be a positive integer, or -1 for no step limit; "
+                          "set e.g. trainer.max_steps=-1")
+    positive = {"accumulate_grad_batches": "1", "check_val_every_n_epoch": "1", "log_every_n_steps": "20"}
+    for key, example in positive.items():
+        value = trainer_cfg.get(key)
+        if value is not None and (_int(value) is None or value < 1):
+            raise ConfigError(f"trainer.{key}={value!r} must be a positive integer; set e.g. trainer.{key}={example}")
+    limit = trainer_cfg.get("limit_train_batches")
+    if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0
+                              or (isinstance(limit, float) and limit > 1)):
+        raise ConfigError(f"trainer.limit_train_batches={limit!r} trains nothing or is not a limit; set a fraction of "
+                          "the epoch in (0, 1.0] or a number of batches >= 1 (or drop it)")
+    clip = trainer_cfg.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip >= 0):
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (0 or null: no clipping); "
+                          "set e.g. trainer.gradient_clip_val=1.0")
 
 
 def _check_optimizer(cfg: DictConfig) -> None:

@@ -15,3 +15,36 @@ def set_run_id() -> None:
 
     if os.environ.get("LOCAL_RANK", "0") in ("", "0") or "KD_RUN_ID" not in os.environ:
         os.environ["KD_RUN_ID"] = f"_{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def group_options(group: str) -> list:
+    """The choices of config group ``group``: its YAML files and what the ConfigStore holds (model presets)."""
+    from hydra.core.config_store import ConfigStore
+
+    folder = CONFIG_DIR / group
+    names = {p.stem for p in folder.glob("*.yaml")} if folder.is_dir() else set()
+    try:
+        names |= {Path(n).stem for n in ConfigStore.instance().list(group)}
+    except (IOError, OSError, KeyError, ValueError):  # not a stored group
+        pass
+    return sorted(names)
+
+
+def unknown_group_choice(args) -> "str | None":
+    """One line for the first ``group=choice`` in the command line ``args`` that names no option of its group
+    (Hydra's own message spans a screen), or None. Sweeps (``distill=kd,dkd``) are checked choice by choice."""
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.lstrip("+~").partition("=")
+        if not key or "." in key or "/" in key or "(" in value or "*" in value:
+            continue  # a key of a node, a nested group, or a sweep expression Hydra evaluates
+        options = group_options(key)
+        if not options:
+            continue
+        for choice in value.split(","):
+            choice = choice.strip()
+            if choice and choice != "null" and choice not in options:
+                return (f"{key}={choice} is not an option of the {key} config group; choose one of "
+                        f"{', '.join(options)} (--help lists every group)")
+    return None

@@ -18,13 +18,28 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..forward import call, head
 
 
+def like_net(net: nn.Module, x: Any, device: Any = None) -> Any:
+    """``x`` with its floating tensors in the dtype of ``net``'s weights (and on ``device`` when given): after a
+    fit at ``trainer.precision=64-true`` or ``bf16-true`` the network keeps that dtype, the data does not."""
+    dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
+
+    def cast(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        t = t if device is None else t.to(device)
+        return t.to(dtype) if t.is_floating_point() else t
+
+    return {k: cast(v) for k, v in x.items()} if isinstance(x, dict) else cast(x)
+
+
 @torch.no_grad()
 def macs_per_sample(net: nn.Module, example: Any) -> int:
     """Multiply-accumulates of one forward pass per sample (half the counted floating-point operations)."""
     was_training = net.training
     net.eval()
     try:
-        x = head(example, 2)
+        param = next(net.parameters(), None)
+        x = like_net(net, head(example, 2), param.device if param is not None else None)
         with FlopCounterMode(display=False) as counter:
             call(net, x)
         return int(counter.get_total_flops() // 2 // 2)  # two samples, two flops per MAC
@@ -44,10 +59,7 @@ def latency_ms(net: nn.Module, example: Any, batch: int = 1, warmup: int = 10, m
     device = next(net.parameters()).device
     was_training, old_threads = net.training, torch.get_num_threads()
     net.eval().cpu()
-    x = head(example, batch)
-    x = {k: v.cpu() for k, v in x.items()} if isinstance(x, dict) else x.cpu()
-    if isinstance(x, torch.Tensor) and x.is_floating_point():
-        x = x.float()
+    x = like_net(net, head(example, batch), "cpu")
     torch.set_num_threads(threads)
     try:
         for _ in range(warmup):

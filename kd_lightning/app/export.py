@@ -80,6 +80,13 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    import sys
+
+    from .confdir import unknown_group_choice
+
+    bad_choice = unknown_group_choice(sys.argv[1:])
+    if bad_choice:
+        raise SystemExit(f"kd-export: error: {bad_choice}")
     quiet_known_noise()
     set_run_id()
     _main()

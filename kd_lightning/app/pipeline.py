@@ -5,13 +5,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import lightning as L
 import torch
@@ -24,6 +25,7 @@ from ..losses import CE, Loss, TokenKD
 from ..teacher import load_teacher
 from .build import build_callbacks, build_datamodule, build_loggers, build_loss, build_module_factory, build_net
 from .errors import ConfigError, root_cause
+from .interrupt import stop_if_received
 from .report import write_report
 from .stage import Measure, StageResult, count_params, fit_and_test, measure, test_only
 
@@ -72,16 +74,33 @@ class Stages:
         ckpt = resume.interrupted_checkpoint(stage_dir) if self.resume else None
         log.info("stage %s: %s %s (%s parameters)", name, "resuming" if ckpt else "training", type(net).__name__,
                  f"{count_params(net):,}")
-        result = fit_and_test(name, self.trainer(name, max_epochs, max_steps), module, datamodule, net,
-                              self.test_ckpt, self.measure, self.curve_key, ckpt_path=ckpt)
+        with keep_dtype(net):
+            result = fit_and_test(name, self.trainer(name, max_epochs, max_steps), module, datamodule, net,
+                                  self.test_ckpt, self.measure, self.curve_key, ckpt_path=ckpt)
         if primary_process():  # every DDP rank runs the process; one writes
             resume.record_stage(stage_dir, net, result)
+        stop_if_received()
         return result
 
     def test(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
              wall_s: float, source: str) -> StageResult:
         log.info("stage %s: testing %s (%s)", name, type(net).__name__, source)
-        return test_only(name, self.trainer(name), module, datamodule, net, wall_s, source, self.measure)
+        with keep_dtype(net):
+            result = test_only(name, self.trainer(name), module, datamodule, net, wall_s, source, self.measure)
+        stop_if_received()
+        return result
+
+
+@contextlib.contextmanager
+def keep_dtype(net: nn.Module) -> Iterator[None]:
+    """Give ``net`` back its floating dtype after a stage: ``trainer.precision=64-true`` (or ``bf16-true``)
+    converts the module it fits, and the next stage pairs this network with one in the original dtype."""
+    dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+    try:
+        yield
+    finally:
+        if dtype is not None:
+            net.to(dtype)
 
 
 def config_hash(*nodes: Any) -> str:
@@ -237,27 +256,42 @@ _LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "p
                 "num_train")
 
 
-def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: Loss,
-                             datamodule: L.LightningDataModule, has_batch_transform: bool = False):
-    """``distill.teacher_cache``: wrap ``datamodule`` so batches carry the teacher's stored logits (or None)."""
+def uses_teacher_cache(cfg: DictConfig) -> bool:
     setting = cfg.distill.get("teacher_cache", False)
-    if setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("", "false", "null")):
-        return None
-    from ..cache import CachedTeacherDataModule, RandomTransformError, TeacherCacheError
+    return not (setting is None or setting is False
+                or (isinstance(setting, str) and setting.lower() in ("", "false", "null")))
+
+
+def check_teacher_cache(cfg: DictConfig, loss: Loss, has_batch_transform: bool) -> None:
+    """What ``distill.teacher_cache`` cannot serve, refused before any stage trains."""
     from ..losses import LogitMSE
 
+    if not uses_teacher_cache(cfg):
+        return
     name = cfg.distill.get("name", type(loss).__name__)
     if loss.teacher_taps:
         raise ConfigError(f"distill.teacher_cache stores teacher logits only, but {name} reads teacher features "
                           f"({', '.join(loss.teacher_taps)}); set distill.teacher_cache=false")
     if has_batch_transform:
         raise ConfigError("distill.batch_transform changes the inputs at every step, so the teacher must label them "
-                          "online (consistent teaching); set distill.teacher_cache=false")
-    top_k = cfg.distill.get("teacher_cache_top_k")
+                          "online (consistent teaching); set distill.teacher_cache=false, or pick a recipe without "
+                          "it (e.g. experiment=mnist1d_kd)")
     parts = list(getattr(loss, "losses", [loss]))
-    if top_k and any(isinstance(o, LogitMSE) for o in parts):
+    if cfg.distill.get("teacher_cache_top_k") and any(isinstance(o, LogitMSE) for o in parts):
         raise ConfigError("LogitMSE matches raw teacher logits, which top-k storage does not keep; "
                           "set distill.teacher_cache_top_k=null")
+
+
+def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: Loss,
+                             datamodule: L.LightningDataModule, has_batch_transform: bool = False):
+    """``distill.teacher_cache``: wrap ``datamodule`` so batches carry the teacher's stored logits (or None)."""
+    if not uses_teacher_cache(cfg):
+        return None
+    setting = cfg.distill.get("teacher_cache")
+    from ..cache import CachedTeacherDataModule, RandomTransformError, TeacherCacheError
+
+    check_teacher_cache(cfg, loss, has_batch_transform)
+    top_k = cfg.distill.get("teacher_cache_top_k")
     root = Path(cfg.paths.cache_dir) / "teacher_outputs" if setting is True else Path(str(setting))
     data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _LOADER_KEYS}
     cached = CachedTeacherDataModule(
@@ -310,6 +344,8 @@ def validate(cfg: DictConfig) -> Loss:
         from .lm import check_token_cache
 
         check_token_cache(cfg, loss)
+    else:
+        check_teacher_cache(cfg, loss, cfg.distill.get("batch_transform") is not None)
     return loss
 
 

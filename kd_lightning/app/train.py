@@ -28,12 +28,22 @@ def _hydra_job() -> Optional[dict]:
             "overrides": list(hc.overrides.task)}
 
 
+def interrupted_message(out: Path, in_fit: bool = True) -> str:
+    """The one line a SIGTERM ends kd-train with: what was kept and the command that continues."""
+    kept = ("the running stage saved a resumable checkpoint" if in_fit
+            else "finished stages are kept and nothing half-written was left")
+    return (f"kd-train: interrupted by SIGTERM; {kept} in {out}. Continue with the same command plus "
+            f"hydra.run.dir={out} resume=true")
+
+
 def run_task(cfg: DictConfig) -> Optional[float]:
     """One kd-train job. In a multirun a failing job is recorded (``job_status.json``) and returns NaN, so
     the other jobs run and the sweep summary lists it; a single run fails with one line."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from ..data.imagefolder import UnreadableImageError
     from . import rundir
+    from .interrupt import Interrupted
     from .pipeline import run
     from .report import flatten
 
@@ -52,13 +62,13 @@ def run_task(cfg: DictConfig) -> Optional[float]:
             if metric not in flat:
                 raise ConfigError(f"optimized_metric={metric!r} is not in the summary; choose one of {sorted(flat)}")
             value = float(flat[metric])
-    except SIGTERMException:
-        # Lightning stopped the fit and InterruptCheckpoint saved the stage: stop the process (and a sweep).
+    except (SIGTERMException, Interrupted) as err:
+        # Lightning stopped the fit and InterruptCheckpoint saved the stage, or the signal came between
+        # fits (SigtermGuard): stop the process (and a sweep), never with status 0.
         if job is not None:
             rundir.write_job_status(out, "interrupted", sweep, error="SIGTERM", overrides=job["overrides"])
-        raise SystemExit(f"kd-train: interrupted by SIGTERM; the running stage saved a resumable checkpoint in "
-                         f"{out}. Continue with the same command plus hydra.run.dir={out} resume=true") from None
-    except ConfigError as err:
+        raise SystemExit(interrupted_message(out, in_fit=isinstance(err, SIGTERMException))) from None
+    except (ConfigError, UnreadableImageError) as err:
         # One clear line instead of a traceback: the message names the problem and the fix.
         log.error("%s", err)
         if not multirun:
@@ -82,9 +92,22 @@ def _main(cfg: DictConfig) -> Optional[float]:
 
 
 def main() -> None:
+    import sys
+
+    from .confdir import unknown_group_choice
+    from .interrupt import Interrupted, SigtermGuard
+
+    bad_choice = unknown_group_choice(sys.argv[1:])
+    if bad_choice:
+        raise SystemExit(f"kd-train: error: {bad_choice}")
     quiet_known_noise()
     set_run_id()
-    _main()
+    with SigtermGuard():
+        try:
+            _main()
+        except Interrupted:  # between run_task and the end of Hydra's own bookkeeping
+            raise SystemExit("kd-train: interrupted by SIGTERM; run the same command again with resume=true "
+                             "(and hydra.run.dir=<its run directory>) to continue") from None
 
 
 if __name__ == "__main__":

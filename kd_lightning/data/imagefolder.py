@@ -7,8 +7,9 @@ folder also serves as the test split (ImageNet's test labels are not public).
 """
 from __future__ import annotations
 
+import logging
 import os
-from typing import Optional
+from typing import Any, List, Optional
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
@@ -16,8 +17,46 @@ from torch.utils.data import DataLoader, Dataset
 from .loaders import SplitLoaders
 from .indexed import IndexedDataset
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UnreadableImageError(ValueError):
+    """An image file that PIL cannot decode (corrupt, truncated, or not an image); the message names it."""
+
+    def __init__(self, message: str):
+        # A DataLoader worker re-raises this with the worker's traceback around the message: keep the message.
+        # (its last line is "<module>.UnreadableImageError: <message>").
+        marker = f"{type(self).__name__}: "
+        lines = [line.split(marker, 1)[1] for line in str(message).splitlines() if marker in line]
+        super().__init__(lines[-1] if lines else message)
+
+
+def load_image(path: str) -> Any:
+    """torchvision's image loader, with a failure that names the file and the two ways out."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise UnreadableImageError(
+            f"image file {path!r} cannot be read ({type(err).__name__}: {err}); replace or delete it, or set "
+            "data.skip_unreadable=true to leave unreadable files out") from None
+
+
+def unreadable_images(paths: List[str]) -> List[str]:
+    """The files among ``paths`` that PIL cannot decode (each image is decoded once)."""
+    from PIL import Image
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception:  # noqa: BLE001 - whatever PIL raises, the file is unusable
+            bad.append(path)
+    return bad
 
 
 class ImageFolderDataModule(SplitLoaders, L.LightningDataModule):
@@ -29,12 +68,16 @@ class ImageFolderDataModule(SplitLoaders, L.LightningDataModule):
         num_train: when given, the size the config assumes for the training index space (CRD's
             memory bank); must be at least the number of training images.
         return_index: training samples become ``(x, y, index)``.
+        skip_unreadable: decode every image once in ``setup`` and leave out the ones PIL cannot read, with
+            one warning (their number and the first few names). When false (the default), an unreadable
+            image stops the run when it is loaded, with an error naming the file.
     """
 
     def __init__(self, data_dir: str = "data/imagenet", train_dir: str = "train", val_dir: str = "val",
                  image_size: int = 224, batch_size: int = 256, num_workers: int = 8, pin_memory: bool = True,
                  persistent_workers: bool = True, num_classes: Optional[int] = None, return_index: bool = False,
-                 num_train: Optional[int] = None, eval_batch_size: Optional[int] = None, download: bool = False):
+                 num_train: Optional[int] = None, eval_batch_size: Optional[int] = None, download: bool = False,
+                 skip_unreadable: bool = False):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -53,6 +96,8 @@ class ImageFolderDataModule(SplitLoaders, L.LightningDataModule):
         self.expected_classes = num_classes
         self.expected_train = num_train
         self.return_index = return_index
+        self.skip_unreadable = bool(skip_unreadable)
+        self.skipped: List[str] = []
         self.num_classes: Optional[int] = num_classes
         self.classes = None
         self.train_set: Optional[Dataset] = None
@@ -79,15 +124,28 @@ class ImageFolderDataModule(SplitLoaders, L.LightningDataModule):
                 f"image folder {path!r} does not exist; expected one sub-folder of images per class there. "
                 "Set data.data_dir (or KD_DATA_DIR, data.train_dir, data.val_dir) to your copy of the data set")
         try:
-            return ImageFolder(path, transform=transform)
+            folder = ImageFolder(path, transform=transform, loader=load_image)
         except FileNotFoundError as err:  # no class folders or no images with a known extension
             raise FileNotFoundError(f"no usable images under {path!r}: {err}") from err
+        if self.skip_unreadable:
+            bad = set(unreadable_images([p for p, _ in folder.samples]))
+            if bad:
+                folder.samples = [s for s in folder.samples if s[0] not in bad]
+                folder.imgs = folder.samples
+                folder.targets = [t for _, t in folder.samples]
+                self.skipped.extend(sorted(bad))
+            if not folder.samples:
+                raise FileNotFoundError(f"no readable images under {path!r}: all {len(bad)} files are unreadable")
+        return folder
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
         train = self._folder(self.train_path, self.train_transform())
         val = self._folder(self.val_path, self.eval_transform())
+        if self.skipped:
+            first = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+            log.warning("data.skip_unreadable: left out %d unreadable image file(s): %s", len(self.skipped), first)
         if train.classes != val.classes:
             only_train = sorted(set(train.classes) - set(val.classes))[:5]
             only_val = sorted(set(val.classes) - set(train.classes))[:5]

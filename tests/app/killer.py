@@ -17,3 +17,47 @@ class SigtermAtStep(L.Callback):
                 and not self.marker.exists()):
             self.marker.write_text(str(trainer.global_step))
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+# ------------------------------------------------------------------ SIGTERM outside a Trainer run
+# ``python killer.py <kd-train overrides>`` runs kd-train's real entry point after arranging one SIGTERM at
+# the point named by the environment variable KD_TEST_SIGTERM_AT:
+#   report         while summary.json is being written (its bytes in the temporary file, not yet renamed)
+#   teacher_cache  while the teacher-output cache is being built (after its first batch)
+def _sigterm_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _arrange(point: str) -> None:
+    if point == "report":
+        from kd_lightning import io
+
+        plain_fsync = io.fsync
+
+        def fsync(path):
+            if Path(path).name.startswith(".summary.json."):
+                _sigterm_self()
+            return plain_fsync(path)
+
+        io.fsync = fsync
+    elif point == "teacher_cache":
+        from kd_lightning.cache import store
+
+        plain_unpack, calls = store.unpack, []
+
+        def unpack(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                _sigterm_self()
+            return plain_unpack(*args, **kwargs)
+
+        store.unpack = unpack
+    elif point:
+        raise ValueError(f"KD_TEST_SIGTERM_AT={point!r} is not a known point")
+
+
+if __name__ == "__main__":
+    _arrange(os.environ.get("KD_TEST_SIGTERM_AT", ""))
+    from kd_lightning.app.train import main
+
+    main()

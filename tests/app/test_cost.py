@@ -38,3 +38,20 @@ def test_latency_has_warm_up_repeats_a_spread_and_restores_the_network_and_threa
     assert net.training and torch.get_num_threads() == threads
     cost = serving_cost(net, torch.randn(16, 8), serving_batch=64)
     assert cost["serving_batch"] == 16 and cost["macs_per_sample"] == 64 and cost["weight_bytes"] == 4 * 72
+
+
+def test_a_network_trained_in_another_precision_is_costed_with_inputs_of_its_dtype():
+    for dtype in (torch.float64, torch.bfloat16):
+        net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(12, 3)).to(dtype)
+        cost = serving_cost(net, torch.randn(8, 1, 8), serving_batch=4)  # float32 data, as a loader gives it
+        assert cost["macs_per_sample"] == 6 * 2 * 3 + 12 * 3 and cost["latency_ms"] > 0
+        assert next(net.parameters()).dtype == dtype
+
+
+def test_keep_dtype_gives_the_network_back_its_dtype():
+    from kd_lightning.app.pipeline import keep_dtype
+
+    net = nn.Linear(3, 2)
+    with keep_dtype(net):
+        net.double()  # what Lightning's 64-true plugin does to the module it fits
+    assert net.weight.dtype == torch.float32

@@ -67,3 +67,71 @@ def test_a_tampered_finished_stage_runs_again_on_resume(tmp_path):
     log = second.stdout + second.stderr
     assert "does not match its recorded digest; running the stage again" in log
     assert "stage baseline: training" in log
+
+
+def cli_sigterm_at(point: str, *args, cwd):
+    """kd-train's entry point run by killer.py, which sends SIGTERM once at ``point`` (outside any fit)."""
+    env = {**os.environ, "KD_CACHE_DIR": str(cwd / "cache"), "KD_LOG_DIR": str(cwd / "outputs"),
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "KD_TEST_SIGTERM_AT": point,
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    script = Path(__file__).parent / "killer.py"
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def assert_interrupted_in_one_line(proc, run):
+    assert proc.returncode not in (0, None), proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if "interrupted by SIGTERM" in line]
+    assert len(lines) == 1 and lines[0].startswith("kd-train: interrupted by SIGTERM") and "resume=true" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert json.loads((run / "job_status.json").read_text())["status"] == "interrupted"
+    assert not list(run.rglob(".*.tmp")), list(run.rglob(".*.tmp"))  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_report_is_written_exits_non_zero_and_resume_finishes(tmp_path):
+    args = [*FAST, "hydra.run.dir=run"]
+    first = cli_sigterm_at("report", *args, cwd=tmp_path)
+    run = tmp_path / "run"
+    assert_interrupted_in_one_line(first, run)
+    assert not (run / "summary.json").exists()  # the half-written summary never got its name
+    assert all((run / s / "stage.json").is_file() for s in ("teacher", "baseline", "student"))
+
+    second = cli(*args, "resume=true", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "stage student: finished earlier, read back" in second.stdout + second.stderr
+    assert json.loads((run / "summary.json").read_text())["student"]["acc"] > 0
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_teacher_cache_is_built_leaves_no_cache_a_later_run_trusts(tmp_path):
+    args = [*FAST, "hydra.run.dir=run", "experiment=mnist1d_kd", "distill.teacher_cache=true"]
+    first = cli_sigterm_at("teacher_cache", *args, cwd=tmp_path)
+    run = tmp_path / "run"
+    assert_interrupted_in_one_line(first, run)
+    outputs = tmp_path / "cache" / "teacher_outputs"
+    assert not list(outputs.rglob("meta.json")) and not list(outputs.rglob(".*.tmp"))  # nothing marked complete
+
+    second = cli(*args, "resume=true", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "teacher outputs cached" in second.stdout + second.stderr
+    assert list(outputs.rglob("meta.json")) and (run / "summary.json").is_file()
+
+
+def test_the_guard_restores_the_previous_handler_and_leaves_trainer_runs_to_lightning():
+    import signal
+
+    from kd_lightning.app.interrupt import Interrupted, SigtermGuard
+
+    before = signal.getsignal(signal.SIGTERM)
+    with SigtermGuard() as guard:
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+        # Inside a Trainer run Lightning's handler is installed and calls the one it found: only recorded.
+        lightning_like = signal.signal(signal.SIGTERM, lambda s, f: guard.handle(s, f))
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lightning_like)
+        assert guard.received
+    assert signal.getsignal(signal.SIGTERM) == before
+    import kd_lightning.app.train  # noqa: F401  importing the entry point installs nothing
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -88,36 +88,76 @@ def test_lm_run_has_three_stages_report_and_hf_student(tmp_path, cache_dir):
     assert given["teacher"]["ppl"] == pytest.approx(summary["student"]["ppl"], rel=1e-4)
 
 
-def test_bad_lm_input_is_one_clear_line_before_training(tmp_path, cache_dir):
-    def error(*overrides: str) -> str:
-        with pytest.raises(ConfigError) as info:
-            run(make_cfg(tmp_path, cache_dir, *overrides))
-        message = str(info.value)
-        assert "\n" not in message and not (tmp_path / "run" / "teacher").exists(), message
-        return message
-
-    assert "does not exist" in error("data=lm_text", f"data.path={tmp_path / 'missing.txt'}")
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(4)))
-    assert "line 1 has no field 'prompt'" in error("data=lm_jsonl", f"data.path={pairs}")
-    corpus = text_file(tmp_path)
-    assert "data.seq_len=64 is longer than the student's context of 32 positions" in error(
-        "data=lm_text", f"data.path={corpus}", "data.seq_len=64", "student.net.max_position_embeddings=32")
-
+def _no_pad_tokenizer(tmp: Path) -> str:
     from kd_lightning.data.text import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer([TEXT], vocab_size=300)
     tok.pad_token = None
-    tok.save_pretrained(tmp_path / "no_pad")
-    assert "has no pad token" in error("data=lm_text", f"data.path={corpus}", f"data.tokenizer={tmp_path / 'no_pad'}")
-    message = error("teacher=hf_local", "teacher.name_or_path=some-org/not-on-disk")
-    assert "'some-org/not-on-disk' is not on this machine" in message and "local directory" in message
-    assert "divergence='kl' is not known" in error("distill.divergence=kl")
-    assert "distill=token_kd" in error("distill=kd")
-    assert "experiment=lm_pydoc" in error("task=classification")
-    assert "serves the forward KL only" in error("distill.teacher_cache=true", "distill.divergence=reverse")
-    assert "teacher_cache_top_k=500 exceeds the teacher's vocabulary of 300" in error(
-        "distill.teacher_cache=true", "distill.teacher_cache_top_k=500")
+    tok.save_pretrained(tmp / "no_pad")
+    return str(tmp / "no_pad")
+
+
+def _pairs_without_prompt(tmp: Path) -> str:
+    pairs = tmp / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(4)))
+    return str(pairs)
+
+
+# Each key is a row of the README's "Bad input" table (tests/test_readme.py checks the two agree); <...> marks
+# a file the test writes: (overrides, what the one-line error must say).
+LM_BAD = {
+    "experiment=lm_pydoc data=lm_text data.path=<missing file>": (
+        lambda tmp: ["data=lm_text", f"data.path={tmp / 'missing.txt'}"], r"^data.path='.*missing.txt': .*missing.txt.*does not exist"),
+    "experiment=lm_pydoc data=lm_jsonl data.path=<rows without a prompt field>": (
+        lambda tmp: ["data=lm_jsonl", f"data.path={_pairs_without_prompt(tmp)}"], r"line 1 has no field 'prompt'"),
+    "experiment=lm_pydoc data.seq_len=64 student.net.max_position_embeddings=32": (
+        lambda tmp: ["data.seq_len=64", "student.net.max_position_embeddings=32"],
+        r"data.seq_len=64 is longer than the student's context of 32 positions"),
+    "experiment=lm_pydoc data.tokenizer=<a tokenizer without a pad token>": (
+        lambda tmp: [f"data.tokenizer={_no_pad_tokenizer(tmp)}"],
+        r"has no pad token"),
+    "experiment=lm_pydoc teacher=hf_local teacher.name_or_path=some-org/not-on-disk": (
+        lambda tmp: ["teacher=hf_local", "teacher.name_or_path=some-org/not-on-disk"],
+        r"'some-org/not-on-disk' is not on this machine.*local directory"),
+    "experiment=lm_pydoc data.seq_len=1": (lambda tmp: ["data.seq_len=1"],
+                                          r"^data.seq_len=1: .*seq_len=1 is too short: a sequence needs >= 2 tokens"),
+    "experiment=lm_pydoc data.vocab_size=10": (lambda tmp: ["data.vocab_size=10"],
+                                               r"the tokenizer has \d+ tokens but the student's vocabulary has 10"),
+    "experiment=lm_pydoc distill.divergence=kl": (lambda tmp: ["distill.divergence=kl"],
+                                                  r"^distill.divergence='kl': .*divergence='kl' is not known"),
+    "experiment=lm_pydoc distill.divergence=jsd distill.beta=2": (
+        lambda tmp: ["distill.divergence=jsd", "distill.beta=2"], r"^distill.beta=2: .*TokenKD: beta=2 is outside \[0, 1\]"),
+    "experiment=lm_pydoc distill.divergence=skew_forward distill.alpha=2": (
+        lambda tmp: ["distill.divergence=skew_forward", "distill.alpha=2"], r"^distill.alpha=2: .*TokenKD: alpha=2 is outside \[0, 1\]"),
+    "experiment=lm_pydoc distill.kd_positions=nope": (lambda tmp: ["distill.kd_positions=nope"],
+                                                      r"^distill.kd_positions='nope': .*kd_positions='nope' is not known; use 'all'.*or 'labels'"),
+    "experiment=lm_pydoc distill.temperature=0": (lambda tmp: ["distill.temperature=0"],
+                                                  r"temperature must be a positive finite number, got 0"),
+    "experiment=lm_pydoc distill=kd": (lambda tmp: ["distill=kd"], r"distill=kd is a classifier method.*distill=token_kd"),
+    "experiment=lm_pydoc task=classification": (lambda tmp: ["task=classification"],
+                                                r"distill=token_kd distills language models.*experiment=lm_pydoc"),
+    "experiment=lm_pydoc samples.max_new_tokens=0": (lambda tmp: ["samples.max_new_tokens=0"],
+                                                     r"samples.max_new_tokens=0 must be a positive number of tokens"),
+    "experiment=lm_pydoc samples.temperature=-1": (lambda tmp: ["samples.temperature=-1"],
+                                                   r"samples.temperature=-1 must be a positive number"),
+    "experiment=lm_pydoc samples.top_k=-2": (lambda tmp: ["samples.top_k=-2"],
+                                             r"samples.top_k=-2 must be an integer >= 0"),
+    "experiment=lm_pydoc distill.teacher_cache=true distill.divergence=reverse": (
+        lambda tmp: ["distill.teacher_cache=true", "distill.divergence=reverse"],
+        r"serves the forward KL only.*set distill.divergence=forward or distill.teacher_cache=false"),
+    "experiment=lm_pydoc distill.teacher_cache=true distill.teacher_cache_top_k=5000": (
+        lambda tmp: ["distill.teacher_cache=true", "distill.teacher_cache_top_k=5000"],
+        r"teacher_cache_top_k=5000 exceeds the teacher's vocabulary of \d+ tokens"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LM_BAD))
+def test_bad_lm_input_is_one_clear_line_before_training(tmp_path, cache_dir, case):
+    overrides, expected = LM_BAD[case]
+    with pytest.raises(ConfigError, match=expected) as info:
+        run(make_cfg(tmp_path, cache_dir, *overrides(tmp_path)))
+    message = str(info.value)
+    assert "\n" not in message and not (tmp_path / "run" / "teacher").exists(), message
 
 
 def test_student_trains_on_the_stored_top_k_signal_without_a_teacher(tmp_path, cache_dir, monkeypatch):

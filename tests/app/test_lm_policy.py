@@ -61,18 +61,32 @@ def test_experiment_composes_with_pairs_and_response_positions():
     assert plain.get("teacher_ppl_of_samples") is None
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["distill.on_policy.lam=1.5"], "distill.on_policy.lam=1.5 must be in [0, 1]"),
-    (["distill.on_policy.lam=-0.1"], "distill.on_policy.lam=-0.1 must be in [0, 1]"),
-    (["distill.on_policy.lam=0.5", "distill.kd_positions=all"], "needs distill.kd_positions=labels (got 'all')"),
-    (["distill.on_policy.lam=0.5", "distill.sampling.max_new_tokens=0"],
-     "distill.sampling.max_new_tokens=0 must be a positive integer"),
-    (["distill.sequence_kd=true", "distill.sampling.temperature=0"], "distill.sampling.temperature=0 must be"),
-    (["distill.on_policy.lam=1", "distill.sampling.top_k=0"], "distill.sampling.top_k=0 must be a positive integer"),
-    (["distill.on_policy.lam=1", "distill.teacher_cache=true"], "set distill.teacher_cache=false"),
-    (["task=classification", "distill.on_policy.lam=1"], "needs a language model"),
-])
-def test_bad_values_are_one_line_before_training(tmp_path, cache_dir, overrides, message):
+# Each key is a row of the README's "Bad input" table (tests/test_readme.py checks the two agree):
+# (overrides after TINY, which sets experiment=lm_pydoc_pairs; what the one-line error must say).
+POLICY_BAD = {
+    "experiment=lm_pydoc_pairs distill.on_policy.lam=1.5": (
+        ["distill.on_policy.lam=1.5"], "distill.on_policy.lam=1.5 must be in [0, 1]"),
+    "experiment=lm_pydoc_pairs distill.on_policy.lam=-0.1": (
+        ["distill.on_policy.lam=-0.1"], "distill.on_policy.lam=-0.1 must be in [0, 1]"),
+    "experiment=lm_pydoc_pairs distill.on_policy.lam=0.5 distill.kd_positions=all": (
+        ["distill.on_policy.lam=0.5", "distill.kd_positions=all"], "needs distill.kd_positions=labels (got 'all')"),
+    "experiment=lm_pydoc_pairs distill.on_policy.lam=0.5 distill.sampling.max_new_tokens=0": (
+        ["distill.on_policy.lam=0.5", "distill.sampling.max_new_tokens=0"],
+        "distill.sampling.max_new_tokens=0 must be a positive integer"),
+    "experiment=lm_pydoc_pairs distill.sequence_kd=true distill.sampling.temperature=0": (
+        ["distill.sequence_kd=true", "distill.sampling.temperature=0"], "distill.sampling.temperature=0 must be"),
+    "experiment=lm_pydoc_pairs distill.on_policy.lam=1 distill.sampling.top_k=0": (
+        ["distill.on_policy.lam=1", "distill.sampling.top_k=0"], "distill.sampling.top_k=0 must be a positive integer"),
+    "experiment=lm_pydoc_pairs distill.on_policy.lam=1 distill.teacher_cache=true": (
+        ["distill.on_policy.lam=1", "distill.teacher_cache=true"], "set distill.teacher_cache=false"),
+    "experiment=lm_pydoc_pairs task=classification distill.on_policy.lam=1": (
+        ["task=classification", "distill.on_policy.lam=1"], "needs a language model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POLICY_BAD))
+def test_bad_values_are_one_line_before_training(tmp_path, cache_dir, case):
+    overrides, message = POLICY_BAD[case]
     with pytest.raises(ConfigError) as info:
         run(make_cfg(tmp_path, cache_dir, *overrides))
     text = str(info.value)

@@ -198,3 +198,12 @@ def test_app_gives_the_transfer_set_to_the_student_stage_only(compose, tmp_path,
     assert isinstance(stages["student"][2].batch_transform, Mixup)
     assert stages["baseline"][2].batch_transform is None
     assert not isinstance(stages["baseline"][3], dict)  # (x, y) tuples: no unlabeled samples
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_true_precisions_run_every_stage_and_leave_the_networks_in_their_dtype(compose, precision):
+    # The teacher trains in float64 (or bfloat16); the student stage pairs it with a student built in float32.
+    summary = run(compose(*FAST, f"trainer.precision={precision}", "teacher_fit.use_cache=false"))
+    assert summary["teacher"]["source"] == "trained"
+    assert all(summary[s]["acc"] > 0 and summary[s]["latency_ms"] > 0 for s in ("teacher", "baseline", "student"))

@@ -1,0 +1,67 @@
+"""SIGTERM anywhere in a kd-train run: a non-zero exit with one line that says how to resume.
+
+Inside a ``Trainer`` run Lightning installs its own SIGTERM handler, stops the fit at the end of the step
+and :class:`~kd_lightning.app.resume.InterruptCheckpoint` saves the stage. Outside one (building a data
+set or a teacher-output cache, between stages, while the report is written) the default action would
+kill the process without a word, and a plain ``except Exception`` could even swallow a Python-level
+signal. :class:`SigtermGuard` covers those moments: its handler raises :class:`Interrupted` (a
+``BaseException``, like ``KeyboardInterrupt``), which unwinds through the atomic writers (their
+temporary files are removed, so no half-written file is ever left under its final name) up to the
+entry point. The guard is installed by the CLI entry point only, never on import, and puts the previous
+handler back when the run ends.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any, Optional
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived outside a Trainer run; the run stops where it is."""
+
+
+_ACTIVE: Optional["SigtermGuard"] = None
+
+
+def stop_if_received() -> None:
+    """Raise :class:`Interrupted` if a SIGTERM reached the active guard while a Trainer ran but did not stop
+    it (Lightning checks between steps and batches; a signal during the last test batch goes unacted)."""
+    if _ACTIVE is not None and _ACTIVE.received:
+        raise Interrupted()
+
+
+class SigtermGuard:
+    """``with SigtermGuard(): ...``: SIGTERM raises :class:`Interrupted`, except while a Trainer runs.
+
+    While Lightning's handler is installed it calls this one after its own (it keeps the handler it
+    found); this handler then only records the signal and lets Lightning stop the loop gracefully.
+    ``received`` tells afterwards whether a SIGTERM came at all.
+    """
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.installed = False
+        self.received = False
+
+    def __enter__(self) -> "SigtermGuard":
+        global _ACTIVE
+        if threading.current_thread() is threading.main_thread():  # signals are for the main thread only
+            self.previous = signal.signal(signal.SIGTERM, self.handle)
+            self.installed = True
+            _ACTIVE = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _ACTIVE
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.installed = False
+            _ACTIVE = None
+
+    def handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.received = True
+        if signal.getsignal(signal.SIGTERM) == self.handle:  # no Trainer is running: stop right here
+            raise Interrupted()
+        # Otherwise Lightning's handler ran first and stops the fit (or test) at the end of the step.
