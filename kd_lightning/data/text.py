@@ -153,6 +153,15 @@ def _wrap(tok: Any) -> Any:
                                    bos_token=EOS_TOKEN, unk_token=None)
 
 
+def documents_with_tokenizer(datamodule: Any) -> Tuple[List[str], List[str]]:
+    """A document data module's ``(train, held-out)`` documents; a module without a tokenizer gets the
+    cached byte-level BPE of its training documents."""
+    train_docs, val_docs = datamodule.documents()
+    if datamodule.tokenizer is None:
+        datamodule.tokenizer = train_bpe_tokenizer(train_docs, datamodule.vocab_size, datamodule.cache_dir)
+    return train_docs, val_docs
+
+
 # ----------------------------------------------------------------------------------- datasets
 class PackedSequences(Dataset):
     """A token stream cut into rows of ``seq_len``; the last partial row is padded (label -100)."""
@@ -209,9 +218,7 @@ class _PackedTextDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        train_docs, val_docs = self.documents()
-        if self.tokenizer is None:
-            self.tokenizer = train_bpe_tokenizer(train_docs, self.vocab_size, self.cache_dir)
+        train_docs, val_docs = documents_with_tokenizer(self)
         pad = self.tokenizer.pad_token_id
         train_stream, val_stream = encode_stream(self.tokenizer, train_docs), encode_stream(self.tokenizer, val_docs)
         self.train_set = PackedSequences(train_stream, self.seq_len, pad)
@@ -483,9 +490,7 @@ class PydocPairsDataModule(_PairsDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        train_docs, val_docs = self.documents()
-        if self.tokenizer is None:
-            self.tokenizer = train_bpe_tokenizer(train_docs, self.vocab_size, self.cache_dir)
+        train_docs, val_docs = documents_with_tokenizer(self)
         self.train_set = PromptResponseDataset(self.pairs(train_docs))
         self.val_set = PromptResponseDataset(self.pairs(val_docs))
         if not self.train_set.rows or not self.val_set.rows:
