@@ -37,8 +37,8 @@ def unknown_group_choice(args) -> "str | None":
         if arg.startswith("-") or "=" not in arg:
             continue
         key, _, value = arg.lstrip("+~").partition("=")
-        if not key or "." in key or "/" in key or "(" in value or "*" in value:
-            continue  # a key of a node, a nested group, or a sweep expression Hydra evaluates
+        if not key or "." in key or "/" in key or "(" in value or "*" in value or value[:1] in "{['\"$":
+            continue  # a key of a node, a nested group, a sweep expression or a value (logger={}) Hydra evaluates
         options = group_options(key)
         if not options:
             continue

@@ -154,6 +154,8 @@ def test_sweeps_are_checked_choice_by_choice():
 
     assert unknown_group_choice(["distill=kd,dkd", "teacher=resnet8", "+experiment=mnist1d_kd"]) is None
     assert unknown_group_choice(["distill=kd,nope"]).startswith("distill=nope is not an option")
+    # Values Hydra evaluates itself (a dict, a list, a quoted string, an interpolation) are not choices.
+    assert unknown_group_choice(["logger={}", "callbacks=[]", "logger='csv'", "logger=${oc.env:X}"]) is None
 
 
 # An ImageFolder data set with an unreadable image: the file is named (data.skip_unreadable=true skips it).
