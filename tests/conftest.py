@@ -8,6 +8,10 @@ steps many times slower. Subprocesses started by tests inherit the same limit.
 progress bar, no model summary, no sanity validation and 4 steps, writing under the test's
 ``tmp_path``; every keyword overrides a default (``make_trainer(max_epochs=1, max_steps=-1)``).
 
+``data`` and ``seeded``: the classifier tests' ``(x, y)`` of ``helpers.make_data()``, and the global torch
+seed set to 0 (files that build random networks in every test mark themselves with
+``pytestmark = pytest.mark.usefixtures("seeded")``).
+
 ``compose``: composes a config from ``conf/`` (``compose("distill=dkd", name="train", hydra=False)``)
 with ``paths.output_dir`` = ``tmp_path/run`` and ``paths.cache_dir`` = ``tmp_path/cache``, so that a
 run started from it writes nothing outside the test's own directory.
@@ -44,3 +48,17 @@ def compose(tmp_path):
     from helpers import compose_config
 
     return lambda *overrides, **kw: compose_config(tmp_path, *overrides, **kw)
+
+
+@pytest.fixture
+def data():
+    """``(x, y)``: the small classification set of ``helpers.make_data()``."""
+    from helpers import make_data
+
+    return make_data()
+
+
+@pytest.fixture
+def seeded():
+    """The global torch seed at 0, so networks a test builds are the same on every run."""
+    torch.manual_seed(0)

@@ -10,19 +10,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from helpers import (MLP, N, DictDataset, loader, make_data, sgd, warmed_teacher)
+from helpers import MLP, N, DictDataset, loader, sgd, warmed_teacher
 from kd_lightning import DistillationModule
 from kd_lightning.losses import KD, DistillInputs
 
 
-@pytest.fixture
-def data():
-    return make_data()
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 class RecordingKD(KD):

@@ -6,20 +6,12 @@ import warnings
 import pytest
 import torch
 
-from helpers import (MLP, NUM_CLASSES, Probe, hparams_are_plain,
-                     loader, make_data, sgd)
+from helpers import MLP, NUM_CLASSES, Probe, hparams_are_plain, loader, sgd
 from kd_lightning import ClassifierModule
 from kd_lightning.losses import CE
 
 
-@pytest.fixture
-def data():
-    return make_data()
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def test_classifier_hparams_and_no_module_warning(tmp_path, make_trainer, data):

@@ -67,14 +67,7 @@ class ShapeBlind(Loss):
         return {"loss": ce + 0.0 * inputs.teacher_logits.sum(), "ce": ce}
 
 
-@pytest.fixture
-def data():
-    return make_data()
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 # ================================================================ 1-2. teacher invariants, optimizer

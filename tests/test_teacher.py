@@ -10,20 +10,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from helpers import (MLP, Wrapped, loader, make_data, same_state, sgd, snapshot, state_hash, warmed_teacher)
+from helpers import (MLP, Wrapped, loader, same_state, sgd, snapshot, state_hash, warmed_teacher)
 from kd_lightning import ClassifierModule, DistillationModule
 from kd_lightning.losses import KD
 from kd_lightning.teacher import TeacherEnsemble
 
 
-@pytest.fixture
-def data():
-    return make_data()
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def test_frozen_teacher_wrapper_itself_is_in_eval_mode(make_trainer, data):
