@@ -6,38 +6,7 @@ from .relation import cc_loss, crd_nce_loss, pairwise_distances, pkt_loss, rkd_l
 from .token import (TOKEN_DIVERGENCES, default_chunk_size, token_cross_entropy, token_cross_entropy_fused,
                     token_divergence, token_divergence_fused, token_divergence_topk)
 
-__all__ = [
-    "dist_loss",
-    "dist_terms",
-    "dkd_loss",
-    "dkd_terms",
-    "kd_ce_terms",
-    "kd_loss",
-    "logit_mse",
-    "logit_standardize",
-    "at_loss",
-    "attention_map",
-    "attention_map_loss",
-    "fitnet_loss",
-    "hidden_state_loss",
-    "match_spatial",
-    "nst_loss",
-    "ofd_loss",
-    "ofd_margin_from_bn",
-    "ofd_margin_from_samples",
-    "sp_loss",
-    "vid_loss",
-    "cc_loss",
-    "crd_nce_loss",
-    "pairwise_distances",
-    "pkt_loss",
-    "rkd_loss",
-    "rkd_terms",
-    "TOKEN_DIVERGENCES",
-    "default_chunk_size",
-    "token_cross_entropy",
-    "token_cross_entropy_fused",
-    "token_divergence",
-    "token_divergence_fused",
-    "token_divergence_topk",
-]
+from . import feature, relation, response, token
+
+# Each module lists its own public functions; the package exports exactly those.
+__all__ = [*response.__all__, *feature.__all__, *relation.__all__, *token.__all__]
