@@ -25,17 +25,24 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def build_summary(teacher: StageResult, baseline: Optional[StageResult], student: StageResult) -> Dict[str, Any]:
-    summary: Dict[str, Any] = {
+def stage_results(teacher: StageResult, baseline: Optional[StageResult], student: StageResult) -> Dict[str, Any]:
+    """What every summary starts with, whatever the task: the three stages and the size and speed ratios."""
+    return {
         "teacher": teacher.to_dict(),
         "baseline": baseline.to_dict() if baseline is not None else None,
         "student": student.to_dict(),
         "compression": round(teacher.params / max(student.params, 1), 3),
         "size_ratio": round(teacher.size_bytes / max(student.size_bytes, 1), 3),
-        # The deterministic figure first: multiply-accumulates per sample; then the measured latency ratios.
+        "speedup": round(teacher.latency_ms / max(student.latency_ms, 1e-9), 3),
+    }
+
+
+def build_summary(teacher: StageResult, baseline: Optional[StageResult], student: StageResult) -> Dict[str, Any]:
+    summary: Dict[str, Any] = {
+        **stage_results(teacher, baseline, student),
+        # The deterministic figure beside the measured latency ratios: multiply-accumulates per sample.
         "mac_ratio": (round(teacher.macs_per_sample / max(student.macs_per_sample, 1), 3)
                       if teacher.macs_per_sample and student.macs_per_sample else None),
-        "speedup": round(teacher.latency_ms / max(student.latency_ms, 1e-9), 3),
         "speedup_serving": (round(teacher.latency_serving_ms_per_sample
                                   / max(student.latency_serving_ms_per_sample, 1e-12), 3)
                             if teacher.latency_serving_ms_per_sample and student.latency_serving_ms_per_sample else None),
@@ -154,15 +161,7 @@ def write_report(out: Path, teacher: StageResult, baseline: Optional[StageResult
 def build_lm_summary(teacher: StageResult, baseline: Optional[StageResult], student: StageResult) -> Dict[str, Any]:
     """Perplexity and bits per byte of the three models; ``gap_closed`` is the share of the baseline's
     excess cross-entropy over the teacher that distillation removes: (ln b - ln s) / (ln b - ln t)."""
-    summary: Dict[str, Any] = {
-        "teacher": teacher.to_dict(),
-        "baseline": baseline.to_dict() if baseline is not None else None,
-        "student": student.to_dict(),
-        "compression": round(teacher.params / max(student.params, 1), 3),
-        "size_ratio": round(teacher.size_bytes / max(student.size_bytes, 1), 3),
-        "speedup": round(teacher.latency_ms / max(student.latency_ms, 1e-9), 3),
-        "ppl_gain": None, "gap_closed": None,
-    }
+    summary: Dict[str, Any] = {**stage_results(teacher, baseline, student), "ppl_gain": None, "gap_closed": None}
     if baseline is not None and baseline.ppl and student.ppl and teacher.ppl:
         summary["ppl_gain"] = round(baseline.ppl - student.ppl, 3)
         excess = math.log(baseline.ppl) - math.log(teacher.ppl)

@@ -335,7 +335,18 @@ def _scale_saved(ctx, grad_out: Tensor) -> List[Tensor]:
     return saved
 
 
-class _ChunkedRows(torch.autograd.Function):
+class _GradientsInForward(torch.autograd.Function):
+    """Base of the chunked functions: forward stores every input's gradient (``ctx.needs`` says which, after
+    five non-tensor arguments); backward only scales them by the output's gradient."""
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        saved = iter(_scale_saved(ctx, grad_out))
+        return (None,) * 5 + tuple(next(saved) if need else None for need in ctx.needs)
+
+
+class _ChunkedRows(_GradientsInForward):
     """``scale · Σ_chunks kernel(chunk)``; the gradients of the row inputs are filled chunk by chunk in forward.
 
     Row inputs share their leading shape ``[...]`` (the positions); ``rows`` are the flat indices of the
@@ -363,14 +374,8 @@ class _ChunkedRows(torch.autograd.Function):
         ctx.save_for_backward(*[g for g in grads if g is not None])
         return value * scale
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        saved = iter(_scale_saved(ctx, grad_out))
-        return (None,) * 5 + tuple(next(saved) if need else None for need in ctx.needs)
 
-
-class _FusedHead(torch.autograd.Function):
+class _FusedHead(_GradientsInForward):
     """Like :class:`_ChunkedRows`, with the first row input computed per chunk as ``hidden @ weightᵀ + bias``;
     gradients go to ``hidden``, ``weight`` and ``bias`` (accumulated over chunks in their own dtype)."""
 
@@ -414,12 +419,6 @@ class _FusedHead(torch.autograd.Function):
         ctx.needs = (need_h, need_w, need_b) + need_others
         ctx.save_for_backward(*[g for g in [grad_h, grad_w, grad_b] + grad_o if g is not None])
         return value * scale
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        saved = iter(_scale_saved(ctx, grad_out))
-        return (None,) * 5 + tuple(next(saved) if need else None for need in ctx.needs)
 
 
 def _check_divergence_args(name: str, divergence: str, temperature: float, beta: float,
