@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
+from ..cache.tokens import BATCH_KEYS
 from ..losses.token import IGNORE_INDEX, TokenKD
 from ..teacher import FrozenTeacher
 from .generation import OnPolicy, on_policy_batch
@@ -222,6 +223,7 @@ class CausalLMDistillationModule(L.LightningModule):
         self.student_signature = call_signature(student)
         self.teacher_signature = call_signature(teacher) if teacher is not None else (False, False)
         self.vocab_checked = False
+        self.signal_checked = False  # cached_teacher: the stored signal's temperature and ids, on the first batch
         self.vocab_size: Optional[int] = None  # the compared width (min of both under "truncate")
         # Per-step token accounting (see the class docstring).
         self.step_ref: Optional[Tensor] = None
@@ -331,14 +333,13 @@ class CausalLMDistillationModule(L.LightningModule):
                 self.log("train/on_policy", float(generated), on_step=False, on_epoch=True)
         ids, mask, labels, _ = _batch_fields(batch)
         student: Dict[str, Any] = {}
-        if self.hparams.get("cached_teacher", False):
-            student_logits, teacher_logits = self.run_models(ids, mask, labels)
-            student["teacher_topk"] = self.stored_signal(batch)
-        elif self.hparams.get("fused_head", False):
+        if self.hparams.get("fused_head", False):
             student, teacher_logits = self.run_models_fused(ids, mask, labels)
             student_logits = None
         else:
             student_logits, teacher_logits = self.run_models(ids, mask, labels)
+        if self.hparams.get("cached_teacher", False):  # never with fused_head (refused at construction)
+            student["teacher_topk"] = self.stored_signal(batch)
         count = self.loss.count_mask(labels, mask).sum()
         world, accum = self.step_factors()
         if self.step_tokens is None:  # first micro-batch of an optimizer step
@@ -360,22 +361,25 @@ class CausalLMDistillationModule(L.LightningModule):
         return terms["loss"]
 
     def stored_signal(self, batch: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor]:
-        """The batch's stored top-k teacher signal, checked against the loss and the student's vocabulary."""
-        from ..cache.tokens import BATCH_KEYS
-
+        """The batch's stored top-k teacher signal; the first batch's is checked against the loss's temperature
+        and the student's vocabulary (one cache serves the whole fit, so later batches need no device sync)."""
         missing = [k for k in BATCH_KEYS if k not in batch]
         if missing:
             raise ValueError(f"cached_teacher=True, but the training batch has no {', '.join(missing)}; wrap the data "
                              "module in kd_lightning.cache.CachedTokenDataModule so batches carry the stored teacher signal")
-        temperature = batch["teacher_temperature"]
+        ids = batch["teacher_topk_ids"]
+        if not self.signal_checked:
+            self.check_stored_signal(batch["teacher_temperature"], ids)
+        return ids, batch["teacher_topk_logprobs"], batch["teacher_rest"]
+
+    def check_stored_signal(self, temperature: Tensor, ids: Tensor) -> None:
         if not torch.allclose(temperature.float(), torch.full_like(temperature.float(), self.loss.temperature)):
             raise ValueError(f"the stored teacher log-probabilities were taken at T={float(temperature.flatten()[0])} "
                              f"but the loss uses T={self.loss.temperature}; rebuild the cache at the loss's temperature")
-        ids = batch["teacher_topk_ids"]
         if ids.numel() and int(ids.max()) >= int(self.vocab_size or 0):
             raise ValueError(f"the stored teacher signal holds token id {int(ids.max())}, outside the student's "
                              f"vocabulary of {self.vocab_size}: the cache was made for another vocabulary")
-        return ids, batch["teacher_topk_logprobs"], batch["teacher_rest"]
+        self.signal_checked = True
 
     def log_train_terms(self, terms: Dict[str, Tensor], labels: Tensor, mask: Tensor, split: int, batch_size: int) -> None:
         # Rescale the step-normalised terms to means over this micro-batch's own tokens, for the log.
