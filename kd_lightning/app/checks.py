@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Set
+from pathlib import Path
+from typing import Any, Iterable, Optional, Set
 
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
+
+
+def teacher_cache_root(cfg: DictConfig) -> Optional[Path]:
+    """Where ``distill.teacher_cache`` stores teacher outputs: None when it is off (false, null, ""),
+    ``<paths.cache_dir>/teacher_outputs`` for true, else the directory it names."""
+    setting = cfg.distill.get("teacher_cache", False)
+    if setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("", "false", "null")):
+        return None
+    return Path(cfg.paths.cache_dir) / "teacher_outputs" if setting is True else Path(str(setting))
 
 
 def _int(value: Any) -> Any:
@@ -270,7 +280,6 @@ def _check_self_generated(cfg: DictConfig) -> None:
     if top_k is not None and (_int(top_k) is None or top_k < 1):
         raise ConfigError(f"distill.sampling.top_k={top_k!r} must be a positive integer, or null to sample from "
                           "the whole vocabulary")
-    cache = cfg.distill.get("teacher_cache", False)
-    if cache not in (None, False) and str(cache).lower() not in ("", "false", "null"):
+    if teacher_cache_root(cfg) is not None:
         raise ConfigError("distill.teacher_cache stores the teacher's outputs on the training data, but on-policy "
                           "and sequence-level KD train on generated text; set distill.teacher_cache=false")

@@ -24,6 +24,7 @@ from ..cache.fingerprint import fingerprint_tokenizer
 from ..losses import TokenKD
 from ..teacher import load_teacher
 from .build import build_module_factory, build_net
+from .checks import teacher_cache_root
 from .errors import ConfigError
 from .stage import StageResult, count_params, state_dict_bytes
 
@@ -123,11 +124,6 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: A
 
 
 # ------------------------------------------------------------------------------ the token cache
-def teacher_cache_enabled(cfg: DictConfig) -> bool:
-    setting = cfg.distill.get("teacher_cache", False)
-    return not (setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("", "false", "null")))
-
-
 def vocab_width(net: nn.Module) -> Optional[int]:
     """The number of logits a causal LM returns per token, when its output layer tells."""
     head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
@@ -139,7 +135,7 @@ def vocab_width(net: nn.Module) -> Optional[int]:
 
 def check_token_cache(cfg: DictConfig, loss: TokenKD) -> None:
     """``distill.teacher_cache=true`` for a language model: what the stored top-k signal can serve."""
-    if not teacher_cache_enabled(cfg):
+    if teacher_cache_root(cfg) is None:
         return
     if loss.divergence != "forward":
         raise ConfigError(f"distill.teacher_cache stores the teacher's top-k next-token distribution, which serves the "
@@ -160,7 +156,8 @@ def token_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: TokenKD,
                            datamodule: L.LightningDataModule) -> Optional[L.LightningDataModule]:
     """``distill.teacher_cache`` for language models: the training set's top-k teacher signal, stored once
     (keyed by the teacher's weights, the tokenizer, the data, k and T) and served with every batch."""
-    if not teacher_cache_enabled(cfg):
+    root = teacher_cache_root(cfg)
+    if root is None:
         return None
     from ..cache import TeacherCacheError
     from ..cache.tokens import CachedTokenDataModule
@@ -173,8 +170,6 @@ def token_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: TokenKD,
     if width is not None and int(top_k) > width:
         raise ConfigError(f"distill.teacher_cache_top_k={top_k} exceeds the teacher's vocabulary of {width} tokens; "
                           f"set distill.teacher_cache_top_k<={width}")
-    setting = cfg.distill.teacher_cache
-    root = Path(cfg.paths.cache_dir) / "teacher_outputs" if setting is True else Path(str(setting))
     cached = CachedTokenDataModule(datamodule, teacher, root, tokenizer=datamodule.tokenizer, top_k=int(top_k),
                                    temperature=loss.temperature)
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from .. import io
 from ..losses import CE, Loss, TokenKD
 from ..teacher import load_teacher
 from .build import build_callbacks, build_datamodule, build_loggers, build_loss, build_module_factory, build_net
+from .checks import teacher_cache_root
 from .errors import ConfigError, root_cause
 from .interrupt import stop_if_received
 from .report import write_report
@@ -256,17 +257,11 @@ _LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "p
                 "num_train")
 
 
-def uses_teacher_cache(cfg: DictConfig) -> bool:
-    setting = cfg.distill.get("teacher_cache", False)
-    return not (setting is None or setting is False
-                or (isinstance(setting, str) and setting.lower() in ("", "false", "null")))
-
-
 def check_teacher_cache(cfg: DictConfig, loss: Loss, has_batch_transform: bool) -> None:
     """What ``distill.teacher_cache`` cannot serve, refused before any stage trains."""
     from ..losses import LogitMSE
 
-    if not uses_teacher_cache(cfg):
+    if teacher_cache_root(cfg) is None:
         return
     name = cfg.distill.get("name", type(loss).__name__)
     if loss.teacher_taps:
@@ -285,14 +280,13 @@ def check_teacher_cache(cfg: DictConfig, loss: Loss, has_batch_transform: bool) 
 def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: Loss,
                              datamodule: L.LightningDataModule, has_batch_transform: bool = False):
     """``distill.teacher_cache``: wrap ``datamodule`` so batches carry the teacher's stored logits (or None)."""
-    if not uses_teacher_cache(cfg):
+    root = teacher_cache_root(cfg)
+    if root is None:
         return None
-    setting = cfg.distill.get("teacher_cache")
     from ..cache import CachedTeacherDataModule, RandomTransformError, TeacherCacheError
 
     check_teacher_cache(cfg, loss, has_batch_transform)
     top_k = cfg.distill.get("teacher_cache_top_k")
-    root = Path(cfg.paths.cache_dir) / "teacher_outputs" if setting is True else Path(str(setting))
     data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _LOADER_KEYS}
     cached = CachedTeacherDataModule(
         datamodule, teacher, root, data_config=data_cfg, fp16=bool(cfg.distill.get("teacher_cache_fp16", False)),
