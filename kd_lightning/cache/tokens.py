@@ -232,14 +232,13 @@ class TokenTopKCache:
                 if not torch.isfinite(logits).all():
                     raise ValueError("the teacher produced non-finite logits; refusing to cache them")
                 keep = mask.bool()
-                _lengths(mask)
+                lengths.extend(_lengths(mask).tolist())
                 logp = torch.log_softmax(logits[keep] / float(temperature), dim=-1)  # [tokens, V]
                 values, indices = logp.topk(top_k, dim=-1)
                 rest = (-torch.expm1(torch.logsumexp(values, dim=-1))).clamp_min(0.0)
                 parts["topk_ids.npy"].append(indices.to(torch.int32).cpu().numpy())
                 parts["topk_logprobs.npy"].append(values.to(torch.float16).cpu().numpy())
                 parts["rest_mass.npy"].append(rest.cpu().numpy().astype(np.float32))
-                lengths.extend(int(x) for x in mask.sum(-1).tolist())
         finally:
             teacher.to(home).train(was_training)
         if len(lengths) != n:
