@@ -2,7 +2,8 @@
 whatever the model returns (a tensor, a Hugging Face ``ModelOutput``, a dict, or a tuple)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+import inspect
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -28,6 +29,30 @@ def logits_of(output: Any, who: str = "model") -> Tensor:
     raise TypeError(
         f"the {who} returned a {type(output).__name__}; expected logits: a tensor, an object with .logits "
         "(Hugging Face), a dict with a 'logits' entry, or a tuple whose first item is the logits")
+
+
+def call_signature(net: nn.Module) -> Tuple[bool, bool]:
+    """(passes attention_mask, passes use_cache): only the arguments ``net.forward`` names explicitly."""
+    try:
+        params = inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return False, False
+    return "attention_mask" in params, "use_cache" in params
+
+
+def lm_logits(net: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor], passes_mask: bool,
+              passes_use_cache: bool) -> Tensor:
+    """Call a causal LM on ``input_ids`` and return its logits ``[B, T, V]`` (read as :func:`logits_of` does).
+
+    ``passes_mask`` / ``passes_use_cache`` come from :func:`call_signature`: the mask goes only to a model
+    that names it, and a model with a key-value cache is told not to build one (no generation here).
+    """
+    kwargs: Dict[str, Any] = {}
+    if passes_mask and attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if passes_use_cache:
+        kwargs["use_cache"] = False
+    return logits_of(net(input_ids, **kwargs), f"language model {type(net).__name__}")
 
 
 def batch_size(x: Inputs) -> int:

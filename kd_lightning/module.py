@@ -1,24 +1,17 @@
 """DistillationModule: a drop-in LightningModule that distills a frozen teacher into a student."""
 from __future__ import annotations
 
-import inspect
-import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 
+from .base import TeacherStudentModule
 from .batch import Batch, unpack
-from .losses.base import DistillInputs, Loss
-from .callbacks import FiniteLossCheck, TrainTermLogger
-from .forward import Inputs, batch_size, call, logits_of
-from .taps import FeatureTaps
-from .teacher import FrozenTeacher, TeacherSource, build_teacher
-
-TEACHER_PREFIX = "teacher."
-
+from .forward import Inputs, call, logits_of
+from .losses.base import CLASSIFIER, DistillInputs, Loss
+from .teacher import TeacherSource, build_teacher
 
 
 def _default_objective(has_teacher: bool) -> Loss:
@@ -31,7 +24,7 @@ def _default_objective(has_teacher: bool) -> Loss:
     return CE()
 
 
-class DistillationModule(L.LightningModule):
+class DistillationModule(TeacherStudentModule):
     """Train ``student`` against a frozen ``teacher`` with a distillation ``loss``.
 
     Args:
@@ -63,6 +56,11 @@ class DistillationModule(L.LightningModule):
     (:class:`~kd_lightning.callbacks.TrainTermLogger` and
     :class:`~kd_lightning.callbacks.FiniteLossCheck`, added through ``configure_callbacks``).
 
+    The teacher, checkpoints, optimizer, scheduler, loss adapters and callbacks are those of
+    :class:`~kd_lightning.base.TeacherStudentModule`; this class says how a batch becomes a
+    :class:`~kd_lightning.losses.DistillInputs` and measures accuracy. The loss must be of the classifier
+    family: a token loss (``TokenKD``) is refused here.
+
     Example::
 
         module = DistillationModule(student, teacher, loss=KD(temperature=4.0, ce_weight=0.1, kd_weight=0.9),
@@ -92,31 +90,22 @@ class DistillationModule(L.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
     ):
-        super().__init__()
-        # Networks, losses and factories are not hyperparameters: never pickle them into hparams.
-        self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "teacher_architecture",
-                                          "batch_transform", "model"])
-        if finite_check_interval is not None and int(finite_check_interval) < 1:
-            raise ValueError(f"finite_check_interval must be >= 1 or None, got {finite_check_interval}")
         if batch_transform is not None and not callable(batch_transform):
             raise TypeError(f"batch_transform must be callable (x, y) -> (x, y, labeled), got {type(batch_transform).__name__}")
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
-        self.student = student
-        self.loss = loss if loss is not None else _default_objective(teacher is not None)
-        temperature = getattr(self.loss, "temperature", None) or 1.0
-        self.teacher: Optional[FrozenTeacher] = build_teacher(
-            teacher, teacher_architecture, ensemble_weights, ensemble_mode, temperature)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.save_teacher = save_teacher
+        loss = loss if loss is not None else _default_objective(teacher is not None)
+        temperature = getattr(loss, "temperature", None) or 1.0
+        super().__init__(student, build_teacher(teacher, teacher_architecture, ensemble_weights, ensemble_mode,
+                                                temperature), loss, optimizer, scheduler,
+                         scheduler_interval=scheduler_interval, monitor=monitor, save_teacher=save_teacher,
+                         check_finite=check_finite, finite_check_interval=finite_check_interval)
+        # Networks, losses and factories are not hyperparameters: never pickle them into hparams.
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "teacher_architecture",
+                                          "batch_transform", "model"])
         self.batch_transform = batch_transform
         self._speedups_done = False
         self._shapes_checked = False
-        # The latest training step's terms and batch size, for the step callbacks.
-        self.train_terms: Dict[str, Tensor] = {}
-        self.train_batch_size: Optional[int] = None
-        self._taps: Optional[tuple] = None
         # nan_strategy="disable": no per-update NaN test, whose .any() would wait for the device every step
         # (a NaN then shows in the result instead).
         for stage in ("val", "test"):
@@ -135,22 +124,8 @@ class DistillationModule(L.LightningModule):
         """The student's logits for ``x``: a tensor, or keyword inputs (a Hugging Face batch)."""
         return logits_of(call(self.student, x), "student")
 
-    def _ensure_taps(self) -> tuple:
-        # Hooks are attached lazily so the module stays picklable (ddp_spawn) and detached on teardown.
-        if self._taps is None:
-            s_paths, t_paths = self.loss.student_taps, self.loss.teacher_taps
-            if t_paths and self.teacher is None:
-                raise ValueError("the loss needs teacher features but there is no teacher network")
-            self._taps = (
-                FeatureTaps(self.student, s_paths, "student") if s_paths else None,
-                FeatureTaps(self.teacher.net, t_paths, "teacher") if t_paths else None,
-            )
-        return self._taps
-
     def setup(self, stage: str) -> None:
-        # Shape-dependent adapters must exist before configure_optimizers() collects parameters.
-        if stage == "fit" and self.loss.needs_build:
-            self._build_objective()
+        super().setup(stage)
         self._apply_speedups()
 
     def _check_networks(self) -> None:
@@ -180,52 +155,16 @@ class DistillationModule(L.LightningModule):
                 net.compile()  # in place: parameters and state_dict keys keep their names (no "_orig_mod.")
         self._speedups_done = True
 
-    def _example_batch(self) -> Any:
-        if self.example_input_array is not None:
-            return self.example_input_array
-        trainer = self.trainer
-        if trainer.datamodule is not None:
-            return next(iter(trainer.datamodule.train_dataloader()))
-        try:  # fit(module, train_dataloaders=...): let the fit loop load its data now (it does so only once)
-            trainer.fit_loop.setup_data()
-            return next(iter(trainer.train_dataloader))
-        except Exception:
-            raise ValueError(
-                f"{type(self.loss).__name__} builds adapters from the feature shapes and needs one example "
-                "batch: fit with a datamodule or train_dataloaders, or set module.example_input_array") from None
-
-    @torch.no_grad()
-    def _build_objective(self) -> None:
-        batch = self._example_batch()
-        b = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key) \
-            if not isinstance(batch, Tensor) else Batch(x=batch)
-        was_training = self.student.training
-        self.student.eval()  # a dry run must not move BatchNorm statistics
-        try:
-            s_taps, t_taps = self._ensure_taps()
-            s_logits = self.student_logits(b.x)
-            t_logits = self.teacher(b.x) if self.teacher is not None else b.teacher_logits
-            inputs = DistillInputs(
-                student_logits=s_logits, teacher_logits=t_logits, target=b.y,
-                student_features=s_taps.pop() if s_taps is not None else {},
-                teacher_features=t_taps.pop() if t_taps is not None else {}, index=b.index)
-            self.loss.build(inputs)
-        finally:
-            self.student.train(was_training)
-
-    def teardown(self, stage: str) -> None:
-        for taps in self._taps or ():
-            if taps is not None:
-                taps.remove()
-        self._taps = None
-
-    def _run(self, batch: Any, stage: str) -> tuple:
-        b: Batch = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key)
+    def loss_inputs(self, batch: Any, stage: str) -> DistillInputs:
+        if isinstance(batch, Tensor) and stage == "build":  # example_input_array: inputs only
+            b = Batch(x=batch)
+        else:
+            b = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key)
         if self.hparams.channels_last and isinstance(b.x, Tensor) and b.x.ndim == 4:
             b.x = b.x.contiguous(memory_format=torch.channels_last)
         if stage == "train" and self.batch_transform is not None:
             self._transform_batch(b)
-        s_taps, t_taps = self._ensure_taps()
+        s_taps, t_taps = self.feature_taps()
         # Teacher first: the student's forward and backward then run back to back on warm caches
         # (1-4% faster per MNIST-1D step on a CPU than the other order, in a hand-written loop).
         teacher_logits, t_feats = b.teacher_logits, {}
@@ -234,17 +173,13 @@ class DistillationModule(L.LightningModule):
             t_feats = t_taps.pop() if t_taps is not None else {}
         student_logits = self.student_logits(b.x)
         s_feats = s_taps.pop() if s_taps is not None else {}
-        if not self._shapes_checked:
+        if not self._shapes_checked and stage != "build":
             self._check_shapes(student_logits, teacher_logits, b, stage)
-        inputs = DistillInputs(
+        return DistillInputs(
             student_logits=student_logits, teacher_logits=teacher_logits, target=b.y,
             student_features=s_feats, teacher_features=t_feats,
             epoch=float(self.current_epoch + 1), index=b.index, labeled=b.labeled,
         )
-        # Losses are computed in fp32 whatever the autocast precision of the networks.
-        with torch.autocast(device_type=student_logits.device.type, enabled=False):
-            terms = self.loss(inputs)
-        return b, student_logits, teacher_logits, terms
 
     def _transform_batch(self, b: Batch) -> None:
         """Apply ``batch_transform`` in place; the teacher then labels the transformed inputs."""
@@ -287,35 +222,22 @@ class DistillationModule(L.LightningModule):
         self._shapes_checked = True
 
     # -------------------------------------------------------------------------------- the steps
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        b, _, _, terms = self._run(batch, "train")
-        # What the step callbacks read (TrainTermLogger, FiniteLossCheck): detached, still on the device.
-        self.train_terms = {name: value.detach() for name, value in terms.items()}
-        self.train_batch_size = batch_size(b.x)
-        return terms["loss"]
-
-    def configure_callbacks(self) -> List[L.Callback]:
-        callbacks: List[L.Callback] = [TrainTermLogger()]
-        if self.hparams.check_finite:
-            callbacks.append(FiniteLossCheck(self.hparams.finite_check_interval))
-        # Lightning asks again at test time: keep the ones a Trainer already holds (its own or ours).
-        held = tuple(type(c) for c in self.trainer.callbacks)
-        return [c for c in callbacks if not isinstance(c, held)]
-
     def _eval_step(self, batch: Any, stage: str) -> None:
-        b, s_logits, t_logits, terms = self._run(batch, stage)
-        if b.y is None:
+        inputs = self.loss_inputs(batch, stage)
+        terms = self.terms_of(inputs)
+        s_logits, t_logits, y = inputs.student_logits, inputs.teacher_logits, inputs.target
+        if y is None:
             raise ValueError(f"{stage} batches need labels to measure accuracy")
-        n = b.y.shape[0]
+        n = y.shape[0]
         pred = s_logits.argmax(-1)
-        getattr(self, f"_{stage}_acc").update((pred == b.y).float())
+        getattr(self, f"_{stage}_acc").update((pred == y).float())
         k = min(5, s_logits.shape[-1])
         if s_logits.shape[-1] > 5:
-            top5 = (s_logits.topk(k, dim=-1).indices == b.y[:, None]).any(-1)
+            top5 = (s_logits.topk(k, dim=-1).indices == y[:, None]).any(-1)
             getattr(self, f"_{stage}_acc_top5").update(top5.float())
         if t_logits is not None:
             t_pred = t_logits.argmax(-1)
-            getattr(self, f"_{stage}_teacher_acc").update((t_pred == b.y).float())
+            getattr(self, f"_{stage}_teacher_acc").update((t_pred == y).float())
             getattr(self, f"_{stage}_agreement").update((t_pred == pred).float())
         # One value per sample: a weighted update would be ignored under nan_strategy="disable".
         getattr(self, f"_{stage}_loss").update(terms["loss"].detach().float().expand(n))
@@ -354,52 +276,3 @@ class DistillationModule(L.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         b = unpack(batch, self.hparams.input_key, self.hparams.target_key, self.hparams.index_key)
         return self.student_logits(b.x)
-
-    # ------------------------------------------------------------------------------ optimization
-    def trainable_parameters(self):
-        """The student's and the loss's own parameters — never the teacher's."""
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        params += [p for p in self.loss.parameters() if p.requires_grad]
-        return params
-
-    def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        optimizer = factory(self.trainable_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, **self._schedule_length())
-        return {"optimizer": optimizer, "lr_scheduler": {
-            "scheduler": scheduler, "interval": self.hparams.scheduler_interval, "monitor": self.hparams.monitor}}
-
-    def _schedule_length(self) -> Dict[str, int]:
-        """``{"total_steps": n}`` for a scheduler factory that takes ``total_steps`` and was given none
-        (``kd_lightning.schedules.warmup_cosine``, ``OneCycleLR``): the length of this very fit."""
-        try:
-            param = inspect.signature(self.scheduler_factory).parameters.get("total_steps")
-        except (TypeError, ValueError):
-            return {}
-        if param is None or param.default is not None:
-            return {}
-        try:
-            steps = self.trainer.estimated_stepping_batches
-        except RuntimeError:  # not attached to a Trainer
-            return {}
-        return {"total_steps": int(steps)} if math.isfinite(steps) else {}
-
-    # ------------------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        if not self.save_teacher:
-            state = checkpoint["state_dict"]
-            for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-                del state[key]
-
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        # Checkpoints normally carry no teacher: take its weights from the live teacher so that
-        # strict loading still catches every missing or unexpected student key.
-        state = checkpoint["state_dict"]
-        if self.teacher is None:  # a checkpoint saved with its teacher, loaded into a student-only module
-            for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-                del state[key]
-        elif not any(k.startswith(TEACHER_PREFIX) for k in state):
-            for key, value in self.teacher.state_dict().items():
-                state[TEACHER_PREFIX + key] = value

@@ -2,19 +2,32 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 
+from .base import TeacherStudentModule
 from .batch import unpack
 from .losses.functional import kd_loss
 
 
-class MutualLearningModule(L.LightningModule):
+@dataclass
+class CohortInputs:
+    """One batch as a cohort sees it: each student's logits and the labels."""
+
+    logits: List[Tensor]
+    target: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.target.shape[0]
+
+
+class MutualLearningModule(TeacherStudentModule):
     """Train K >= 2 students together, each with CE on the labels plus KD towards its peers.
 
     For student ``i`` with logits ``z_i``:
@@ -35,15 +48,18 @@ class MutualLearningModule(L.LightningModule):
     deploys), ``val/acc_ensemble`` = accuracy of the averaged probabilities, ``val/acc_best`` (running max
     of ``val/acc``); the same under ``test/``. ``forward`` runs the student with the best last
     validation accuracy (student 0 before any validation).
+
+    The cohort is the base's ``student`` (an ``nn.ModuleList``, also reached as ``students``); there is no
+    teacher. The optimizer, scheduler, checkpoints, finite-loss check and term logging are those of
+    :class:`~kd_lightning.base.TeacherStudentModule`.
     """
 
     def __init__(self, students: Sequence[nn.Module], temperature: float = 1.0, ce_weight: float = 1.0,
                  kd_weight: float = 1.0, optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
                  scheduler: Optional[Callable[..., Any]] = None, peer_target: str = "each",
                  input_key: Optional[str] = None, target_key: Optional[str] = None,
-                 scheduler_interval: str = "epoch", monitor: str = "val/acc"):
-        super().__init__()
-        self.save_hyperparameters(ignore=["students", "optimizer", "scheduler"])
+                 scheduler_interval: str = "epoch", monitor: str = "val/acc", check_finite: bool = True,
+                 finite_check_interval: Optional[int] = None):
         students = list(students)
         if len(students) < 2:
             raise ValueError(f"mutual learning needs at least 2 students, got {len(students)}")
@@ -56,18 +72,23 @@ class MutualLearningModule(L.LightningModule):
                 raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
         if peer_target not in ("each", "mean"):
             raise ValueError(f"peer_target must be 'each' or 'mean', got {peer_target!r}")
-        self.students = nn.ModuleList(students)
+        super().__init__(nn.ModuleList(students), None, None, optimizer, scheduler,
+                         scheduler_interval=scheduler_interval, monitor=monitor, check_finite=check_finite,
+                         finite_check_interval=finite_check_interval)
+        self.save_hyperparameters(ignore=["students", "optimizer", "scheduler"])
         self.temperature = float(temperature)
         self.ce_weight, self.kd_weight = float(ce_weight), float(kd_weight)
         self.peer_target = peer_target
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         k = len(students)
         for stage in ("val", "test"):
             setattr(self, f"_{stage}_acc", nn.ModuleList(MeanMetric() for _ in range(k)))
             setattr(self, f"_{stage}_acc_ensemble", MeanMetric())
         self.val_acc_best = MaxMetric()
         self.register_buffer("best_index", torch.zeros((), dtype=torch.long))
+
+    @property
+    def students(self) -> nn.ModuleList:
+        return self.student
 
     @property
     def num_students(self) -> int:
@@ -86,24 +107,23 @@ class MutualLearningModule(L.LightningModule):
             - math.log(len(peers))
         return kd_loss(logits[i], t * log_mean, t)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def loss_inputs(self, batch: Any, stage: str) -> CohortInputs:
         b = unpack(batch, self.hparams.input_key, self.hparams.target_key)
         if b.y is None:
             raise ValueError("mutual learning trains on labelled batches (x, y)")
-        logits = [s(b.x) for s in self.students]
-        n = b.y.shape[0]
+        return CohortInputs([s(b.x) for s in self.students], b.y)
+
+    def terms_of(self, inputs: CohortInputs) -> Dict[str, Tensor]:
+        """``{"loss": Σ_i loss_i, "ce_<i>": ..., "kd_<i>": ...}``."""
+        terms: Dict[str, Tensor] = {}
         total: Optional[Tensor] = None
-        for i, z in enumerate(logits):
-            ce = F.cross_entropy(z.float(), b.y)
-            kd = self._peer_kd(i, logits)
+        for i, z in enumerate(inputs.logits):
+            ce = F.cross_entropy(z.float(), inputs.target)
+            kd = self._peer_kd(i, inputs.logits)
             loss_i = self.ce_weight * ce + self.kd_weight * kd
             total = loss_i if total is None else total + loss_i
-            self.log(f"train/ce_{i}", ce.detach(), on_step=True, on_epoch=False, batch_size=n)
-            self.log(f"train/kd_{i}", kd.detach(), on_step=True, on_epoch=False, batch_size=n)
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"the mutual-learning loss became non-finite at step {self.global_step}")
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
-        return total
+            terms[f"ce_{i}"], terms[f"kd_{i}"] = ce, kd
+        return {"loss": total, **terms}
 
     # ---------------------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Any, stage: str) -> None:
@@ -153,13 +173,3 @@ class MutualLearningModule(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         return self(unpack(batch, self.hparams.input_key, self.hparams.target_key).x)
-
-    # -------------------------------------------------------------------------------- optimization
-    def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        optimizer = factory([p for p in self.students.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {
-            "scheduler": self.scheduler_factory(optimizer), "interval": self.hparams.scheduler_interval,
-            "monitor": self.hparams.monitor}}

@@ -1,7 +1,13 @@
-"""Frozen teachers: loading, freezing and ensembling.
+"""The teacher's signal: where the teacher's distribution comes from, for both model families.
 
-The teacher is never trained: its parameters have ``requires_grad=False``, it stays in eval mode
-(see :class:`FrozenTeacher.train`), and its forward runs under ``torch.no_grad()``.
+A live teacher is one network or a weighted ensemble (:class:`TeacherEnsemble`), wrapped in
+:class:`FrozenTeacher`: it is never trained — its parameters have ``requires_grad=False``, it stays in
+eval mode (see :meth:`FrozenTeacher.train`), and its forward runs under ``torch.no_grad()`` — and it gives
+classifier logits ``[B, C]`` (:meth:`FrozenTeacher.forward`) or next-token logits ``[B, T, V]``
+(:meth:`FrozenTeacher.token_logits`) through the same ensemble rule. Stored teacher outputs replace the
+live teacher with rows read from disk (:mod:`kd_lightning.cache`): dense logits, or top-k
+log-probabilities with the rest of the mass; the batch then carries them (``teacher_logits`` for a
+classifier, ``teacher_topk_*`` for a causal LM) and no teacher network runs.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .forward import Inputs, call, logits_of
+from .forward import Inputs, call, call_signature, lm_logits, logits_of
 
 TeacherSource = Union[nn.Module, Sequence[nn.Module], str, os.PathLike]
 
@@ -98,6 +104,10 @@ class TeacherEnsemble(nn.Module):
     logits whose softmax at temperature ``T`` is exactly the averaged distribution; ``T`` is the
     distillation temperature (set by :class:`~kd_lightning.DistillationModule` from its loss).
     ``mode="logits"`` returns the weighted mean of the raw logits.
+
+    Members' outputs may have any leading shape (``[B, C]`` for classifiers, ``[B, T, V]`` for causal LMs);
+    the average is over the last dimension's distributions. Given ``attention_mask``, each member is called
+    as a causal LM (:func:`~kd_lightning.forward.lm_logits`, passing the mask to members that take it).
     """
 
     def __init__(self, teachers: Sequence[nn.Module], weights: Optional[Sequence[float]] = None,
@@ -114,14 +124,19 @@ class TeacherEnsemble(nn.Module):
         self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
         self.mode = mode
         self.temperature = float(temperature)
+        self.signatures = [call_signature(m) for m in teachers]
 
-    def forward(self, x: Inputs) -> Tensor:
-        outs = [logits_of(call(m, x), "ensemble teacher").float() for m in self.members]
+    def forward(self, x: Inputs, attention_mask: Optional[Tensor] = None) -> Tensor:
+        if attention_mask is None:
+            outs = [logits_of(call(m, x), "ensemble teacher") for m in self.members]
+        else:
+            outs = [lm_logits(m, x, attention_mask, *sig) for m, sig in zip(self.members, self.signatures)]
+        outs = [o.float() for o in outs]
         shapes = {tuple(o.shape) for o in outs}
         if len(shapes) != 1:
             raise ValueError(f"ensemble teachers disagree on their output shapes: {sorted(shapes)}")
-        stacked = torch.stack(outs)  # [K, B, C]
-        w = self.weights.view(-1, 1, 1)
+        stacked = torch.stack(outs)  # [K, *batch, C]
+        w = self.weights.view(-1, *([1] * (stacked.ndim - 1)))
         if self.mode == "logits":
             return (w * stacked).sum(0)
         t = self.temperature
@@ -137,6 +152,7 @@ class FrozenTeacher(nn.Module):
         self.net = net
         self.net.requires_grad_(False)
         self.train(False)
+        self.signature = call_signature(net)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         # Lightning calls .train() on the whole LightningModule each epoch; the teacher ignores it.
@@ -147,6 +163,11 @@ class FrozenTeacher(nn.Module):
         """The teacher's logits for ``x`` (a tensor or keyword inputs), without a graph."""
         with torch.no_grad():
             return logits_of(call(self.net, x), "teacher")
+
+    def token_logits(self, input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
+        """A causal-LM teacher's next-token logits ``[B, T, V]``, without a graph."""
+        with torch.no_grad():
+            return lm_logits(self.net, input_ids, attention_mask, *self.signature)
 
 
 def build_teacher(source: Optional[TeacherSource], architecture: Optional[nn.Module] = None,

@@ -225,7 +225,7 @@ def distill_student(cfg: DictConfig, teacher: nn.Module, loss: Loss, datamodule:
 
         cached = token_cache_datamodule(cfg, teacher, loss, data)
         if cached is not None:
-            extra["cached_teacher"] = True
+            extra["teacher_outputs"] = True
         else:  # distill.on_policy / distill.sequence_kd: sequences the models write
             data, policy = self_generated(cfg, teacher, data)
             extra.update(policy)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from .. import io as kd_io
+from ..forward import call_signature, lm_logits
 from ..data.wrapper import WrappedDataModule
 from .fingerprint import FORMAT_VERSION, fingerprint_dataset, fingerprint_module, fingerprint_tokenizer
 from .store import META_NAME, TeacherCacheError, array_sha256, open_npy
@@ -42,7 +43,8 @@ from .store import META_NAME, TeacherCacheError, array_sha256, open_npy
 log = logging.getLogger(__name__)
 KIND = "token_topk"
 FILES = ("topk_ids.npy", "topk_logprobs.npy", "rest_mass.npy", "offsets.npy")
-# The batch keys a cached training batch carries (read by CausalLMDistillationModule(cached_teacher=True)).
+# The batch keys a training batch with stored teacher outputs carries (read by
+# CausalLMDistillationModule(teacher_outputs=True)).
 BATCH_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest", "teacher_temperature")
 
 
@@ -196,8 +198,6 @@ class TokenTopKCache:
               extra_meta: Optional[Dict[str, Any]] = None) -> "TokenTopKCache":
         """Run ``teacher`` over ``dataset`` (dict samples with ``input_ids`` and ``attention_mask``) in order
         and write the cache atomically into ``directory``."""
-        from ..lm.module import call_signature, lm_logits
-
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k={top_k!r} must be a positive number of token ids to keep per position")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -329,7 +329,7 @@ class CachedTokenDataModule(WrappedDataModule):
 
     The cache of the training set is built (or opened and checked) at ``setup``; validation and test
     batches are the wrapped module's own. Train with
-    ``CausalLMDistillationModule(student, teacher=None, loss=TokenKD(...), cached_teacher=True)``: no
+    ``CausalLMDistillationModule(student, teacher=None, loss=TokenKD(...), teacher_outputs=True)``: no
     teacher runs during training.
     """
 

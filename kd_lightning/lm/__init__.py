@@ -1,8 +1,8 @@
 """Language-model distillation: the causal-LM module and what only language models need."""
 from .generation import OnPolicy, Sampling, on_policy_batch
 from .init import init_student_from_teacher
-from .module import CausalLMDistillationModule, lm_logits
+from .module import CausalLMDistillationModule
 from .seqkd import SequenceKDDataModule
 
-__all__ = ["CausalLMDistillationModule", "OnPolicy", "Sampling", "init_student_from_teacher", "lm_logits",
+__all__ = ["CausalLMDistillationModule", "OnPolicy", "Sampling", "init_student_from_teacher",
            "on_policy_batch", "SequenceKDDataModule"]

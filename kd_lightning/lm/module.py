@@ -1,49 +1,26 @@
 """CausalLMDistillationModule: distill a frozen causal language model into a smaller one, token by token."""
 from __future__ import annotations
 
-import inspect
+import functools
 import math
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
+from ..base import TeacherStudentModule
 from ..cache.tokens import BATCH_KEYS
+from ..forward import call_signature, lm_logits
+from ..losses.base import TOKEN, CompositeLoss, Loss, TokenInputs
 from ..losses.token import IGNORE_INDEX, TokenKD
-from ..teacher import FrozenTeacher
+from ..teacher import build_teacher
 from .generation import OnPolicy, on_policy_batch
 
-TEACHER_PREFIX = "teacher."
 VOCAB_ALIGNMENTS = ("strict", "truncate")
 _STAT_NAMES = ("ce", "teacher_ce", "kd", "agree", "tokens", "kd_tokens", "bytes")
-
-
-def lm_logits(net: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor], passes_mask: bool,
-              passes_use_cache: bool) -> Tensor:
-    """Call a causal LM and return its logits ``[B, T, V]``.
-
-    Accepts Hugging Face models (outputs with ``.logits``), modules returning a tuple whose first item is
-    the logits, and plain modules returning the logits tensor.
-    """
-    kwargs: Dict[str, Any] = {}
-    if passes_mask and attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask
-    if passes_use_cache:
-        kwargs["use_cache"] = False
-    out = net(input_ids, **kwargs)
-    if isinstance(out, Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    raise TypeError(f"{type(net).__name__} returned a {type(out).__name__}; a language model must return logits "
-                    "[batch, time, vocab], an object with .logits, or a tuple whose first item is the logits")
 
 
 def check_fused_head(net: nn.Module) -> None:
@@ -63,15 +40,6 @@ def check_fused_head(net: nn.Module) -> None:
                              "takes hidden @ Wᵀ as the logits, so use fused_head=False")
 
 
-def call_signature(net: nn.Module) -> Tuple[bool, bool]:
-    """(passes attention_mask, passes use_cache): only arguments the forward names explicitly."""
-    try:
-        params = inspect.signature(net.forward).parameters
-    except (TypeError, ValueError):
-        return False, False
-    return "attention_mask" in params, "use_cache" in params
-
-
 def _tokenizer_name(tok: Any) -> str:
     return f"{getattr(tok, 'name_or_path', '') or type(tok).__name__!r} ({len(tok.get_vocab())} tokens)"
 
@@ -89,7 +57,20 @@ def _batch_fields(batch: Any) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]
     return ids, mask, labels, batch.get("bytes")
 
 
-class CausalLMDistillationModule(L.LightningModule):
+def token_part(loss: Loss) -> Optional[TokenKD]:
+    """The one :class:`TokenKD` in ``loss`` (itself, or a part of a composite); None when there is none."""
+    if isinstance(loss, TokenKD):
+        return loss
+    if isinstance(loss, CompositeLoss):
+        found = [p for p in (token_part(o) for o in loss.parts()) if p is not None]
+        if len(found) > 1:
+            raise ValueError(f"{type(loss).__name__} holds {len(found)} TokenKD losses; a causal LM takes one "
+                             "(set ce_weight and kd_weight on it)")
+        return found[0] if found else None
+    return None
+
+
+class CausalLMDistillationModule(TeacherStudentModule):
     """Train a causal-LM ``student`` against a frozen ``teacher`` with :class:`~kd_lightning.losses.TokenKD`.
 
     Batches are dicts of ``input_ids``, ``attention_mask`` and ``labels`` (-100 = no loss), optionally
@@ -97,11 +78,18 @@ class CausalLMDistillationModule(L.LightningModule):
     any ``nn.Module`` mapping ``input_ids`` to logits ``[B, T, V]`` (or to an object with ``.logits``, or to
     a tuple whose first item is the logits).
 
-    The teacher is wrapped in :class:`~kd_lightning.teacher.FrozenTeacher`: ``requires_grad=False``, eval
+    The teacher (one model, or a list of them: a weighted ensemble whose next-token probabilities are
+    averaged) is wrapped in :class:`~kd_lightning.teacher.FrozenTeacher`: ``requires_grad=False``, eval
     mode whatever ``.train()`` is called with, run under ``no_grad``, left out of the optimizer and out of
-    checkpoints (``save_teacher=False``; loading refills its keys from the live teacher).
+    checkpoints (``save_teacher=False``; loading refills its keys from the live teacher). All of that, the
+    optimizer, the callbacks and the step-global reduction below belong to
+    :class:`~kd_lightning.base.TeacherStudentModule`; this class says how a batch becomes a
+    :class:`~kd_lightning.losses.TokenInputs` and measures perplexity and bits per byte. The loss must be of
+    the token family (a classifier loss such as ``KD`` is refused here): a ``TokenKD``, or a ``Compose`` of
+    one ``TokenKD`` with feature losses of that family (``HiddenStates`` through taps on both models).
 
-    **Reduction over an optimizer step.** Every term is ``Σ_{step's counted tokens} term / N`` with ``N``
+    **Reduction over an optimizer step** (:meth:`~kd_lightning.base.TeacherStudentModule.step_divisor`).
+    Every term is ``Σ_{step's counted tokens} term / N`` with ``N``
     the counted tokens of the whole optimizer step — all ``A = trainer.accumulate_grad_batches``
     micro-batches on all ``W = trainer.world_size`` ranks — so gradients do not depend on how the step is
     split. ``N`` is only known once the last micro-batch is seen, so the module defers it, exactly:
@@ -121,8 +109,13 @@ class CausalLMDistillationModule(L.LightningModule):
     (see :meth:`TokenKD.count_mask`).
 
     Args:
-        student / teacher: the language models (teacher None: labels-only training).
-        loss: a :class:`TokenKD`; default forward KL with a teacher, plain CE without.
+        student / teacher: the language models (teacher None: labels-only training, or stored teacher
+            outputs; a list: an ensemble).
+        loss: a token-family loss, :class:`TokenKD` or a ``Compose`` holding one; default forward KL with a
+            teacher, plain CE without.
+        ensemble_weights / ensemble_mode: for a teacher list, per-teacher weights and whether softened
+            next-token probabilities (``"probs"``: ``T · log Σ_k w_k softmax(z_k / T)`` at the loss's ``T``)
+            or logits (``"logits"``) are averaged (:class:`~kd_lightning.teacher.TeacherEnsemble`).
         optimizer: ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW, lr=3e-3)``).
         scheduler: ``optimizer -> LRScheduler``, stepped every ``scheduler_interval`` (default ``"step"``).
         vocab_alignment: ``"strict"`` — teacher and student vocabularies must be the same size (checked on
@@ -143,24 +136,29 @@ class CausalLMDistillationModule(L.LightningModule):
             token_divergence_fused`). Needs a Hugging Face-style causal LM (``base_model`` returning the final
             hidden states, a linear output layer, no logit scaling or soft-capping); evaluation still uses
             the full logits.
-        cached_teacher: train on a stored teacher signal instead of a live teacher (``teacher=None``): every
+        teacher_outputs: train on stored teacher outputs instead of a live teacher (``teacher=None``): every
             training batch carries the teacher's top-k next-token ids, log-probabilities and rest mass
-            (:class:`~kd_lightning.cache.tokens.CachedTokenDataModule` adds them), and KD is the top-k forward
-            KL of :class:`TokenKD` (``topk_tail`` picks the variant). No teacher runs; evaluation reports the
-            student's metrics only.
+            (:class:`~kd_lightning.cache.tokens.TeacherOutputsTokenDataModule` adds them), and KD is the
+            top-k forward KL of :class:`TokenKD` (``topk_tail`` picks the variant). No teacher runs;
+            evaluation reports the student's metrics only.
+        check_finite / finite_check_interval: see :class:`~kd_lightning.callbacks.FiniteLossCheck`.
 
-    Logged: ``train/loss``, ``train/ce``, ``train/kd`` (means over each micro-batch's own tokens),
+    Logged: ``train/loss``, ``train/ce``, ``train/kd`` (means over each micro-batch's own tokens, averaged
+    over the steps between logs), any feature term (``train/hidden``),
     ``train/tokens_per_s`` (input tokens of the step over all ranks / wall time between steps);
     ``val/`` and ``test/`` ``ce``, ``ppl`` (= exp(ce)), ``kd``, ``teacher_ce``, ``teacher_ppl``,
     ``agreement`` (top-1 next-token agreement with the teacher), ``bpb`` and ``teacher_bpb``, each a mean
     over all labelled tokens of the epoch.
     """
 
+    family = TOKEN
+    default_optimizer = functools.partial(torch.optim.AdamW, lr=3e-3)
+
     def __init__(
         self,
         student: nn.Module,
-        teacher: Optional[nn.Module] = None,
-        loss: Optional[TokenKD] = None,
+        teacher: Union[None, nn.Module, Sequence[nn.Module]] = None,
+        loss: Optional[Loss] = None,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
         scheduler_interval: str = "step",
@@ -172,36 +170,47 @@ class CausalLMDistillationModule(L.LightningModule):
         save_teacher: bool = False,
         on_policy: Optional[OnPolicy] = None,
         fused_head: bool = False,
-        cached_teacher: bool = False,
+        teacher_outputs: bool = False,
+        ensemble_weights: Optional[Sequence[float]] = None,
+        ensemble_mode: str = "probs",
+        check_finite: bool = True,
+        finite_check_interval: Optional[int] = None,
     ):
-        super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "tokenizer",
-                                          "teacher_tokenizer", "student_tokenizer", "on_policy"])
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be an nn.Module (a causal LM), got {type(student).__name__}")
-        if teacher is not None and not isinstance(teacher, nn.Module):
-            raise TypeError(f"teacher must be an nn.Module (a causal LM) or None, got {type(teacher).__name__}")
+        if teacher is not None and not isinstance(teacher, (nn.Module, list, tuple)):
+            raise TypeError(f"teacher must be an nn.Module (a causal LM), a list of them or None, got "
+                            f"{type(teacher).__name__}")
         if vocab_alignment not in VOCAB_ALIGNMENTS:
             raise ValueError(f"vocab_alignment={vocab_alignment!r} is not known; use 'strict' or 'truncate'")
-        if scheduler_interval not in ("step", "epoch"):
-            raise ValueError(f"scheduler_interval={scheduler_interval!r} must be 'step' or 'epoch'")
         if bytes_per_token is not None and not (isinstance(bytes_per_token, (int, float)) and bytes_per_token > 0):
             raise ValueError(f"bytes_per_token={bytes_per_token!r} must be a positive number (or None)")
         if loss is None:
             loss = TokenKD() if teacher is not None else TokenKD(ce_weight=1.0, kd_weight=0.0)
-        if not isinstance(loss, TokenKD):
-            raise TypeError(f"loss must be a TokenKD, got {type(loss).__name__}")
-        if cached_teacher:
+        frozen = build_teacher(teacher, None, ensemble_weights, ensemble_mode,
+                               getattr(loss, "temperature", None) or 1.0) if teacher is not None else None
+        super().__init__(student, frozen, loss, optimizer, scheduler, scheduler_interval=scheduler_interval,
+                         save_teacher=save_teacher, check_finite=check_finite,
+                         finite_check_interval=finite_check_interval)
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "tokenizer",
+                                          "teacher_tokenizer", "student_tokenizer", "on_policy"])
+        token = self.token_loss
+        if token is None:
+            raise TypeError(f"{type(loss).__name__} holds no TokenKD; a causal LM trains on TokenKD (alone or "
+                            "composed with feature losses of the token family)")
+        if teacher_outputs:
             if teacher is not None:
-                raise ValueError("cached_teacher=True trains on stored teacher outputs; pass teacher=None (the live "
+                raise ValueError("teacher_outputs=True trains on stored teacher outputs; pass teacher=None (the live "
                                  "teacher would never run)")
-            if not loss.needs_teacher or loss.divergence != "forward" or fused_head or on_policy is not None:
+            if not token.needs_teacher or token.divergence != "forward" or fused_head or on_policy is not None \
+                    or loss.teacher_taps:
                 raise ValueError(
-                    f"cached_teacher=True needs TokenKD(kd_weight>0, divergence='forward') without fused_head or "
-                    f"on_policy (got kd_weight={loss.kd_weight}, divergence={loss.divergence!r}, fused_head="
-                    f"{fused_head}, on_policy={on_policy is not None}): the stored signal is a top-k forward-KL target")
-        elif loss.needs_teacher and teacher is None:
-            raise ValueError(f"loss has kd_weight={loss.kd_weight} but no teacher was given; pass teacher=... or use "
+                    f"teacher_outputs=True needs TokenKD(kd_weight>0, divergence='forward') without fused_head, "
+                    f"on_policy or teacher features (got kd_weight={token.kd_weight}, divergence={token.divergence!r}, "
+                    f"fused_head={fused_head}, on_policy={on_policy is not None}): the stored outputs are a top-k "
+                    "forward-KL target")
+        elif token.needs_teacher and teacher is None:
+            raise ValueError(f"loss has kd_weight={token.kd_weight} but no teacher was given; pass teacher=... or use "
                              "TokenKD(ce_weight=1.0, kd_weight=0.0) for labels-only training")
         if teacher_tokenizer is not None and student_tokenizer is not None \
                 and teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
@@ -209,67 +218,49 @@ class CausalLMDistillationModule(L.LightningModule):
                 f"teacher tokenizer {_tokenizer_name(teacher_tokenizer)} and student tokenizer "
                 f"{_tokenizer_name(student_tokenizer)} differ; token-level KD needs one tokenizer (vocab_alignment="
                 f"{vocab_alignment!r} cannot bridge different tokenizers)")
-        if on_policy is not None and (teacher is None or loss.kd_positions != "labels"):
+        if on_policy is not None and (teacher is None or token.kd_positions != "labels"):
             raise ValueError("on_policy needs a teacher and TokenKD(kd_positions='labels'), so that the divergence "
                              "is taken on the generated tokens only (the prompt carries no label)")
         self.on_policy = on_policy
         if fused_head:
             check_fused_head(student)
-        self.student = student
-        self.teacher: Optional[FrozenTeacher] = FrozenTeacher(teacher) if teacher is not None else None
-        self.loss = loss
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tokenizer = tokenizer if tokenizer is not None else (student_tokenizer or teacher_tokenizer)
         self.student_signature = call_signature(student)
-        self.teacher_signature = call_signature(teacher) if teacher is not None else (False, False)
         self.vocab_checked = False
-        self.signal_checked = False  # cached_teacher: the stored signal's temperature and ids, on the first batch
+        self.signal_checked = False  # teacher_outputs: the stored outputs' temperature and ids, on the first batch
         self.vocab_size: Optional[int] = None  # the compared width (min of both under "truncate")
-        # Per-step token accounting (see the class docstring).
-        self.step_ref: Optional[Tensor] = None
-        self.step_tokens: Optional[Tensor] = None
-        self.step_inputs: Optional[Tensor] = None
-        self.step_clock: Optional[float] = None
+        self.step_clock: Optional[float] = None  # for train/tokens_per_s
         for stage in ("val", "test"):
             for name in _STAT_NAMES:
                 setattr(self, f"{stage}_{name}_sum", SumMetric(nan_strategy="disable"))
 
-    # ------------------------------------------------------------------------------ trainer info
-    def attached_trainer(self) -> Optional["L.Trainer"]:
-        try:
-            return self.trainer
-        except RuntimeError:  # not attached to a Trainer (a hand-written loop)
-            return None
-
-    def step_factors(self) -> Tuple[int, int]:
-        """``(world_size, accumulate_grad_batches)`` of the attached trainer, ``(1, 1)`` without one."""
-        trainer = self.attached_trainer()
-        if trainer is None:
-            return 1, 1
-        return int(trainer.world_size), int(trainer.accumulate_grad_batches)
-
-    def reduce_sum(self, value: Tensor) -> Tensor:
-        trainer = self.attached_trainer()
-        if trainer is None or trainer.world_size == 1:
-            return value
-        return trainer.strategy.reduce(value, reduce_op="sum")
+    @property
+    def token_loss(self) -> Optional[TokenKD]:
+        """The :class:`TokenKD` of the loss (the loss itself, or its one TokenKD part)."""
+        return token_part(self.loss)
 
     # ------------------------------------------------------------------------------------ forward
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return lm_logits(self.student, input_ids, attention_mask, *self.student_signature)
 
-    def run_models(self, ids: Tensor, mask: Tensor, labels: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        teacher_logits = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = lm_logits(self.teacher.net, ids, mask, *self.teacher_signature)
+    def teacher_logits(self, ids: Tensor, mask: Tensor) -> Tuple[Optional[Tensor], Dict[str, Tensor]]:
+        """The live teacher's (or ensemble's) logits and tapped features; (None, {}) without a teacher."""
+        if self.teacher is None:
+            return None, {}
+        logits = self.teacher.token_logits(ids, mask)
+        taps = self.feature_taps()[1]
+        return logits, (taps.pop() if taps is not None else {})
+
+    def run_models(self, ids: Tensor, mask: Tensor, labels: Tensor) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        """Student and teacher logits, cut to the compared vocabulary, and the teacher's tapped features."""
+        teacher_logits, teacher_features = self.teacher_logits(ids, mask)
         student_logits = lm_logits(self.student, ids, mask, *self.student_signature)
         if not self.vocab_checked:
             self.check_vocab(student_logits, teacher_logits, ids, labels)
         if teacher_logits is not None and teacher_logits.shape[-1] != student_logits.shape[-1]:
             width = self.vocab_size
             student_logits, teacher_logits = student_logits[..., :width], teacher_logits[..., :width]
-        return student_logits, teacher_logits
+        return student_logits, teacher_logits, teacher_features
 
     def check_vocab(self, student_logits: Tensor, teacher_logits: Optional[Tensor], ids: Tensor, labels: Tensor) -> None:
         """On the first batch (before any optimizer step): the vocabularies must line up."""
@@ -304,12 +295,11 @@ class CausalLMDistillationModule(L.LightningModule):
         self.vocab_checked = True
 
     # ---------------------------------------------------------------------------------- training
-    def run_models_fused(self, ids: Tensor, mask: Tensor, labels: Tensor) -> Tuple[Dict[str, Any], Optional[Tensor]]:
-        """The teacher's logits and the student's final hidden states with its output layer (fused_head)."""
-        teacher_logits = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = lm_logits(self.teacher.net, ids, mask, *self.teacher_signature)
+    def run_models_fused(self, ids: Tensor, mask: Tensor,
+                         labels: Tensor) -> Tuple[Dict[str, Any], Optional[Tensor], Dict[str, Tensor]]:
+        """The student's final hidden states with its output layer (fused_head), the teacher's logits and
+        tapped features."""
+        teacher_logits, teacher_features = self.teacher_logits(ids, mask)
         out = self.student.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
         hidden = getattr(out, "last_hidden_state", None)
         hidden = hidden if isinstance(hidden, Tensor) else out[0]
@@ -322,10 +312,13 @@ class CausalLMDistillationModule(L.LightningModule):
             width = self.vocab_size
             teacher_logits, weight = teacher_logits[..., :width], weight[:width]
             bias = None if bias is None else bias[:width]
-        return {"student_hidden": hidden, "lm_head_weight": weight, "lm_head_bias": bias}, teacher_logits
+        return {"student_hidden": hidden, "lm_head_weight": weight, "lm_head_bias": bias}, teacher_logits, teacher_features
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        if self.on_policy is not None:
+    def loss_inputs(self, batch: Any, stage: str) -> TokenInputs:
+        """The token loss's inputs; in training, the divisor is the step-global token count
+        (:meth:`~kd_lightning.base.TeacherStudentModule.step_divisor`)."""
+        train = stage == "train"
+        if train and self.on_policy is not None:
             generated = self.on_policy.draw()
             if generated:  # GKD: the student's own continuations of this batch's prompts
                 batch = on_policy_batch(self.student, batch, self.on_policy)
@@ -333,80 +326,69 @@ class CausalLMDistillationModule(L.LightningModule):
                 self.log("train/on_policy", float(generated), on_step=False, on_epoch=True)
         ids, mask, labels, _ = _batch_fields(batch)
         student: Dict[str, Any] = {}
-        if self.hparams.get("fused_head", False):
-            student, teacher_logits = self.run_models_fused(ids, mask, labels)
+        if train and self.hparams.get("fused_head", False):
+            student, teacher_logits, t_feats = self.run_models_fused(ids, mask, labels)
             student_logits = None
         else:
-            student_logits, teacher_logits = self.run_models(ids, mask, labels)
-        if self.hparams.get("cached_teacher", False):  # never with fused_head (refused at construction)
-            student["teacher_topk"] = self.stored_signal(batch)
-        count = self.loss.count_mask(labels, mask).sum()
-        world, accum = self.step_factors()
-        if self.step_tokens is None:  # first micro-batch of an optimizer step
-            self.step_tokens = torch.zeros((), dtype=torch.float64, device=ids.device)
-            self.step_inputs = torch.zeros((), dtype=torch.float64, device=ids.device)
+            student_logits, teacher_logits, t_feats = self.run_models(ids, mask, labels)
+        s_taps = self.feature_taps()[0]
+        if train and self.hparams.get("teacher_outputs", False):  # never with fused_head (refused at construction)
+            student["teacher_topk"] = self.stored_outputs(batch)
+        num_tokens = None
+        if train:
             if self.step_clock is None:
                 self.step_clock = time.perf_counter()
-            if self.step_ref is None:
-                # Any value all ranks agree on works (step 3 corrects it); this one is close to N.
-                first = self.reduce_sum(count.to(torch.float64).reshape(1)).reshape(()) * accum
-                self.step_ref = first.clamp_min(1.0)
-        self.step_tokens = self.step_tokens + count
-        self.step_inputs = self.step_inputs + mask.sum()
-        with torch.autocast(device_type=ids.device.type, enabled=False):
-            terms = self.loss(student_logits, teacher_logits, labels, mask,
-                              num_tokens=self.step_ref / (world * accum), **student)
-        if self.attached_trainer() is not None:
-            self.log_train_terms(terms, labels, mask, world * accum, ids.shape[0])
-        return terms["loss"]
+            num_tokens = self.step_divisor(self.token_loss.count_mask(labels, mask).sum(), mask.sum())
+        return TokenInputs(student_logits=student_logits, labels=labels, teacher_logits=teacher_logits,
+                           attention_mask=mask, num_tokens=num_tokens,
+                           student_features=s_taps.pop() if s_taps is not None else {},
+                           teacher_features=t_feats, epoch=float(self.current_epoch + 1), **student)
 
-    def stored_signal(self, batch: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor]:
-        """The batch's stored top-k teacher signal; the first batch's is checked against the loss's temperature
-        and the student's vocabulary (one cache serves the whole fit, so later batches need no device sync)."""
+    def logged_terms(self, terms: Dict[str, Tensor], inputs: TokenInputs) -> Dict[str, Tensor]:
+        # The token terms are divided by the step's count: rescale them to means over this micro-batch's own
+        # tokens for the log (the total changes by the same amounts).
+        token = self.token_loss
+        ce_mask, kd_mask = token.masks(inputs.labels, inputs.attention_mask)
+        out = super().logged_terms(terms, inputs)
+        ref = inputs.num_tokens.detach().float()
+        ce = out["ce"] * ref / ce_mask.sum().clamp_min(1)
+        kd = out["kd"] * ref / kd_mask.sum().clamp_min(1)
+        out["loss"] = out["loss"] + token.ce_weight * (ce - out["ce"]) + token.kd_weight * (kd - out["kd"])
+        out["ce"], out["kd"] = ce, kd
+        return out
+
+    def stored_outputs(self, batch: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor]:
+        """The batch's stored top-k teacher outputs; the first batch's are checked against the loss's
+        temperature and the student's vocabulary (one store serves the whole fit, so later batches need no
+        device sync)."""
         missing = [k for k in BATCH_KEYS if k not in batch]
         if missing:
-            raise ValueError(f"cached_teacher=True, but the training batch has no {', '.join(missing)}; wrap the data "
-                             "module in kd_lightning.cache.CachedTokenDataModule so batches carry the stored teacher signal")
+            raise ValueError(f"teacher_outputs=True, but the training batch has no {', '.join(missing)}; wrap the "
+                             "data module in kd_lightning.cache.TeacherOutputsTokenDataModule so batches carry the "
+                             "stored teacher outputs")
         ids = batch["teacher_topk_ids"]
         if not self.signal_checked:
-            self.check_stored_signal(batch["teacher_temperature"], ids)
+            self.check_stored_outputs(batch["teacher_temperature"], ids)
         return ids, batch["teacher_topk_logprobs"], batch["teacher_rest"]
 
-    def check_stored_signal(self, temperature: Tensor, ids: Tensor) -> None:
-        if not torch.allclose(temperature.float(), torch.full_like(temperature.float(), self.loss.temperature)):
+    def check_stored_outputs(self, temperature: Tensor, ids: Tensor) -> None:
+        t = self.token_loss.temperature
+        if not torch.allclose(temperature.float(), torch.full_like(temperature.float(), t)):
             raise ValueError(f"the stored teacher log-probabilities were taken at T={float(temperature.flatten()[0])} "
-                             f"but the loss uses T={self.loss.temperature}; rebuild the cache at the loss's temperature")
+                             f"but the loss uses T={t}; store the teacher outputs again at the loss's temperature")
         if ids.numel() and int(ids.max()) >= int(self.vocab_size or 0):
-            raise ValueError(f"the stored teacher signal holds token id {int(ids.max())}, outside the student's "
-                             f"vocabulary of {self.vocab_size}: the cache was made for another vocabulary")
+            raise ValueError(f"the stored teacher outputs hold token id {int(ids.max())}, outside the student's "
+                             f"vocabulary of {self.vocab_size}: they were stored for another vocabulary")
         self.signal_checked = True
 
-    def log_train_terms(self, terms: Dict[str, Tensor], labels: Tensor, mask: Tensor, split: int, batch_size: int) -> None:
-        # Rescale the step-normalised terms to means over this micro-batch's own tokens, for the log.
-        ce_mask, kd_mask = self.loss.masks(labels, mask)
-        ref = (self.step_ref / split).detach().float()
-        ce = terms["ce"].detach() * ref / ce_mask.sum().clamp_min(1)
-        kd = terms["kd"].detach() * ref / kd_mask.sum().clamp_min(1)
-        total = self.loss.ce_weight * ce + self.loss.kd_weight * kd
-        for name, value in (("loss", total), ("ce", ce), ("kd", kd)):
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=batch_size)
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.step_tokens is None:
+        counts = self.finish_step(optimizer)
+        if counts is None:
             return
-        counts = self.reduce_sum(torch.stack([self.step_tokens, self.step_inputs]))
-        total = counts[0]
-        scale = self.step_ref / total.clamp_min(1.0)  # float64: exact enough for any grad dtype
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.grad.mul_(scale.to(p.grad.dtype))
-        self.step_ref = torch.where(total > 0, total, self.step_ref)
         now = time.perf_counter()
         self.log("train/tokens_per_s", counts[1].float() / max(now - self.step_clock, 1e-9), on_step=True,
                  on_epoch=False)
         self.step_clock = now
-        self.step_tokens = self.step_inputs = None
 
     def on_train_epoch_start(self) -> None:
         self.step_clock = None
@@ -414,8 +396,12 @@ class CausalLMDistillationModule(L.LightningModule):
     # -------------------------------------------------------------------------------- evaluation
     def eval_step(self, batch: Any, stage: str) -> None:
         ids, mask, labels, nbytes = _batch_fields(batch)
-        student_logits, teacher_logits = self.run_models(ids, mask, labels)
-        ce_mask, kd_mask = self.loss.masks(labels, mask)
+        student_logits, teacher_logits, _ = self.run_models(ids, mask, labels)
+        s_taps = self.feature_taps()[0]
+        if s_taps is not None:
+            s_taps.pop()  # evaluation reads logits only
+        token = self.token_loss
+        ce_mask, kd_mask = token.masks(labels, mask)
         target = labels[:, 1:]
         rows = ce_mask.reshape(-1).nonzero().squeeze(-1)
         y = target.reshape(-1).index_select(0, rows)
@@ -427,9 +413,9 @@ class CausalLMDistillationModule(L.LightningModule):
             t = teacher_logits[:, :-1].reshape(-1, teacher_logits.shape[-1]).index_select(0, rows).float()
             stat("teacher_ce").update(nn.functional.cross_entropy(t, y, reduction="sum"))
             stat("agree").update((s.argmax(-1) == t.argmax(-1)).sum().float())
-            if self.loss.kd_weight > 0:
+            if token.kd_weight > 0:
                 with torch.autocast(device_type=ids.device.type, enabled=False):
-                    kd_sum = self.loss(student_logits, teacher_logits, labels, mask, num_tokens=1.0)["kd"]
+                    kd_sum = token(student_logits, teacher_logits, labels, mask, num_tokens=1.0)["kd"]
                 stat("kd").update(kd_sum)
                 stat("kd_tokens").update(kd_mask.sum().float())
         if nbytes is not None:
@@ -482,37 +468,6 @@ class CausalLMDistillationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_eval("test")
-
-    # ------------------------------------------------------------------------------ optimization
-    def trainable_parameters(self) -> list:
-        """The student's and the loss's own parameters — never the teacher's."""
-        return [p for p in list(self.student.parameters()) + list(self.loss.parameters()) if p.requires_grad]
-
-    def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=3e-3))
-        optimizer = factory(self.trainable_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {
-            "scheduler": self.scheduler_factory(optimizer), "interval": self.hparams.scheduler_interval}}
-
-    # ------------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        if not self.hparams.save_teacher:
-            state = checkpoint["state_dict"]
-            for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-                del state[key]
-
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        # A checkpoint without teacher weights takes them from the live teacher, so strict loading still
-        # catches every missing or unexpected student key.
-        state = checkpoint["state_dict"]
-        if self.teacher is None:
-            for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-                del state[key]
-        elif not any(k.startswith(TEACHER_PREFIX) for k in state):
-            for key, value in self.teacher.state_dict().items():
-                state[TEACHER_PREFIX + key] = value
 
     # -------------------------------------------------------------------------------------- export
     def save_student_pretrained(self, path: str | os.PathLike, tokenizer: Any = None) -> str:

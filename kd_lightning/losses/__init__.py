@@ -1,10 +1,11 @@
 """Distillation losses: ``nn.Module`` wrappers over :mod:`kd_lightning.losses.functional`.
 
-Every loss takes one :class:`DistillInputs` per step and returns ``{"loss": total, term: value, ...}``.
+Every loss takes one inputs object per step (:class:`DistillInputs` for classifier losses,
+:class:`TokenInputs` for token losses) and returns ``{"loss": total, term: value, ...}``.
 To write a method, subclass :class:`Loss` (logits), :class:`FeatureLoss` (features read by module
 path) or :class:`AdapterLoss` (features through trainable adapters built from the observed shapes).
 """
-from .base import CompositeLoss, Compose, DistillInputs, Loss
+from .base import CLASSIFIER, TOKEN, CompositeLoss, Compose, DistillInputs, Loss, TokenInputs
 from .feature_base import AdapterLoss, FeatureLoss
 from .staged import Staged
 from .ce import CE
@@ -26,7 +27,7 @@ from .hidden import AttentionMaps, HiddenStates
 from .token import TokenKD
 
 __all__ = [
-    "Loss", "FeatureLoss", "AdapterLoss", "CompositeLoss", "Compose", "Staged", "DistillInputs",
+    "Loss", "FeatureLoss", "AdapterLoss", "CompositeLoss", "Compose", "Staged", "DistillInputs", "TokenInputs", "CLASSIFIER", "TOKEN",
     "CE", "KD", "DKD", "DIST", "LogitMSE",
     "FitNet", "AT", "SP", "RKD", "PKT", "CC", "NST", "VID", "OFD", "CRD", "HiddenStates", "AttentionMaps",
     "TokenKD",

@@ -1,14 +1,20 @@
 """The contract every distillation loss follows.
 
-A loss is an ``nn.Module`` that receives one :class:`DistillInputs` per step and returns a
-dict of named scalar terms whose ``"loss"`` entry is the weighted total that gets back-propagated.
-It declares the features it needs through ``student_taps`` / ``teacher_taps`` (module paths, see
-:mod:`kd_lightning.taps`) and owns any trainable adapters, so the module's optimizer picks them up.
+A loss is an ``nn.Module`` that receives one inputs object per step and returns a dict of named scalar
+terms whose ``"loss"`` entry is the weighted total that gets back-propagated. It declares
+
+* its family, i.e. the inputs it takes (``families``): ``"classifier"`` losses read a
+  :class:`DistillInputs` (logits ``[batch, classes]``, labels, features), ``"token"`` losses a
+  :class:`TokenInputs` (causal-LM logits ``[batch, time, vocab]``, labels with -100 for no loss, the
+  attention mask). A loss that reads only features (hidden states) can belong to both. A module refuses a
+  loss of another family at construction (:func:`check_family`), and :class:`Compose` refuses to mix them;
+* the features it needs through ``student_taps`` / ``teacher_taps`` (module paths, see
+  :mod:`kd_lightning.taps`), and it owns any trainable adapters, so the module's optimizer picks them up.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +38,60 @@ class DistillInputs:
     # Per-sample mask of which samples carry a usable label (transfer sets have none).
     labeled: Optional[Tensor] = None
 
+    @property
+    def batch_size(self) -> int:
+        return self.student_logits.shape[0]
+
+
+@dataclass
+class TokenInputs:
+    """Everything a token loss may look at for one batch of a causal LM.
+
+    ``student_logits`` is ``[B, L, V]`` (None with the fused head: ``student_hidden [B, L, H]`` and the
+    output layer's ``lm_head_weight [V, H]`` / ``lm_head_bias`` instead). The teacher's signal is either its
+    logits ``[B, L, V]`` (a live teacher or an ensemble) or ``teacher_topk = (ids [B,L,k], logprobs [B,L,k],
+    rest [B,L])`` (stored top-k outputs). ``num_tokens`` is the divisor of the sums (None: each term's own
+    count). Features are the tapped activations, as for classifiers.
+    """
+
+    student_logits: Optional[Tensor]
+    labels: Tensor
+    teacher_logits: Optional[Tensor] = None
+    attention_mask: Optional[Tensor] = None
+    num_tokens: Optional[Union[int, float, Tensor]] = None
+    student_hidden: Optional[Tensor] = None
+    lm_head_weight: Optional[Tensor] = None
+    lm_head_bias: Optional[Tensor] = None
+    teacher_topk: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+    student_features: Dict[str, Tensor] = field(default_factory=dict)
+    teacher_features: Dict[str, Tensor] = field(default_factory=dict)
+    epoch: float = 0.0
+
+    @property
+    def batch_size(self) -> int:
+        return self.labels.shape[0]
+
+
+CLASSIFIER = "classifier"
+TOKEN = "token"
+# What each family's losses take, for the one-line refusals.
+FAMILY_INPUTS = {CLASSIFIER: "classifier logits [batch, classes] with labels and features (DistillInputs)",
+                 TOKEN: "causal-LM logits [batch, time, vocab] with token labels (TokenInputs)"}
+
+
+def family_names(families: Sequence[str]) -> str:
+    return " or ".join(repr(f) for f in families)
+
+
+def check_family(loss: nn.Module, family: str, who: str) -> None:
+    """Refuse ``loss`` unless it takes ``family``'s inputs, in one line naming both families."""
+    families = tuple(getattr(loss, "families", ()))
+    if family not in families:
+        raise TypeError(
+            f"{who} trains the {family!r} family ({FAMILY_INPUTS[family]}), but {type(loss).__name__} is a "
+            f"{family_names(families)} loss ({'; '.join(FAMILY_INPUTS.get(f, f) for f in families)}); give it a "
+            f"loss of the {family!r} family")
+
 
 class Loss(nn.Module):
     """Base class: subclasses implement :meth:`forward` returning ``{"loss": total, term: value, ...}``.
@@ -42,6 +102,8 @@ class Loss(nn.Module):
     Terms other than ``"loss"`` are logged unweighted under ``train/<name>``.
     """
 
+    #: the input families this loss takes (see the module docstring); classifier losses by default.
+    families: Tuple[str, ...] = (CLASSIFIER,)
     needs_teacher: bool = True
     needs_target: bool = True
     # True when the loss reads ``inputs.index`` (a memory bank): the data must yield sample indices.
@@ -78,6 +140,18 @@ class CompositeLoss(Loss):
 
     def parts(self) -> List[Loss]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def families(self) -> Tuple[str, ...]:  # type: ignore[override]
+        """The families every part takes."""
+        parts = self.parts()
+        return tuple(f for f in parts[0].families if all(f in o.families for o in parts[1:]))
+
+    def check_families(self) -> None:
+        if not self.families:
+            named = ", ".join(f"{type(o).__name__} ({family_names(o.families)})" for o in self.parts())
+            raise TypeError(f"{type(self).__name__} mixes loss families: {named}; combine losses of one family "
+                            f"(classifier losses with classifier losses, token losses with token losses)")
 
     @property
     def needs_teacher(self) -> bool:  # type: ignore[override]
@@ -129,6 +203,7 @@ class Compose(CompositeLoss):
         if not losses:
             raise ValueError("Compose needs at least one loss")
         self.losses = nn.ModuleList(losses)
+        self.check_families()
 
     def parts(self) -> List[Loss]:
         return list(self.losses)

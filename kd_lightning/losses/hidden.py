@@ -5,7 +5,7 @@ from typing import Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
-from .base import DistillInputs
+from .base import CLASSIFIER, TOKEN, DistillInputs
 from .feature_base import AdapterLoss, FeatureLoss, Shape
 from .functional.feature import attention_map_loss, hidden_state_loss
 
@@ -18,7 +18,12 @@ class HiddenStates(AdapterLoss):
     from the observed shapes (``project="auto"``: only when the widths differ; ``True``: always, as in
     TinyBERT; ``False``: never). ``metric="mse"`` is TinyBERT's hidden-state loss, ``"cosine"``
     DistilBERT's cosine-embedding loss. Terms: ``loss``, ``hidden``.
+
+    It reads tapped features only, so it serves both families: beside ``KD`` on a classifier, or beside
+    ``TokenKD`` on a causal LM (``Compose([TokenKD(), HiddenStates(...)])``).
     """
+
+    families = (CLASSIFIER, TOKEN)
 
     def __init__(self, pairs: Optional[Sequence[Sequence[str]]] = None,
                  student_layers: Optional[Sequence[str] | str] = None,
@@ -54,8 +59,11 @@ class AttentionMaps(FeatureLoss):
 
     Tap the attention probabilities with a Hugging Face model in eager attention, e.g.
     ``student_layers=["bert.encoder.layer.0.attention.self:1"]`` (the ``:1`` takes the module's second
-    output). Teacher and student need the same number of heads. Terms: ``loss``, ``attention``.
+    output). Teacher and student need the same number of heads. Terms: ``loss``, ``attention``. Like
+    :class:`HiddenStates`, it serves both families.
     """
+
+    families = (CLASSIFIER, TOKEN)
 
     def forward(self, inputs: DistillInputs) -> Dict[str, Tensor]:
         attention = sum(attention_map_loss(s, t) for s, t in self.features(inputs))

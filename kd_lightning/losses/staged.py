@@ -27,6 +27,7 @@ class Staged(CompositeLoss):
         self.first = first
         self.then = then
         self.switch_epoch = float(switch_epoch)
+        self.check_families()
 
     def current(self, epoch: float) -> Loss:
         """The loss in use at (1-based) ``epoch``."""

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .base import Loss
+from .base import TOKEN, Loss, TokenInputs
 from .checks import check_temperature, check_weights
 from .functional.token import (TOKEN_DIVERGENCES, token_cross_entropy, token_cross_entropy_fused, token_divergence,
                                token_divergence_fused, token_divergence_topk)
@@ -49,11 +49,16 @@ class TokenKD(Loss):
     both terms on, each term makes its own pass over the output layer.
 
     **Stored teacher signal:** pass ``teacher_logits=None`` and ``teacher_topk=(ids [B,L,k],
-    logprobs [B,L,k], rest [B,L])`` (a :class:`~kd_lightning.cache.tokens.TokenTopKCache`'s batch keys): KD is
+    logprobs [B,L,k], rest [B,L])`` (the batch keys of stored top-k teacher outputs): KD is
     then :func:`~kd_lightning.losses.functional.token_divergence_topk` — forward KL only — renormalised
     over the kept ids (``topk_tail=False``) or with the rest of the mass as one extra bucket
     (``topk_tail=True``).
+
+    It is a token-family loss (:class:`~kd_lightning.losses.base.TokenInputs`): a classifier module refuses
+    it, and it composes with feature losses of that family (``Compose([TokenKD(), HiddenStates(...)])``).
     """
+
+    families = (TOKEN,)
 
     def __init__(self, divergence: str = "forward", temperature: float = 1.0, ce_weight: float = 0.0,
                  kd_weight: float = 1.0, beta: float = 0.5, alpha: float = 0.1, kd_positions: str = "all",
@@ -98,12 +103,20 @@ class TokenKD(Loss):
         return kd_mask if self.kd_weight > 0 else ce_mask
 
     # -------------------------------------------------------------------------------- forward
-    def forward(self, student_logits: Optional[Tensor], teacher_logits: Optional[Tensor], labels: Tensor,
-                attention_mask: Optional[Tensor] = None,
-                num_tokens: Optional[Union[int, float, Tensor]] = None, *,
-                student_hidden: Optional[Tensor] = None, lm_head_weight: Optional[Tensor] = None,
-                lm_head_bias: Optional[Tensor] = None,
-                teacher_topk: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Dict[str, Tensor]:
+    def forward(self, inputs: Union[TokenInputs, Tensor, None], teacher_logits: Optional[Tensor] = None,
+                labels: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
+                num_tokens: Optional[Union[int, float, Tensor]] = None, **fields: Any) -> Dict[str, Tensor]:
+        """Terms of one batch: the module passes a :class:`~kd_lightning.losses.base.TokenInputs`; by hand,
+        pass its fields (``student_logits, teacher_logits, labels, attention_mask, num_tokens``, and the
+        keyword-only ``student_hidden``, ``lm_head_weight``, ``lm_head_bias``, ``teacher_topk``)."""
+        if not isinstance(inputs, TokenInputs):
+            if labels is None:
+                raise ValueError("TokenKD: labels [batch, length] are required")
+            inputs = TokenInputs(student_logits=inputs, teacher_logits=teacher_logits, labels=labels,
+                                 attention_mask=attention_mask, num_tokens=num_tokens, **fields)
+        student_logits, teacher_logits, labels = inputs.student_logits, inputs.teacher_logits, inputs.labels
+        attention_mask, num_tokens, teacher_topk = inputs.attention_mask, inputs.num_tokens, inputs.teacher_topk
+        student_hidden, lm_head_weight, lm_head_bias = inputs.student_hidden, inputs.lm_head_weight, inputs.lm_head_bias
         fused = student_hidden is not None
         if fused:
             if student_logits is not None or lm_head_weight is None:

@@ -28,7 +28,7 @@ def test_lm_module_node_sets_every_constructor_argument(compose):
     from kd_lightning import CausalLMDistillationModule
 
     built_by_app = {"student", "teacher", "loss", "tokenizer", "teacher_tokenizer", "student_tokenizer",
-                    "on_policy", "cached_teacher"}
+                    "on_policy", "teacher_outputs"}
     cfg = compose("experiment=lm_pydoc", "module.fused_head=true", "module.vocab_alignment=truncate")
     params = set(inspect.signature(CausalLMDistillationModule.__init__).parameters) - {"self"}
     assert params - built_by_app == set(cfg.module) - {"_target_", "_partial_"}

@@ -178,7 +178,7 @@ def test_k_equal_to_vocabulary_trains_on_the_dense_forward_kl(tmp_path, tail):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     loss = TokenKD(temperature=2.0, topk_tail=tail)
-    cached = CachedLMModule = CausalLMDistillationModule(student, None, loss, cached_teacher=True)
+    cached = CachedLMModule = CausalLMDistillationModule(student, None, loss, teacher_outputs=True)
     online = CausalLMDistillationModule(student, teacher, TokenKD(temperature=2.0))
     plain = {k: v for k, v in batch.items() if k not in BATCH_KEYS}
     assert _step_loss(cached, batch) == pytest.approx(_step_loss(online, plain), rel=2e-3)
@@ -192,7 +192,7 @@ def test_k_equal_to_vocabulary_trains_on_the_dense_forward_kl(tmp_path, tail):
 def test_small_k_trains_the_student_toward_the_teacher(tmp_path):
     teacher, student = TinyLM(seed=1), TinyLM(seed=2)
     dm = CachedTokenDataModule(Data(), teacher, tmp_path, top_k=3)
-    module = CausalLMDistillationModule(student, None, TokenKD(), cached_teacher=True,
+    module = CausalLMDistillationModule(student, None, TokenKD(), teacher_outputs=True,
                                         optimizer=functools.partial(torch.optim.Adam, lr=0.05))
     batch = {k: v for k, v in rows_batch().items()}
     with torch.no_grad():
@@ -211,17 +211,17 @@ def rows_batch():
 def test_module_refuses_what_the_stored_signal_cannot_serve(tmp_path):
     student = TinyLM(seed=2)
     with pytest.raises(ValueError, match="pass teacher=None"):
-        CausalLMDistillationModule(student, TinyLM(seed=1), TokenKD(), cached_teacher=True)
+        CausalLMDistillationModule(student, TinyLM(seed=1), TokenKD(), teacher_outputs=True)
     with pytest.raises(ValueError, match="divergence='reverse'"):
-        CausalLMDistillationModule(student, None, TokenKD(divergence="reverse"), cached_teacher=True)
-    module = CausalLMDistillationModule(student, None, TokenKD(), cached_teacher=True)
-    with pytest.raises(ValueError, match="has no teacher_topk_ids.*CachedTokenDataModule"):
+        CausalLMDistillationModule(student, None, TokenKD(divergence="reverse"), teacher_outputs=True)
+    module = CausalLMDistillationModule(student, None, TokenKD(), teacher_outputs=True)
+    with pytest.raises(ValueError, match="has no teacher_topk_ids.*TeacherOutputsTokenDataModule"):
         module.training_step(rows_batch(), 0)
     dm = CachedTokenDataModule(Data(), TinyLM(seed=1), tmp_path, top_k=3, temperature=4.0)
     dm.setup("fit")
     with pytest.raises(ValueError, match="taken at T=4.0 but the loss uses T=1.0"):
         module.training_step(next(iter(dm.train_dataloader())), 0)
-    small = CausalLMDistillationModule(TinyLM(vocab=5, seed=2), None, TokenKD(), cached_teacher=True)
+    small = CausalLMDistillationModule(TinyLM(vocab=5, seed=2), None, TokenKD(), teacher_outputs=True)
     batch = next(iter(dm.train_dataloader()))
     batch = {**batch, "input_ids": batch["input_ids"] % 5, "labels": batch["labels"].clamp(max=4),
              "teacher_temperature": torch.ones(4)}
