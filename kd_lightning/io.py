@@ -6,6 +6,7 @@ would), is flushed to disk, and only then replaces the target with ``os.replace`
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -58,6 +59,23 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def locked(path: PathLike) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if absent) for the block; waits for another holder.
+
+    The kernel drops the lock when its process dies (kill -9 included), so a crash never leaves it held.
+    """
+    fd = os.open(os.fspath(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: PathLike, text: str) -> None:

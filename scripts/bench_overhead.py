@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from kd_lightning import ClassifierModule, DistillationModule
 from kd_lightning.batch import unpack
-from kd_lightning.cache import CachedTeacherDataModule
+from kd_lightning.cache import TeacherOutputsDataModule
 from kd_lightning.data.arrays import ArrayDataModule
 from kd_lightning.data.transfer import TransferDataModule, has_transfer_set
 from kd_lightning.losses import KD
@@ -489,9 +489,9 @@ def interleaved(pair: Pair, clock: Clock, device: torch.device, cached_dm, log_d
 
 
 def bench_pair(pair: Pair, args, clock: Clock, device: torch.device, work: str) -> Dict[str, Any]:
-    cached_dm = CachedTeacherDataModule(pair.datamodule, pair.teacher, os.path.join(work, f"cache_{pair.name}"),
+    cached_dm = TeacherOutputsDataModule(pair.datamodule, pair.teacher, os.path.join(work, f"cache_{pair.name}"),
                                         data_config={"bench": pair.name}, device=device)
-    cached_dm.prepare_caches()
+    cached_dm.prepare_outputs()
     log_dir = os.path.join(work, "logs")
     # Peak memory first, one short run per configuration, before the timing leaves anything behind.
     memory: Dict[str, Optional[float]] = {}

@@ -159,8 +159,8 @@ def token_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: TokenKD,
     root = teacher_cache_root(cfg)
     if root is None:
         return None
-    from ..cache import TeacherCacheError
-    from ..cache.tokens import CachedTokenDataModule
+    from ..cache import TeacherOutputsError
+    from ..cache.tokens import TeacherOutputsTokenDataModule
 
     width = vocab_width(teacher)
     top_k = cfg.distill.get("teacher_cache_top_k") or width
@@ -170,12 +170,12 @@ def token_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: TokenKD,
     if width is not None and int(top_k) > width:
         raise ConfigError(f"distill.teacher_cache_top_k={top_k} exceeds the teacher's vocabulary of {width} tokens; "
                           f"set distill.teacher_cache_top_k<={width}")
-    cached = CachedTokenDataModule(datamodule, teacher, root, tokenizer=datamodule.tokenizer, top_k=int(top_k),
+    cached = TeacherOutputsTokenDataModule(datamodule, teacher, root, tokenizer=datamodule.tokenizer, top_k=int(top_k),
                                    temperature=loss.temperature)
     t0 = time.perf_counter()
     try:
-        cache = cached.prepare_cache()
-    except TeacherCacheError as err:
+        cache = cached.prepare_outputs()
+    except TeacherOutputsError as err:
         raise ConfigError(str(err)) from None
     cached.prepare_s = round(time.perf_counter() - t0, 2)  # built (teacher forward over the data) or opened
     log.info("teacher top-%d signal cached in %.1fs: %r", int(top_k), cached.prepare_s, cache)

@@ -283,19 +283,19 @@ def teacher_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: Loss,
     root = teacher_cache_root(cfg)
     if root is None:
         return None
-    from ..cache import CachedTeacherDataModule, RandomTransformError, TeacherCacheError
+    from ..cache import TeacherOutputsDataModule, RandomTransformError, TeacherOutputsError
 
     check_teacher_cache(cfg, loss, has_batch_transform)
     top_k = cfg.distill.get("teacher_cache_top_k")
     data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _LOADER_KEYS}
-    cached = CachedTeacherDataModule(
+    cached = TeacherOutputsDataModule(
         datamodule, teacher, root, data_config=data_cfg, fp16=bool(cfg.distill.get("teacher_cache_fp16", False)),
         top_k=int(top_k) if top_k else None,
         allow_random_transform=bool(cfg.distill.get("teacher_cache_allow_random_transform", False)))
     t0 = time.perf_counter()
     try:
-        caches = cached.prepare_caches()
-    except (RandomTransformError, TeacherCacheError) as err:
+        caches = cached.prepare_outputs()
+    except (RandomTransformError, TeacherOutputsError) as err:
         raise ConfigError(str(err)) from None
     log.info("teacher outputs cached in %.1fs: %s", time.perf_counter() - t0, ", ".join(map(repr, caches.values())))
     return cached

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from ..batch import unpack
 from ..data.wrapper import WrappedDataModule
-from .store import TeacherCacheError, TeacherOutputCache
+from .store import TeacherOutputsError, TeacherOutputs
 from .transforms import check_transform, dataset_transform
 
 
@@ -34,25 +34,25 @@ def _passthrough(batch: Any) -> Any:
     return batch
 
 
-class CachedLogitsDataset(Dataset):
+class TeacherOutputsDataset(Dataset):
     """``dataset`` plus its teacher logits: item ``i`` is ``{"input", "target", "index": i, "teacher_logits"}``.
 
     Dict samples of the base dataset keep their keys (and ``labeled``); tuple samples ``(x, y[, i])``
     become ``input``/``target``. Batched reads (``__getitems__``, one memory-map gather per batch) are
-    used by the loaders of :class:`CachedTeacherDataModule`, which pass ``collate_fn=passthrough``.
+    used by the loaders of :class:`TeacherOutputsDataModule`, which pass ``collate_fn=passthrough``.
     """
 
-    def __init__(self, dataset: Dataset, cache: TeacherOutputCache, collate_fn: Optional[Callable] = None,
+    def __init__(self, dataset: Dataset, outputs: TeacherOutputs, collate_fn: Optional[Callable] = None,
                  input_key: Optional[str] = None, target_key: Optional[str] = None):
-        if len(dataset) != len(cache):  # type: ignore[arg-type]
-            raise TeacherCacheError(f"the dataset has {len(dataset)} samples but the teacher cache has "  # type: ignore[arg-type]
-                                    f"{len(cache)} rows ({cache!r})")
-        self.dataset, self.cache = dataset, cache
+        if len(dataset) != len(outputs):  # type: ignore[arg-type]
+            raise TeacherOutputsError(f"the dataset has {len(dataset)} samples but the stored teacher outputs have "  # type: ignore[arg-type]
+                                    f"{len(outputs)} rows ({outputs!r})")
+        self.dataset, self.outputs = dataset, outputs
         self.collate_fn = collate_fn or default_collate
         self.input_key, self.target_key = input_key, target_key
 
     def __len__(self) -> int:
-        return len(self.cache)
+        return len(self.outputs)
 
     def _as_dict(self, sample: Any, index: Any, logits: Tensor) -> Dict[str, Any]:
         if isinstance(sample, Mapping):
@@ -67,15 +67,15 @@ class CachedLogitsDataset(Dataset):
         return out
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
-        return self._as_dict(self.dataset[i], i, self.cache.rows(i))
+        return self._as_dict(self.dataset[i], i, self.outputs.rows(i))
 
 
-class _BatchedCachedLogitsDataset(CachedLogitsDataset):
+class _BatchedTeacherOutputsDataset(TeacherOutputsDataset):
     """Same samples, fetched a batch at a time; only for loaders with ``collate_fn=_passthrough``."""
 
     def __getitems__(self, indices: List[int]) -> Dict[str, Any]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self._as_dict(_fetch_base(self.dataset, idx, self.collate_fn), idx, self.cache.rows(idx))
+        return self._as_dict(_fetch_base(self.dataset, idx, self.collate_fn), idx, self.outputs.rows(idx))
 
 
 # ------------------------------------------------------------------------------ the data module
@@ -85,10 +85,10 @@ def _loader_settings(loader: DataLoader) -> Dict[str, Any]:
             "shuffle": isinstance(loader.sampler, RandomSampler)}
 
 
-class CachedTeacherDataModule(WrappedDataModule):
-    """Wraps ``datamodule`` so its train/val/test batches carry cached ``teacher_logits``.
+class TeacherOutputsDataModule(WrappedDataModule):
+    """Wraps ``datamodule`` so its train/val/test batches carry stored ``teacher_logits``.
 
-    The caches are built (or reused) in :meth:`prepare_caches`, called by :meth:`setup` or earlier by the
+    The stored outputs are built (or reused) in :meth:`prepare_outputs`, called by :meth:`setup` or earlier by the
     application so DDP workers only read. Loader settings (batch size, workers, shuffling) come from the
     wrapped module's loaders. Use it with ``DistillationModule(student, teacher=None, loss=...)``.
     """
@@ -105,7 +105,7 @@ class CachedTeacherDataModule(WrappedDataModule):
         self.allow_random_transform = allow_random_transform
         self.splits = tuple(splits)
         self.device, self.verify, self.build_batch_size = device, verify, batch_size
-        self.caches: Dict[str, TeacherOutputCache] = {}
+        self.outputs: Dict[str, TeacherOutputs] = {}
         self._settings: Dict[str, Dict[str, Any]] = {}
         self._datasets: Dict[str, Dataset] = {}
         self._collate: Dict[str, Callable] = {}
@@ -117,9 +117,9 @@ class CachedTeacherDataModule(WrappedDataModule):
         except NotImplementedError:
             return None
 
-    def prepare_caches(self) -> Dict[str, TeacherOutputCache]:
-        if self.caches:
-            return self.caches
+    def prepare_outputs(self) -> Dict[str, TeacherOutputs]:
+        if self.outputs:
+            return self.outputs
         self.datamodule.setup("fit")
         if "test" in self.splits:
             self.datamodule.setup("test")
@@ -128,42 +128,42 @@ class CachedTeacherDataModule(WrappedDataModule):
             if loader is None:
                 continue
             if not isinstance(loader, DataLoader):
-                raise TypeError(f"{split}_dataloader() must return one DataLoader to be cached, got {type(loader).__name__}")
+                raise TypeError(f"{split}_dataloader() must return one DataLoader to store teacher outputs for, got {type(loader).__name__}")
             ds = loader.dataset
             transform = dataset_transform(ds)
             if split == "train":  # eval transforms are deterministic in practice
                 check_transform(ds, self.allow_random_transform, transform=transform)
             collate = loader.collate_fn or default_collate
-            self.caches[split] = TeacherOutputCache.get_or_build(
+            self.outputs[split] = TeacherOutputs.get_or_build(
                 self.teacher, ds, self.root, data_config=self.data_config, transform=transform, fp16=self.fp16,
                 top_k=self.top_k, allow_random_transform=True, verify=self.verify, name=split,
                 collate_fn=collate, device=self.device, batch_size=self.build_batch_size)
             self._settings[split] = _loader_settings(loader)
             self._datasets[split] = ds
             self._collate[split] = collate
-        return self.caches
+        return self.outputs
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.datamodule.setup(stage)
-        self.prepare_caches()
+        self.prepare_outputs()
 
-    def cached_dataloader(self, split: str) -> DataLoader:
-        self.prepare_caches()
-        if split not in self.caches:
+    def outputs_dataloader(self, split: str) -> DataLoader:
+        self.prepare_outputs()
+        if split not in self.outputs:
             loader = self._loader(split)
             if loader is None:
                 raise ValueError(f"the wrapped data module has no {split} loader")
             return loader
         s = dict(self._settings[split])
         shuffle = s.pop("shuffle")
-        ds = _BatchedCachedLogitsDataset(self._datasets[split], self.caches[split], self._collate[split])
+        ds = _BatchedTeacherOutputsDataset(self._datasets[split], self.outputs[split], self._collate[split])
         return DataLoader(ds, shuffle=shuffle, collate_fn=_passthrough, **s)
 
     def train_dataloader(self) -> DataLoader:
-        return self.cached_dataloader("train")
+        return self.outputs_dataloader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self.cached_dataloader("val")
+        return self.outputs_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self.cached_dataloader("test")
+        return self.outputs_dataloader("test")

@@ -1,4 +1,4 @@
-"""Content keys of everything a teacher cache depends on: teacher weights, data, transform, options."""
+"""Content keys of everything stored teacher outputs depend on: teacher weights, data, transform, options."""
 from __future__ import annotations
 
 import hashlib
@@ -99,7 +99,7 @@ def transform_fingerprint(transform: Any) -> str:
     return hashlib.sha256(repr(transform).encode()).hexdigest() if transform is not None else "none"
 
 
-def cache_key(teacher: nn.Module, dataset: Dataset, data_config: Any = None, transform: Any = None,
+def outputs_key(teacher: nn.Module, dataset: Dataset, data_config: Any = None, transform: Any = None,
               fp16: bool = False, top_k: Optional[int] = None) -> str:
     """The directory name of a cache: a hash of teacher weights, data, transform and storage options."""
     blob = json.dumps({

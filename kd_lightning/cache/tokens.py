@@ -1,4 +1,4 @@
-"""The teacher-signal cache for language models: per token, the teacher's top-k next-token distribution.
+"""Stored teacher outputs for language models: per token, the teacher's top-k next-token distribution.
 
 Run the teacher once over a tokenized training set and keep, for every position of every sequence,
 
@@ -14,9 +14,9 @@ so storage is ``6k + 4`` bytes per token (52 at k = 8, 772 at k = 128) instead o
 logits (8,192 for a 2,048-token vocabulary). ``meta.json`` is written last and records the temperature
 the log-probabilities were taken at, ``k``, the vocabulary size, the SHA-256 of the teacher's weights
 and of the tokenizer's definition, the data's fingerprint and the SHA-256 of every array. Opening a
-cache checks all of them: a cache made by another teacher or another tokenizer, at another temperature
-or ``k``, or whose bytes changed since it was written, is refused with a :class:`TeacherCacheError`
-naming what differs — never used. :meth:`TokenTopKCache.get_or_build` keys its directory by all of them
+store checks all of them: outputs made by another teacher or another tokenizer, at another temperature
+or ``k``, or whose bytes changed since it was written, is refused with a :class:`TeacherOutputsError`
+naming what differs — never used. :meth:`TokenTeacherOutputs.get_or_build` keys its directory by all of them
 and rebuilds a damaged one with a warning naming the file.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .. import io as kd_io
 from ..forward import call_signature, lm_logits
 from ..data.wrapper import WrappedDataModule
 from .fingerprint import FORMAT_VERSION, fingerprint_dataset, fingerprint_module, fingerprint_tokenizer
-from .store import META_NAME, TeacherCacheError, array_sha256, open_npy
+from .store import OutputStore, TeacherOutputsError
 
 log = logging.getLogger(__name__)
 KIND = "token_topk"
@@ -57,22 +57,15 @@ def _lengths(mask: Tensor) -> Tensor:
     lengths = mask.sum(-1)
     positions = torch.arange(mask.shape[-1], device=mask.device)
     if not torch.equal(mask.bool(), positions < lengths.unsqueeze(-1)):
-        raise ValueError("the token cache needs right-padded sequences (attention_mask of ones, then zeros); "
+        raise ValueError("stored token teacher outputs need right-padded sequences (attention_mask of ones, then zeros); "
                          "this data set pads on the left or has holes in its masks")
     return lengths
 
 
-class TokenTopKCache:
+class TokenTeacherOutputs(OutputStore):
     """Stored top-k teacher distributions of one tokenized data set; row ``i`` = sequence ``i``."""
 
-    def __init__(self, directory: Union[str, os.PathLike], meta: Dict[str, Any]):
-        self.directory = Path(directory)
-        self.meta = meta
-        self._tables: Optional[Dict[str, Tensor]] = None
-
-    @property
-    def key(self) -> str:
-        return self.meta["key"]
+    kind = KIND
 
     @property
     def top_k(self) -> int:
@@ -90,9 +83,6 @@ class TokenTopKCache:
     def num_tokens(self) -> int:
         return int(self.meta["tokens"])
 
-    def __len__(self) -> int:
-        return int(self.meta["count"])
-
     def nbytes(self) -> int:
         """Bytes of the stored arrays on disk (headers included)."""
         return sum((self.directory / name).stat().st_size for name in FILES)
@@ -100,36 +90,24 @@ class TokenTopKCache:
     def bytes_per_token(self) -> float:
         return self.nbytes() / max(1, self.num_tokens)
 
-    def __getstate__(self) -> Dict[str, Any]:
-        return {"directory": self.directory, "meta": self.meta, "_tables": None}
-
     def __repr__(self) -> str:
-        return (f"TokenTopKCache({str(self.directory)!r}, rows={len(self)}, tokens={self.num_tokens}, k={self.top_k}, "
+        return (f"TokenTeacherOutputs({str(self.directory)!r}, rows={len(self)}, tokens={self.num_tokens}, k={self.top_k}, "
                 f"T={self.temperature}, {self.bytes_per_token():.0f} B/token)")
 
     # ------------------------------------------------------------------------------------ reading
     @classmethod
     def open(cls, directory: Union[str, os.PathLike], *, teacher: Union[nn.Module, str, None] = None,
              tokenizer: Any = None, temperature: Optional[float] = None, top_k: Optional[int] = None,
-             count: Optional[int] = None, key: Optional[str] = None, verify: bool = True) -> "TokenTopKCache":
-        """Open a cache and check it against what the caller will use it with.
+             count: Optional[int] = None, key: Optional[str] = None, verify: bool = True) -> "TokenTeacherOutputs":
+        """Open stored outputs and check them against what the caller will use it with.
 
         ``teacher`` (a module or its :func:`fingerprint_module`) and ``tokenizer`` (a tokenizer or its
         :func:`fingerprint_tokenizer`), ``temperature``, ``top_k``, ``count`` and ``key`` are compared with
-        what the cache was built from when given; ``verify`` checks every array's SHA-256 (one read).
+        what they were built from when given; ``verify`` checks every array's SHA-256 (one read).
         """
         directory = Path(directory)
-        meta_path = directory / META_NAME
-        if not meta_path.is_file():
-            raise TeacherCacheError(f"no token cache at {str(directory)!r} (no {META_NAME}: missing or unfinished)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as err:
-            raise TeacherCacheError(f"unreadable {str(meta_path)!r} ({err}); delete {str(directory)!r} to rebuild it") from None
-        fix = f"delete {str(directory)!r} or build a cache for this setting"
-        if meta.get("format") != FORMAT_VERSION or meta.get("kind") != KIND:
-            raise TeacherCacheError(f"{str(meta_path)!r} is not a token top-k cache of format {FORMAT_VERSION} "
-                                    f"(kind {meta.get('kind')!r}, format {meta.get('format')!r}); {fix}")
+        meta = cls.read_meta(directory)
+        fix = f"delete {str(directory)!r} or store the teacher outputs for this setting"
         checks = []
         if teacher is not None:
             want = teacher if isinstance(teacher, str) else fingerprint_module(teacher)
@@ -151,41 +129,24 @@ class TokenTopKCache:
             checks.append(("key", meta.get("key"), key, "the teacher, tokenizer, data or options changed"))
         for _, have, want, why in checks:
             if have != want:
-                raise TeacherCacheError(f"token cache {str(directory)!r} cannot be used: {why}; {fix}")
-        cache = cls(directory, meta)
+                raise TeacherOutputsError(f"stored teacher outputs {str(directory)!r} cannot be used: {why}; {fix}")
+        outputs = cls(directory, meta)
+        if sorted(meta["files"]) != sorted(FILES):
+            raise TeacherOutputsError(f"stored teacher outputs {str(directory)!r} list {sorted(meta['files'])}, "
+                                      f"expected {list(FILES)}; {fix}")
         if verify:
-            cache.verify()
-        cache._load_tables()
-        return cache
-
-    def _arrays(self) -> Dict[str, np.ndarray]:
-        return {name: open_npy(self.directory / name, f["shape"], f["dtype"]) for name, f in self.meta["files"].items()}
-
-    def verify(self) -> None:
-        """Compare every array with the SHA-256 recorded when it was written."""
-        for name, arr in self._arrays().items():
-            if array_sha256(arr) != self.meta["files"][name].get("sha256"):
-                raise TeacherCacheError(
-                    f"token cache file {str(self.directory / name)!r} fails its checksum (its content changed after "
-                    f"it was written); delete {str(self.directory)!r} to rebuild it")
-
-    def _load_tables(self) -> Dict[str, Tensor]:
-        if self._tables is None:
-            arrays = self._arrays()
-            if sorted(arrays) != sorted(FILES):
-                raise TeacherCacheError(f"token cache {str(self.directory)!r} lists {sorted(arrays)}, expected {list(FILES)}")
-            self._tables = {name: torch.from_numpy(arr) for name, arr in arrays.items()}
-            offsets = self._tables["offsets.npy"]
-            if offsets.shape[0] != len(self) + 1 or int(offsets[-1]) != self.num_tokens:
-                raise TeacherCacheError(f"token cache file {str(self.directory / 'offsets.npy')!r} does not match "
-                                        f"its meta.json; delete {str(self.directory)!r} to rebuild it")
-        return self._tables
+            outputs.verify()
+        offsets = outputs.tables()["offsets.npy"]
+        if offsets.shape[0] != len(outputs) + 1 or int(offsets[-1]) != outputs.num_tokens:
+            raise TeacherOutputsError(f"stored teacher outputs file {str(directory / 'offsets.npy')!r} does not match "
+                                      f"its meta.json; {fix}")
+        return outputs
 
     def sequence(self, i: int) -> Tuple[Tensor, Tensor, Tensor]:
         """``(ids int32 [n, k], logprobs float32 [n, k], rest float32 [n])`` of sequence ``i``'s ``n`` tokens."""
-        t = self._load_tables()
+        t = self.tables()
         if not 0 <= i < len(self):
-            raise IndexError(f"sequence {i} is out of range for a token cache of {len(self)} sequences")
+            raise IndexError(f"sequence {i} is out of range for stored teacher outputs of {len(self)} sequences")
         a, b = int(t["offsets.npy"][i]), int(t["offsets.npy"][i + 1])
         return t["topk_ids.npy"][a:b], t["topk_logprobs.npy"][a:b].float(), t["rest_mass.npy"][a:b]
 
@@ -195,16 +156,16 @@ class TokenTopKCache:
     def build(cls, teacher: nn.Module, dataset: Dataset, directory: Union[str, os.PathLike], *, tokenizer: Any,
               top_k: int, temperature: float = 1.0, batch_size: int = 16, collate_fn: Optional[Callable] = None,
               device: Union[str, torch.device, None] = None, key: str = "",
-              extra_meta: Optional[Dict[str, Any]] = None) -> "TokenTopKCache":
+              extra_meta: Optional[Dict[str, Any]] = None) -> "TokenTeacherOutputs":
         """Run ``teacher`` over ``dataset`` (dict samples with ``input_ids`` and ``attention_mask``) in order
-        and write the cache atomically into ``directory``."""
+        and store the outputs atomically in ``directory``."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k={top_k!r} must be a positive number of token ids to keep per position")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature={temperature!r} must be a positive number")
         n = len(dataset)  # type: ignore[arg-type]
         if n == 0:
-            raise ValueError("cannot cache teacher outputs of an empty dataset")
+            raise ValueError("cannot store teacher outputs of an empty dataset")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -230,7 +191,7 @@ class TokenTopKCache:
                     if top_k > vocab:
                         raise ValueError(f"top_k={top_k} exceeds the teacher's vocabulary of {vocab} tokens")
                 if not torch.isfinite(logits).all():
-                    raise ValueError("the teacher produced non-finite logits; refusing to cache them")
+                    raise ValueError("the teacher produced non-finite logits; refusing to store them")
                 keep = mask.bool()
                 lengths.extend(_lengths(mask).tolist())
                 logp = torch.log_softmax(logits[keep] / float(temperature), dim=-1)  # [tokens, V]
@@ -247,56 +208,56 @@ class TokenTopKCache:
         np.cumsum(lengths, out=offsets[1:])
         arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
         arrays["offsets.npy"] = offsets
-        (directory / META_NAME).unlink(missing_ok=True)  # unfinished until its meta.json lands
-        files = {}
-        for name, arr in arrays.items():
-            with kd_io.atomic_path(directory / name) as tmp:
-                with open(tmp, "wb") as f:
+        written: Dict[str, Path] = {}
+        try:
+            for name, arr in arrays.items():
+                written[name] = kd_io.temp_path_beside(directory / name)
+                with open(written[name], "wb") as f:
                     np.save(f, arr, allow_pickle=False)
-            files[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": array_sha256(arr)}
-        meta = {"format": FORMAT_VERSION, "kind": KIND, "key": key, "count": n, "tokens": int(offsets[-1]),
-                "top_k": int(top_k), "temperature": float(temperature), "vocab_size": int(vocab),
-                "teacher_sha256": fingerprint_module(teacher), "tokenizer_sha256": fingerprint_tokenizer(tokenizer),
-                "data_sha256": fingerprint_dataset(dataset), "files": files, **(extra_meta or {})}
-        kd_io.write_json(directory / META_NAME, meta)  # last: marks the cache complete
+            cls.commit(directory, written, {
+                "key": key, "count": n, "tokens": int(offsets[-1]), "top_k": int(top_k),
+                "temperature": float(temperature), "vocab_size": int(vocab), "teacher_sha256": fingerprint_module(teacher),
+                "tokenizer_sha256": fingerprint_tokenizer(tokenizer), "data_sha256": fingerprint_dataset(dataset),
+                "files": {name: cls.file_entry(arr) for name, arr in arrays.items()}, **(extra_meta or {})})
+        finally:
+            for tmp in written.values():
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         return cls.open(directory, key=key, verify=False)  # its checksums were just computed
 
     @classmethod
     def get_or_build(cls, teacher: nn.Module, dataset: Dataset, root: Union[str, os.PathLike], *, tokenizer: Any,
                      top_k: int, temperature: float = 1.0, name: str = "", verify: bool = True,
-                     rebuild_damaged: bool = True, **build_kwargs: Any) -> "TokenTopKCache":
-        """The cache for (teacher weights, tokenizer, data, k, T) under ``root``: opened and checked, or built."""
+                     rebuild_damaged: bool = True, **build_kwargs: Any) -> "TokenTeacherOutputs":
+        """The stored outputs for (teacher weights, tokenizer, data, k, T) under ``root``: opened and checked, or
+        built (under a lock: concurrent runs build once)."""
         teacher_sha, tokenizer_sha = fingerprint_module(teacher), fingerprint_tokenizer(tokenizer)
         key = _sha({"format": FORMAT_VERSION, "kind": KIND, "teacher": teacher_sha, "tokenizer": tokenizer_sha,
                     "data": fingerprint_dataset(dataset), "top_k": int(top_k), "temperature": float(temperature)})[:24]
         directory = Path(root) / (f"{name}-{key}" if name else key)
-        if (directory / META_NAME).is_file():
-            try:
-                return cls.open(directory, teacher=teacher_sha, tokenizer=tokenizer_sha, temperature=temperature,
-                                top_k=top_k, count=len(dataset), key=key, verify=verify)  # type: ignore[arg-type]
-            except TeacherCacheError as err:
-                if not rebuild_damaged:
-                    raise
-                log.warning("rebuilding a damaged token cache: %s", err)
-        return cls.build(teacher, dataset, directory, tokenizer=tokenizer, top_k=top_k, temperature=temperature,
-                         key=key, extra_meta={"name": name}, **build_kwargs)
+        return cls.open_or_build(  # type: ignore[return-value]
+            directory, lambda: cls.open(directory, teacher=teacher_sha, tokenizer=tokenizer_sha, temperature=temperature,
+                                        top_k=top_k, count=len(dataset), key=key, verify=verify),  # type: ignore[arg-type]
+            lambda: cls.build(teacher, dataset, directory, tokenizer=tokenizer, top_k=top_k, temperature=temperature,
+                              key=key, extra_meta={"name": name}, **build_kwargs),
+            rebuild_damaged)
 
 
-class CachedTokenDataset(Dataset):
+class TeacherOutputsTokenDataset(Dataset):
     """``dataset`` (dict samples) plus each sequence's stored teacher signal under :data:`BATCH_KEYS`."""
 
-    def __init__(self, dataset: Dataset, cache: TokenTopKCache):
-        if len(dataset) != len(cache):  # type: ignore[arg-type]
-            raise TeacherCacheError(f"the data set has {len(dataset)} sequences but {cache!r} has {len(cache)}")  # type: ignore[arg-type]
-        self.dataset, self.cache = dataset, cache
+    def __init__(self, dataset: Dataset, outputs: TokenTeacherOutputs):
+        if len(dataset) != len(outputs):  # type: ignore[arg-type]
+            raise TeacherOutputsError(f"the data set has {len(dataset)} sequences but {outputs!r} has {len(outputs)}")  # type: ignore[arg-type]
+        self.dataset, self.outputs = dataset, outputs
 
     def __len__(self) -> int:
-        return len(self.cache)
+        return len(self.outputs)
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
-        ids, logprobs, rest = self.cache.sequence(i)
+        ids, logprobs, rest = self.outputs.sequence(i)
         return {"sample": self.dataset[i], "ids": ids, "logprobs": logprobs, "rest": rest,
-                "temperature": self.cache.temperature}
+                "temperature": self.outputs.temperature}
 
 
 class TopKCollate:
@@ -317,17 +278,17 @@ class TopKCollate:
             n = item["ids"].shape[0]
             if n > width:
                 raise ValueError(f"a stored sequence has {n} tokens but its batch only {width}: the data's collate "
-                                 "function changed since the cache was built")
+                                 "function changed since the outputs were stored")
             ids[row, :n], logprobs[row, :n], rest[row, :n] = item["ids"], item["logprobs"], item["rest"]
         batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=logprobs, teacher_rest=rest,
                      teacher_temperature=torch.tensor([item["temperature"] for item in items]))
         return batch
 
 
-class CachedTokenDataModule(WrappedDataModule):
+class TeacherOutputsTokenDataModule(WrappedDataModule):
     """A language-model data module whose training batches carry the teacher's stored top-k signal.
 
-    The cache of the training set is built (or opened and checked) at ``setup``; validation and test
+    The training set's outputs are built (or opened and checked) at ``setup``; validation and test
     batches are the wrapped module's own. Train with
     ``CausalLMDistillationModule(student, teacher=None, loss=TokenKD(...), teacher_outputs=True)``: no
     teacher runs during training.
@@ -338,32 +299,32 @@ class CachedTokenDataModule(WrappedDataModule):
                  verify: bool = True):
         super().__init__(datamodule)
         self.teacher, self.root = teacher, Path(root)
-        self.cache_tokenizer = tokenizer
+        self.outputs_tokenizer = tokenizer
         self.top_k, self.temperature = top_k, temperature
         self.build_batch_size, self.verify = batch_size, verify
-        self.cache: Optional[TokenTopKCache] = None
+        self.outputs: Optional[TokenTeacherOutputs] = None
 
     def setup(self, stage: Optional[str] = None) -> None:
         super().setup(stage)
-        if stage in (None, "fit") and self.cache is None:
-            self.prepare_cache()
+        if stage in (None, "fit") and self.outputs is None:
+            self.prepare_outputs()
 
-    def prepare_cache(self) -> TokenTopKCache:
+    def prepare_outputs(self) -> TokenTeacherOutputs:
         base = self.datamodule.train_dataloader()
-        tokenizer = self.cache_tokenizer if self.cache_tokenizer is not None else getattr(self.datamodule, "tokenizer", None)
+        tokenizer = self.outputs_tokenizer if self.outputs_tokenizer is not None else getattr(self.datamodule, "tokenizer", None)
         if tokenizer is None:
-            raise ValueError("the token cache is keyed by the tokenizer: pass tokenizer=... or give the data module "
+            raise ValueError("stored token teacher outputs are keyed by the tokenizer: pass tokenizer=... or give the data module "
                              "a .tokenizer attribute")
-        self.cache = TokenTopKCache.get_or_build(
+        self.outputs = TokenTeacherOutputs.get_or_build(
             self.teacher, base.dataset, self.root, tokenizer=tokenizer, top_k=self.top_k,
             temperature=self.temperature, name="train", verify=self.verify, batch_size=self.build_batch_size,
             collate_fn=base.collate_fn)
-        return self.cache
+        return self.outputs
 
     def train_dataloader(self) -> DataLoader:
-        if self.cache is None:
-            self.prepare_cache()
+        if self.outputs is None:
+            self.prepare_outputs()
         base = self.datamodule.train_dataloader()
-        return DataLoader(CachedTokenDataset(base.dataset, self.cache), batch_size=base.batch_size,
+        return DataLoader(TeacherOutputsTokenDataset(base.dataset, self.outputs), batch_size=base.batch_size,
                           shuffle=isinstance(base.sampler, RandomSampler), num_workers=base.num_workers,
                           drop_last=base.drop_last, collate_fn=TopKCollate(base.collate_fn))

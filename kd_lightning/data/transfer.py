@@ -86,7 +86,7 @@ class TransferSetDataset(Dataset):
         return {"input": x, "target": y, "labeled": lab, "index": idx}
 
     def fingerprint(self) -> str:
-        """Content hash for teacher caches (see :func:`kd_lightning.cache.fingerprint_dataset`)."""
+        """Content hash for stored teacher outputs (see :func:`kd_lightning.cache.fingerprint_dataset`)."""
         from ..cache import fingerprint_dataset
 
         h = hashlib.sha256(b"TransferSetDataset")

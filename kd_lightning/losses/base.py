@@ -33,7 +33,7 @@ class DistillInputs:
     teacher_features: Dict[str, Tensor] = field(default_factory=dict)
     # Position in training, for warm-ups and schedules (float epochs allowed).
     epoch: float = 0.0
-    # Dataset indices of the samples (CRD's memory bank, teacher caches); None when unknown.
+    # Dataset indices of the samples (CRD's memory bank, stored teacher outputs); None when unknown.
     index: Optional[Tensor] = None
     # Per-sample mask of which samples carry a usable label (transfer sets have none).
     labeled: Optional[Tensor] = None

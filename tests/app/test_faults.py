@@ -274,6 +274,6 @@ def test_kd_train_rebuilds_negated_cached_teacher_outputs(trained, tmp_path, cap
     del arr
     with caplog.at_level("WARNING"):
         run(make_cfg(tmp_path, *FAST, "baseline.enabled=false", "distill.teacher_cache=true", out="run2"))
-    assert any("rebuilding a damaged teacher cache" in r.getMessage() and "logits.npy" in r.getMessage()
+    assert any("rebuilding damaged stored teacher outputs" in r.getMessage() and "logits.npy" in r.getMessage()
                for r in caplog.records)
     assert np.array_equal(np.load(train_dir / "logits.npy"), good)

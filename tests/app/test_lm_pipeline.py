@@ -162,7 +162,7 @@ def test_bad_lm_input_is_one_clear_line_before_training(tmp_path, cache_dir, cas
 
 def test_student_trains_on_the_stored_top_k_signal_without_a_teacher(tmp_path, cache_dir, monkeypatch):
     from kd_lightning import CausalLMDistillationModule
-    from kd_lightning.cache.tokens import TokenTopKCache
+    from kd_lightning.cache.tokens import TokenTeacherOutputs
 
     seen = []
     step = CausalLMDistillationModule.training_step
@@ -181,7 +181,7 @@ def test_student_trains_on_the_stored_top_k_signal_without_a_teacher(tmp_path, c
     assert student_steps == [(True, True)] * 4
     assert "stored top-8 next-token distributions" in (tmp_path / "run" / "summary.md").read_text()
     # Again: the stored signal is reused (checked, not rebuilt), and the student ends the same.
-    monkeypatch.setattr(TokenTopKCache, "build", lambda *a, **k: pytest.fail("the cache was rebuilt"))
+    monkeypatch.setattr(TokenTeacherOutputs, "build", lambda *a, **k: pytest.fail("the cache was rebuilt"))
     again = run(make_cfg(tmp_path / "again", cache_dir, *cached))
     assert again["student"]["ppl"] == pytest.approx(summary["student"]["ppl"], rel=1e-6)
 

@@ -15,7 +15,7 @@ from kd_lightning.app.errors import ConfigError
 from kd_lightning.app.pipeline import run
 from kd_lightning.app.stage import state_dict_bytes
 from kd_lightning.augment import Mixup
-from kd_lightning.cache import CachedTeacherDataModule
+from kd_lightning.cache import TeacherOutputsDataModule
 
 from .helpers import FAST, options
 
@@ -171,8 +171,8 @@ def test_app_teacher_cache_rejects_feature_objectives_and_topk_logit_mse(compose
         teacher_cache_datamodule(mse, make_teacher(), build_loss(mse.distill), Arrays())
     kd = cfg_for("distill.teacher_cache=true")
     dm = teacher_cache_datamodule(kd, make_teacher(), build_loss(kd.distill), Arrays())
-    assert isinstance(dm, CachedTeacherDataModule)
-    assert all(str(c.directory).startswith(str(tmp_path / "cache" / "teacher_outputs")) for c in dm.caches.values())
+    assert isinstance(dm, TeacherOutputsDataModule)
+    assert all(str(c.directory).startswith(str(tmp_path / "cache" / "teacher_outputs")) for c in dm.outputs.values())
 
 
 def test_app_gives_the_transfer_set_to_the_student_stage_only(compose, tmp_path, monkeypatch):

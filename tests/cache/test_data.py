@@ -1,4 +1,4 @@
-"""kd_lightning/cache/data.py: CachedLogitsDataset and CachedTeacherDataModule serve cached teacher rows to
+"""kd_lightning/cache/data.py: TeacherOutputsDataset and TeacherOutputsDataModule serve cached teacher rows to
 shuffled and distributed loaders, and training on them equals online KD."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from kd_lightning import DistillationModule
-from kd_lightning.cache import CachedTeacherDataModule
+from kd_lightning.cache import TeacherOutputsDataModule
 from kd_lightning.losses import KD
 
 from .helpers import C, D, N, Arrays, exact_logits, make_teacher
@@ -21,9 +21,9 @@ from .helpers import C, D, N, Arrays, exact_logits, make_teacher
 def test_datamodule_serves_cached_rows_to_shuffled_and_distributed_loaders(tmp_path):
     dm = Arrays()
     teacher = make_teacher()
-    cached = CachedTeacherDataModule(dm, teacher, tmp_path, data_config={"n": N}, device="cpu")
+    cached = TeacherOutputsDataModule(dm, teacher, tmp_path, data_config={"n": N}, device="cpu")
     cached.setup("fit")
-    assert set(cached.caches) == {"train", "val", "test"}
+    assert set(cached.outputs) == {"train", "val", "test"}
     assert cached.num_classes == C  # attributes of the wrapped module pass through
     for split, (xs, ys) in {"train": (dm.x_train, dm.y_train), "val": (dm.x_val, dm.y_val),
                             "test": (dm.x_test, dm.y_test)}.items():
@@ -77,7 +77,7 @@ def test_fit_on_cached_logits_matches_online_kd_on_the_first_step(tmp_path, make
     rec_online = _fit(make_trainer, online, Arrays())
 
     student.load_state_dict(init)
-    cached_dm = CachedTeacherDataModule(Arrays(), teacher, tmp_path / "cache", device="cpu")
+    cached_dm = TeacherOutputsDataModule(Arrays(), teacher, tmp_path / "cache", device="cpu")
     offline = DistillationModule(student, None, loss=KD(temperature=4.0), optimizer=opt)
     assert offline.teacher is None
     rec_cached = _fit(make_trainer, offline, cached_dm)
@@ -98,7 +98,7 @@ def test_fit_on_cached_logits_matches_online_kd_on_the_first_step(tmp_path, make
 def test_cached_batches_and_batch_transform_do_not_mix(tmp_path, make_trainer):
     from kd_lightning.augment import Mixup
 
-    cached_dm = CachedTeacherDataModule(Arrays(), make_teacher(), tmp_path, device="cpu")
+    cached_dm = TeacherOutputsDataModule(Arrays(), make_teacher(), tmp_path, device="cpu")
     module = DistillationModule(nn.Linear(D, C), None, loss=KD(), batch_transform=Mixup())
     with pytest.raises(ValueError, match="live teacher"):
         _fit(make_trainer, module, cached_dm, steps=1)

@@ -1,4 +1,4 @@
-"""kd_lightning/cache/store.py: TeacherOutputCache round trips exactly, stores fp16 / top-k within bounded error,
+"""kd_lightning/cache/store.py: TeacherOutputs round trips exactly, stores fp16 / top-k within bounded error,
 refuses damaged caches and rebuilds unfinished ones, and serves rows for every index form."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kd_lightning.cache import CachedLogitsDataset, TeacherCacheError, TeacherOutputCache
+from kd_lightning.cache import TeacherOutputsDataset, TeacherOutputsError, TeacherOutputs
 from kd_lightning.losses import functional as KF
 
 from .helpers import C, N, exact_logits, make_data, make_teacher
@@ -23,7 +23,7 @@ def test_round_trip_equals_the_teachers_logits_for_shuffled_indices(tmp_path):
     x, y = make_data()
     teacher = make_teacher()
     ds = TensorDataset(x, y)
-    cache = TeacherOutputCache.get_or_build(teacher, ds, tmp_path, data_config={"n": N}, batch_size=7, device="cpu")
+    cache = TeacherOutputs.get_or_build(teacher, ds, tmp_path, data_config={"n": N}, batch_size=7, device="cpu")
     assert teacher.training, "the teacher's mode is restored after caching"
     expected = exact_logits(teacher, x)
     assert len(cache) == N and cache.num_classes == C
@@ -31,7 +31,7 @@ def test_round_trip_equals_the_teachers_logits_for_shuffled_indices(tmp_path):
     assert torch.allclose(cache.rows(perm), expected[perm], atol=1e-6)
     assert torch.allclose(cache.rows(5), expected[5], atol=1e-6)
 
-    loader = DataLoader(CachedLogitsDataset(ds, cache), batch_size=10, shuffle=True)
+    loader = DataLoader(TeacherOutputsDataset(ds, cache), batch_size=10, shuffle=True)
     seen = []
     for batch in loader:
         assert set(batch) == {"input", "target", "index", "teacher_logits"}
@@ -41,7 +41,7 @@ def test_round_trip_equals_the_teachers_logits_for_shuffled_indices(tmp_path):
     assert sorted(torch.cat(seen).tolist()) == list(range(N))
 
     # the second call opens the same cache instead of running the teacher again
-    again = TeacherOutputCache.get_or_build(teacher, ds, tmp_path, data_config={"n": N})
+    again = TeacherOutputs.get_or_build(teacher, ds, tmp_path, data_config={"n": N})
     assert again.directory == cache.directory
     meta = json.loads((cache.directory / "meta.json").read_text())
     assert meta["count"] == N and meta["files"]["logits.npy"]["shape"] == [N, C]
@@ -52,7 +52,7 @@ def test_fp16_storage_error_is_bounded(tmp_path):
     """fp16 rounding: |z16 - z| <= 2**-11 |z| (+ 2**-25 for subnormals)."""
     x, y = make_data()
     teacher = make_teacher(scale=8.0)
-    cache = TeacherOutputCache.get_or_build(teacher, TensorDataset(x, y), tmp_path, fp16=True, device="cpu")
+    cache = TeacherOutputs.get_or_build(teacher, TensorDataset(x, y), tmp_path, fp16=True, device="cpu")
     assert cache.meta["files"]["logits.npy"]["dtype"] == "float16"
     z = exact_logits(teacher, x)
     got = cache.rows(torch.arange(N))
@@ -67,7 +67,7 @@ def test_topk_cache_round_trip_and_kd_error_bound(tmp_path):
     x, y = make_data()
     teacher = make_teacher(scale=6.0)
     k = 3
-    cache = TeacherOutputCache.get_or_build(teacher, TensorDataset(x, y), tmp_path, top_k=k, device="cpu")
+    cache = TeacherOutputs.get_or_build(teacher, TensorDataset(x, y), tmp_path, top_k=k, device="cpu")
     assert set(cache.meta["files"]) == {"topk_logprobs.npy", "topk_indices.npy"}
     z = exact_logits(teacher, x)
     rec = cache.rows(torch.arange(N))
@@ -87,7 +87,7 @@ def test_topk_cache_round_trip_and_kd_error_bound(tmp_path):
 def test_topk_fp16_storage(tmp_path):
     x, y = make_data()
     teacher = make_teacher()
-    cache = TeacherOutputCache.get_or_build(teacher, TensorDataset(x, y), tmp_path, top_k=4, fp16=True, device="cpu")
+    cache = TeacherOutputs.get_or_build(teacher, TensorDataset(x, y), tmp_path, top_k=4, fp16=True, device="cpu")
     assert cache.meta["files"]["topk_logprobs.npy"]["dtype"] == "float16"
     z = exact_logits(teacher, x)
     p, q = F.softmax(z, -1), F.softmax(cache.rows(np.arange(N)), -1)
@@ -103,7 +103,7 @@ def _built(tmp_path):
     x, y = make_data()
     teacher = make_teacher()
     ds = TensorDataset(x, y)
-    cache = TeacherOutputCache.get_or_build(teacher, ds, tmp_path, data_config={"n": N}, device="cpu")
+    cache = TeacherOutputs.get_or_build(teacher, ds, tmp_path, data_config={"n": N}, device="cpu")
     return teacher, ds, cache
 
 
@@ -112,48 +112,48 @@ def test_truncated_cache_is_an_error(tmp_path):
     path = cache.directory / "logits.npy"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 8])
-    with pytest.raises(TeacherCacheError, match="truncated|damaged"):
-        TeacherOutputCache.open(cache.directory)
-    with pytest.raises(TeacherCacheError, match="truncated|damaged"):
-        TeacherOutputCache.get_or_build(teacher, ds, tmp_path, data_config={"n": N}, rebuild_damaged=False)
+    with pytest.raises(TeacherOutputsError, match="truncated|damaged"):
+        TeacherOutputs.open(cache.directory)
+    with pytest.raises(TeacherOutputsError, match="truncated|damaged"):
+        TeacherOutputs.get_or_build(teacher, ds, tmp_path, data_config={"n": N}, rebuild_damaged=False)
 
 
 def test_wrong_shape_key_count_and_checksum_are_errors(tmp_path):
     teacher, ds, cache = _built(tmp_path)
     meta_path = cache.directory / "meta.json"
     meta = json.loads(meta_path.read_text())
-    with pytest.raises(TeacherCacheError, match="made for key"):
-        TeacherOutputCache.open(cache.directory, key="somethingelse")
-    with pytest.raises(TeacherCacheError, match="rows but the dataset has"):
-        TeacherOutputCache.open(cache.directory, count=N + 1)
-    with pytest.raises(TeacherCacheError, match="dataset has"):
-        CachedLogitsDataset(TensorDataset(*make_data(N - 1)), cache)
+    with pytest.raises(TeacherOutputsError, match="made for key"):
+        TeacherOutputs.open(cache.directory, key="somethingelse")
+    with pytest.raises(TeacherOutputsError, match="rows but the dataset has"):
+        TeacherOutputs.open(cache.directory, count=N + 1)
+    with pytest.raises(TeacherOutputsError, match="dataset has"):
+        TeacherOutputsDataset(TensorDataset(*make_data(N - 1)), cache)
     bad = json.loads(json.dumps(meta))
     bad["files"]["logits.npy"]["shape"] = [N, C + 1]
     meta_path.write_text(json.dumps(bad))
-    with pytest.raises(TeacherCacheError, match="meta.json says"):
-        TeacherOutputCache.open(cache.directory)
+    with pytest.raises(TeacherOutputsError, match="meta.json says"):
+        TeacherOutputs.open(cache.directory)
     meta_path.write_text(json.dumps(meta))
     # a flipped byte keeps shape and size: only the checksum sees it
     path = cache.directory / "logits.npy"
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF
     path.write_bytes(bytes(raw))
-    TeacherOutputCache.open(cache.directory, verify=False)  # cheap checks pass
-    with pytest.raises(TeacherCacheError, match="checksum"):
-        TeacherOutputCache.open(cache.directory, verify=True)
+    TeacherOutputs.open(cache.directory, verify=False)  # cheap checks pass
+    with pytest.raises(TeacherOutputsError, match="checksum"):
+        TeacherOutputs.open(cache.directory, verify=True)
 
 
 def test_unfinished_cache_is_rebuilt_and_a_changed_teacher_never_reads_stale_rows(tmp_path):
     teacher, ds, cache = _built(tmp_path)
     (cache.directory / "meta.json").unlink()  # as if the writer died before finishing
-    with pytest.raises(TeacherCacheError, match="no teacher cache"):
-        TeacherOutputCache.open(cache.directory)
-    rebuilt = TeacherOutputCache.get_or_build(teacher, ds, tmp_path, data_config={"n": N})
+    with pytest.raises(TeacherOutputsError, match="no stored teacher outputs"):
+        TeacherOutputs.open(cache.directory)
+    rebuilt = TeacherOutputs.get_or_build(teacher, ds, tmp_path, data_config={"n": N})
     assert rebuilt.directory == cache.directory and (cache.directory / "meta.json").exists()
     assert not list(cache.directory.glob("*.tmp"))
     changed = make_teacher(seed=5)
-    other = TeacherOutputCache.get_or_build(changed, ds, tmp_path, data_config={"n": N})
+    other = TeacherOutputs.get_or_build(changed, ds, tmp_path, data_config={"n": N})
     assert other.directory != cache.directory
     assert torch.allclose(other.rows(torch.arange(N)), exact_logits(changed, ds.tensors[0]))
 
@@ -162,7 +162,7 @@ def test_unfinished_cache_is_rebuilt_and_a_changed_teacher_never_reads_stale_row
 def test_cache_rows_accept_every_index_form_and_name_out_of_range_rows(tmp_path):
     teacher = nn.Linear(4, 3)
     x = torch.randn(10, 4)
-    cache = TeacherOutputCache.build(teacher, TensorDataset(x, torch.zeros(10, dtype=torch.long)), tmp_path,
+    cache = TeacherOutputs.build(teacher, TensorDataset(x, torch.zeros(10, dtype=torch.long)), tmp_path,
                                      device="cpu")
     with torch.no_grad():
         want = teacher(x)
@@ -172,5 +172,5 @@ def test_cache_rows_accept_every_index_form_and_name_out_of_range_rows(tmp_path)
     rows = cache.rows(torch.arange(10))
     rows += 1  # the caller's copy: the cache itself is unchanged
     assert torch.allclose(cache.rows(torch.arange(10)), want, atol=1e-6)
-    with pytest.raises(IndexError, match="out of range for a teacher cache of 10 rows"):
+    with pytest.raises(IndexError, match="out of range for stored teacher outputs of 10 rows"):
         cache.rows([10])

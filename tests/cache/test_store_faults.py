@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kd_lightning.cache import TeacherCacheError, TeacherOutputCache
+from kd_lightning.cache import TeacherOutputsError, TeacherOutputs
 
 N, D, C = 64, 8, 10
 
@@ -28,7 +28,7 @@ def data() -> TensorDataset:
 
 def build(tmp_path, **kw):
     t, ds = teacher(), data()
-    cache = TeacherOutputCache.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu", **kw)
+    cache = TeacherOutputs.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu", **kw)
     with torch.no_grad():
         expected = t.eval()(ds.tensors[0])
     return t, ds, cache, expected
@@ -64,18 +64,18 @@ def test_damaged_file_is_named_on_open_and_rebuilt(tmp_path, caplog, fault, top_
     for name in names:
         before = (cache.directory / name).read_bytes()
         FAULTS[fault](cache.directory / name)
-        with pytest.raises(TeacherCacheError, match=name):
-            TeacherOutputCache.open(cache.directory)
-        with pytest.raises(TeacherCacheError, match="checksum|truncated|damaged"):
-            TeacherOutputCache.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu",
+        with pytest.raises(TeacherOutputsError, match=name):
+            TeacherOutputs.open(cache.directory)
+        with pytest.raises(TeacherOutputsError, match="checksum|truncated|damaged"):
+            TeacherOutputs.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu",
                                             top_k=top_k, rebuild_damaged=False)
         with caplog.at_level(logging.WARNING, logger="kd_lightning.cache.store"):
-            again = TeacherOutputCache.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu", top_k=top_k)
-        assert any("rebuilding a damaged teacher cache" in r.message and name in r.message for r in caplog.records)
+            again = TeacherOutputs.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu", top_k=top_k)
+        assert any("rebuilding damaged stored teacher outputs" in r.message and name in r.message for r in caplog.records)
         caplog.clear()
         assert again.directory == cache.directory
         assert (cache.directory / name).read_bytes() == before  # the rebuilt file is the original
-        TeacherOutputCache.open(cache.directory)  # and passes verification
+        TeacherOutputs.open(cache.directory)  # and passes verification
     if top_k is None:
         assert torch.allclose(again.rows(np.arange(N)), expected, atol=1e-6)
 
@@ -84,10 +84,10 @@ def test_negated_logits_would_have_been_read_without_verification(tmp_path):
     """Why the check matters: the cheap checks (shape, dtype, size) cannot see the reported fault."""
     _, _, cache, expected = build(tmp_path)
     negate_in_place(cache.directory / "logits.npy")
-    unchecked = TeacherOutputCache.open(cache.directory, verify=False)
+    unchecked = TeacherOutputs.open(cache.directory, verify=False)
     assert torch.allclose(unchecked.rows(np.arange(N)), -expected, atol=1e-6)
-    with pytest.raises(TeacherCacheError, match="logits.npy.*fails its checksum"):
-        TeacherOutputCache.open(cache.directory)
+    with pytest.raises(TeacherOutputsError, match="logits.npy.*fails its checksum"):
+        TeacherOutputs.open(cache.directory)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "empty", "no_checksum", "deleted"])
@@ -104,9 +104,9 @@ def test_damaged_meta_json_is_rebuilt(tmp_path, damage):
         meta = json.loads(meta_path.read_text())
         del meta["files"]["logits.npy"]["sha256"]
         meta_path.write_text(json.dumps(meta))
-        with pytest.raises(TeacherCacheError, match="no checksum"):
-            TeacherOutputCache.open(cache.directory)
-    again = TeacherOutputCache.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu")
+        with pytest.raises(TeacherOutputsError, match="no checksum"):
+            TeacherOutputs.open(cache.directory)
+    again = TeacherOutputs.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu")
     assert torch.allclose(again.rows(np.arange(N)), expected, atol=1e-6)
     assert json.loads(meta_path.read_text())["files"]["logits.npy"]["sha256"]
 
@@ -120,9 +120,9 @@ def test_an_interrupted_rebuild_leaves_no_complete_looking_cache(tmp_path, monke
 
     monkeypatch.setattr("kd_lightning.cache.store.os.replace", dies)
     with pytest.raises(KeyboardInterrupt):
-        TeacherOutputCache.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu")
+        TeacherOutputs.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu")
     monkeypatch.undo()
     assert not (cache.directory / "meta.json").exists()  # so the next run rebuilds instead of trusting it
     assert not [p for p in cache.directory.iterdir() if p.name.endswith(".tmp")]
-    TeacherOutputCache.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu")
-    TeacherOutputCache.open(cache.directory)
+    TeacherOutputs.get_or_build(t, ds, tmp_path, data_config={"n": N}, device="cpu")
+    TeacherOutputs.open(cache.directory)

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from kd_lightning import CausalLMDistillationModule
-from kd_lightning.cache import TeacherCacheError
-from kd_lightning.cache.tokens import BATCH_KEYS, CachedTokenDataModule, TokenTopKCache, TopKCollate
+from kd_lightning.cache import TeacherOutputsError
+from kd_lightning.cache.tokens import BATCH_KEYS, TeacherOutputsTokenDataModule, TokenTeacherOutputs, TopKCollate
 from kd_lightning.losses import TokenKD
 from kd_lightning.losses.functional import token_divergence
 
@@ -37,7 +37,7 @@ def data(seed: int = 0):
 
 def build(tmp_path, k=4, temperature=1.0, teacher=None, tokenizer=None, **kw):
     teacher = teacher or TinyLM(seed=1)
-    return TokenTopKCache.build(teacher, data(), tmp_path / "cache", tokenizer=tokenizer or Vocab(), top_k=k,
+    return TokenTeacherOutputs.build(teacher, data(), tmp_path / "cache", tokenizer=tokenizer or Vocab(), top_k=k,
                                 temperature=temperature, batch_size=3, **kw)
 
 
@@ -69,7 +69,7 @@ def test_top_k_above_the_vocabulary_and_left_padding_are_refused(tmp_path):
     left = ragged_batch([3, 5], vocab=VOCAB)
     left["attention_mask"] = left["attention_mask"].flip(-1)
     with pytest.raises(ValueError, match="right-padded"):
-        TokenTopKCache.build(TinyLM(seed=1), rows(left), tmp_path / "left", tokenizer=Vocab(), top_k=2)
+        TokenTeacherOutputs.build(TinyLM(seed=1), rows(left), tmp_path / "left", tokenizer=Vocab(), top_k=2)
     assert not (tmp_path / "left" / "meta.json").exists()
 
 
@@ -84,10 +84,10 @@ def test_top_k_above_the_vocabulary_and_left_padding_are_refused(tmp_path):
 def test_open_refuses_a_cache_made_for_something_else(tmp_path, change, message):
     build(tmp_path, k=4)
     args = dict(teacher=TinyLM(seed=1), tokenizer=Vocab(), temperature=1.0, top_k=4, count=len(LENGTHS))
-    TokenTopKCache.open(tmp_path / "cache", **args)  # the matching one opens
+    TokenTeacherOutputs.open(tmp_path / "cache", **args)  # the matching one opens
     args.update(change)
-    with pytest.raises(TeacherCacheError, match=message):
-        TokenTopKCache.open(tmp_path / "cache", **args)
+    with pytest.raises(TeacherOutputsError, match=message):
+        TokenTeacherOutputs.open(tmp_path / "cache", **args)
 
 
 def flip_one_bit(path, offset_from_end=3):
@@ -99,16 +99,16 @@ def flip_one_bit(path, offset_from_end=3):
 @pytest.mark.parametrize("name", ["topk_ids.npy", "topk_logprobs.npy", "rest_mass.npy", "offsets.npy"])
 def test_a_flipped_bit_in_any_array_is_caught_and_rebuilt(tmp_path, caplog, name):
     teacher, tok = TinyLM(seed=1), Vocab()
-    first = TokenTopKCache.get_or_build(teacher, data(), tmp_path, tokenizer=tok, top_k=4, batch_size=3)
+    first = TokenTeacherOutputs.get_or_build(teacher, data(), tmp_path, tokenizer=tok, top_k=4, batch_size=3)
     good = [t.clone() for t in first.sequence(7)]
     flip_one_bit(first.directory / name)
-    with pytest.raises(TeacherCacheError, match=f"{name}.*fails its checksum"):
-        TokenTopKCache.open(first.directory)
-    with pytest.raises(TeacherCacheError, match="fails its checksum"):
-        TokenTopKCache.get_or_build(teacher, data(), tmp_path, tokenizer=tok, top_k=4, rebuild_damaged=False)
+    with pytest.raises(TeacherOutputsError, match=f"{name}.*fails its checksum"):
+        TokenTeacherOutputs.open(first.directory)
+    with pytest.raises(TeacherOutputsError, match="fails its checksum"):
+        TokenTeacherOutputs.get_or_build(teacher, data(), tmp_path, tokenizer=tok, top_k=4, rebuild_damaged=False)
     with caplog.at_level(logging.WARNING):
-        again = TokenTopKCache.get_or_build(teacher, data(), tmp_path, tokenizer=tok, top_k=4, batch_size=3)
-    assert "rebuilding a damaged token cache" in caplog.text and name in caplog.text
+        again = TokenTeacherOutputs.get_or_build(teacher, data(), tmp_path, tokenizer=tok, top_k=4, batch_size=3)
+    assert "rebuilding damaged stored teacher outputs" in caplog.text and name in caplog.text
     assert again.directory == first.directory
     for a, b in zip(again.sequence(7), good):
         assert torch.equal(a, b)
@@ -118,19 +118,19 @@ def test_truncated_array_or_missing_meta_is_never_trusted(tmp_path):
     cache = build(tmp_path)
     path = cache.directory / "topk_logprobs.npy"
     path.write_bytes(path.read_bytes()[:-40])
-    with pytest.raises(TeacherCacheError, match="topk_logprobs.npy.*truncated"):
-        TokenTopKCache.open(cache.directory, verify=False)
+    with pytest.raises(TeacherOutputsError, match="topk_logprobs.npy.*truncated"):
+        TokenTeacherOutputs.open(cache.directory, verify=False)
     (cache.directory / "meta.json").unlink()  # what an interrupted build leaves
-    with pytest.raises(TeacherCacheError, match="no token cache"):
-        TokenTopKCache.open(cache.directory)
+    with pytest.raises(TeacherOutputsError, match="no stored teacher outputs"):
+        TokenTeacherOutputs.open(cache.directory)
 
 
 def test_key_covers_teacher_tokenizer_k_and_temperature(tmp_path):
     base = dict(tokenizer=Vocab(), top_k=4, temperature=1.0, batch_size=4)
-    dirs = {TokenTopKCache.get_or_build(TinyLM(seed=1), data(), tmp_path, **base).directory}
+    dirs = {TokenTeacherOutputs.get_or_build(TinyLM(seed=1), data(), tmp_path, **base).directory}
     for teacher, change in [(TinyLM(seed=2), {}), (TinyLM(seed=1), dict(tokenizer=Vocab(salt="x"))),
                             (TinyLM(seed=1), dict(top_k=5)), (TinyLM(seed=1), dict(temperature=2.0))]:
-        dirs.add(TokenTopKCache.get_or_build(teacher, data(), tmp_path, **{**base, **change}).directory)
+        dirs.add(TokenTeacherOutputs.get_or_build(teacher, data(), tmp_path, **{**base, **change}).directory)
     assert len(dirs) == 5
     meta = json.loads((sorted(dirs)[0] / "meta.json").read_text())
     assert {"teacher_sha256", "tokenizer_sha256", "data_sha256", "temperature", "top_k"} <= set(meta)
@@ -139,9 +139,9 @@ def test_key_covers_teacher_tokenizer_k_and_temperature(tmp_path):
 # ----------------------------------------------------------------------------------- batches
 def test_collate_pads_each_sequence_signal_to_the_batch(tmp_path):
     cache = build(tmp_path, k=3)
-    from kd_lightning.cache.tokens import CachedTokenDataset
+    from kd_lightning.cache.tokens import TeacherOutputsTokenDataset
 
-    loader = DataLoader(CachedTokenDataset(data(), cache), batch_size=4, collate_fn=TopKCollate())
+    loader = DataLoader(TeacherOutputsTokenDataset(data(), cache), batch_size=4, collate_fn=TopKCollate())
     batch = next(iter(loader))
     assert set(BATCH_KEYS) <= set(batch)
     assert batch["teacher_topk_ids"].shape == (4, 12, 3) and batch["teacher_rest"].shape == (4, 12)
@@ -174,7 +174,7 @@ def test_k_equal_to_vocabulary_trains_on_the_dense_forward_kl(tmp_path, tail):
     """With k = V the stored signal is the whole distribution: the step's loss is the online teacher's
     forward KL (up to the fp16 rounding of the stored log-probabilities)."""
     teacher, student = TinyLM(seed=1), TinyLM(seed=2)
-    dm = CachedTokenDataModule(Data(), teacher, tmp_path, top_k=VOCAB, temperature=2.0, batch_size=3)
+    dm = TeacherOutputsTokenDataModule(Data(), teacher, tmp_path, top_k=VOCAB, temperature=2.0, batch_size=3)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     loss = TokenKD(temperature=2.0, topk_tail=tail)
@@ -191,7 +191,7 @@ def test_k_equal_to_vocabulary_trains_on_the_dense_forward_kl(tmp_path, tail):
 
 def test_small_k_trains_the_student_toward_the_teacher(tmp_path):
     teacher, student = TinyLM(seed=1), TinyLM(seed=2)
-    dm = CachedTokenDataModule(Data(), teacher, tmp_path, top_k=3)
+    dm = TeacherOutputsTokenDataModule(Data(), teacher, tmp_path, top_k=3)
     module = CausalLMDistillationModule(student, None, TokenKD(), teacher_outputs=True,
                                         optimizer=functools.partial(torch.optim.Adam, lr=0.05))
     batch = {k: v for k, v in rows_batch().items()}
@@ -217,7 +217,7 @@ def test_module_refuses_what_the_stored_signal_cannot_serve(tmp_path):
     module = CausalLMDistillationModule(student, None, TokenKD(), teacher_outputs=True)
     with pytest.raises(ValueError, match="has no teacher_topk_ids.*TeacherOutputsTokenDataModule"):
         module.training_step(rows_batch(), 0)
-    dm = CachedTokenDataModule(Data(), TinyLM(seed=1), tmp_path, top_k=3, temperature=4.0)
+    dm = TeacherOutputsTokenDataModule(Data(), TinyLM(seed=1), tmp_path, top_k=3, temperature=4.0)
     dm.setup("fit")
     with pytest.raises(ValueError, match="taken at T=4.0 but the loss uses T=1.0"):
         module.training_step(next(iter(dm.train_dataloader())), 0)
@@ -251,10 +251,10 @@ def test_prompt_response_batches_of_any_length_carry_their_own_rows(tmp_path):
 
     tok = train_bpe_tokenizer(["Q1 Q2 the answer is yes no maybe " * 20], vocab_size=280)
     teacher = TinyLM(vocab=len(tok), seed=1)
-    dm = CachedTokenDataModule(module(tmp_path / "a.jsonl", [f"the answer is {'yes ' * (i % 5)}" for i in range(12)]),
+    dm = TeacherOutputsTokenDataModule(module(tmp_path / "a.jsonl", [f"the answer is {'yes ' * (i % 5)}" for i in range(12)]),
                                teacher, tmp_path / "cache", top_k=5)
     dm.setup("fit")
-    cache = dm.cache
+    cache = dm.outputs
     seen = 0
     for batch in DataLoader(dm.train_dataloader().dataset, batch_size=4, collate_fn=dm.train_dataloader().collate_fn):
         lengths = batch["attention_mask"].sum(-1)
@@ -265,7 +265,7 @@ def test_prompt_response_batches_of_any_length_carry_their_own_rows(tmp_path):
             assert not batch["teacher_topk_logprobs"][row, n:].any()
         seen += len(lengths)
     assert seen == len(cache) == 9
-    other = CachedTokenDataModule(module(tmp_path / "b.jsonl", [f"no {'maybe ' * (i % 3)}" for i in range(12)]),
+    other = TeacherOutputsTokenDataModule(module(tmp_path / "b.jsonl", [f"no {'maybe ' * (i % 3)}" for i in range(12)]),
                                   teacher, tmp_path / "cache", top_k=5)
     other.setup("fit")
-    assert other.cache.directory != cache.directory
+    assert other.outputs.directory != cache.directory

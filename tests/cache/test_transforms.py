@@ -10,9 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kd_lightning.cache import (
-    CachedTeacherDataModule,
+    TeacherOutputsDataModule,
     RandomTransformError,
-    TeacherOutputCache,
+    TeacherOutputs,
     find_random_transforms,
 )
 
@@ -25,20 +25,20 @@ def test_random_transform_is_refused_unless_allowed(tmp_path):
     random = T.Compose([T.RandomCrop(8, padding=1), T.RandomHorizontalFlip(), T.Normalize([0.5] * 3, [0.2] * 3)])
     assert find_random_transforms(random) == ["RandomCrop", "RandomHorizontalFlip"]
     with pytest.raises(RandomTransformError, match=r"RandomCrop.*would not match the augmented view"):
-        TeacherOutputCache.get_or_build(teacher, ImageLike(random), tmp_path)
+        TeacherOutputs.get_or_build(teacher, ImageLike(random), tmp_path)
     assert not list(Path(tmp_path).iterdir()), "nothing is written for a refused cache"
-    allowed = TeacherOutputCache.get_or_build(teacher, ImageLike(random), tmp_path, allow_random_transform=True,
+    allowed = TeacherOutputs.get_or_build(teacher, ImageLike(random), tmp_path, allow_random_transform=True,
                                               device="cpu")
     assert len(allowed) == 12
     # deterministic transforms are fine, and part of the key
-    fixed_a = TeacherOutputCache.get_or_build(teacher, ImageLike(T.Normalize([0.5] * 3, [0.2] * 3)), tmp_path)
-    fixed_b = TeacherOutputCache.get_or_build(teacher, ImageLike(T.Normalize([0.4] * 3, [0.2] * 3)), tmp_path)
+    fixed_a = TeacherOutputs.get_or_build(teacher, ImageLike(T.Normalize([0.5] * 3, [0.2] * 3)), tmp_path)
+    fixed_b = TeacherOutputs.get_or_build(teacher, ImageLike(T.Normalize([0.4] * 3, [0.2] * 3)), tmp_path)
     assert fixed_a.directory != fixed_b.directory
     # wrappers (Subset, index-adding datasets) are looked through
     from torch.utils.data import Subset
 
     with pytest.raises(RandomTransformError, match="RandomCrop"):
-        TeacherOutputCache.get_or_build(teacher, Subset(ImageLike(random), [0, 2, 4]), tmp_path)
+        TeacherOutputs.get_or_build(teacher, Subset(ImageLike(random), [0, 2, 4]), tmp_path)
     # RandomApply / RandomChoice hide their members one level down
     assert "ColorJitter" in find_random_transforms(T.Compose([T.RandomApply([T.ColorJitter(0.4)], p=0.8)]))
 
@@ -52,4 +52,4 @@ def test_random_transform_refused_by_the_datamodule_wrapper(tmp_path):
 
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, C))
     with pytest.raises(RandomTransformError, match="RandomHorizontalFlip"):
-        CachedTeacherDataModule(DM(), teacher, tmp_path, splits=("train",)).prepare_caches()
+        TeacherOutputsDataModule(DM(), teacher, tmp_path, splits=("train",)).prepare_outputs()

@@ -99,12 +99,12 @@ def test_mnist1d_transfer_samples_and_the_baseline_never_sees_them(tmp_path):
 
 def test_teacher_cache_over_a_transfer_set(tmp_path):
     """Offline KD with a transfer set: rows follow the concatenated (labeled + transfer) indices."""
-    from kd_lightning.cache import CachedTeacherDataModule
+    from kd_lightning.cache import TeacherOutputsDataModule
 
     teacher = Spy(0).eval()
-    cached = CachedTeacherDataModule(TransferDataModule(Labeled()), teacher, tmp_path, device="cpu")
+    cached = TeacherOutputsDataModule(TransferDataModule(Labeled()), teacher, tmp_path, device="cpu")
     cached.setup("fit")
-    assert len(cached.caches["train"]) == 24 + 16
+    assert len(cached.outputs["train"]) == 24 + 16
     n_unlabeled = 0
     for batch in cached.train_dataloader():
         with torch.no_grad():
