@@ -245,10 +245,10 @@ class CausalLMDistillationModule(TeacherStudentModule):
 
     def teacher_logits(self, ids: Tensor, mask: Tensor) -> Tuple[Optional[Tensor], Dict[str, Tensor]]:
         """The live teacher's (or ensemble's) logits and tapped features; (None, {}) without a teacher."""
+        taps = self.feature_taps()[1]  # attached before any network runs
         if self.teacher is None:
             return None, {}
         logits = self.teacher.token_logits(ids, mask)
-        taps = self.feature_taps()[1]
         return logits, (taps.pop() if taps is not None else {})
 
     def run_models(self, ids: Tensor, mask: Tensor, labels: Tensor) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:

@@ -95,6 +95,37 @@ def test_fit_on_cached_logits_matches_online_kd_on_the_first_step(tmp_path, make
     assert res["test/agreement"] == pytest.approx(float((student_pred == teacher_pred).float().mean()), abs=1e-6)
 
 
+def test_a_classifier_trains_from_stored_top_k_teacher_outputs(tmp_path, make_trainer):
+    """Top-k storage with the rest mass: each training batch's teacher distribution keeps the teacher's k
+    largest probabilities exactly and spreads the rest evenly, and the first step's KD loss is the one taken
+    against that distribution by hand."""
+    teacher, k = make_teacher(), 3
+    torch.manual_seed(3)
+    student = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, C))
+    with torch.no_grad():
+        first = [p.clone() for p in student.parameters()]
+    dm = TeacherOutputsDataModule(Arrays(), teacher, tmp_path, top_k=k, device="cpu")
+    module = DistillationModule(student, None, loss=KD(temperature=1.0, ce_weight=0.0, kd_weight=1.0),
+                                optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    rec = _fit(make_trainer, module, dm)
+    batch = next(iter(dm.train_dataloader()))
+    p_teacher = exact_logits(teacher, dm.x_train[batch["index"]]).softmax(-1)
+    p_stored = batch["teacher_logits"].softmax(-1)
+    top = p_teacher.topk(k, -1)
+    torch.testing.assert_close(p_stored.gather(-1, top.indices), top.values, rtol=1e-5, atol=1e-6)
+    rest = (1 - top.values.sum(-1, keepdim=True)) / (C - k)
+    others = torch.ones_like(p_teacher, dtype=torch.bool).scatter(-1, top.indices, False)
+    torch.testing.assert_close(p_stored[others].view(-1, C - k), rest.expand(-1, C - k), rtol=1e-5, atol=1e-6)
+    # the first step's loss: KL(stored || student) with the student's initial weights, on the first batch
+    seen = rec.inputs[0]
+    idx = torch.stack([torch.nonzero((dm.x_train == row).all(-1))[0, 0] for row in seen])
+    q = torch.nn.functional.log_softmax(torch.func.functional_call(
+        student, {n: p for (n, _), p in zip(student.named_parameters(), first)}, (seen,)), -1)
+    p = dm.outputs["train"].rows(idx).softmax(-1)
+    assert rec.losses[0] == pytest.approx(float((p * (p.log() - q)).sum(-1).mean()), rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(first, student.parameters()))
+
+
 def test_cached_batches_and_batch_transform_do_not_mix(tmp_path, make_trainer):
     from kd_lightning.augment import Mixup
 

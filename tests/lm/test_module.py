@@ -291,3 +291,60 @@ def test_init_student_from_teacher_copies_every_other_layer():
     deep = build_causal_lm("llama", num_layers=3, **kw)
     with pytest.raises(ValueError, match=r"teacher layer\(s\) \[4\]"):
         init_student_from_teacher(deep, teacher)
+
+
+# ----------------------------------------------------------------------------- one house: ensembles, taps
+def test_an_ensemble_of_teachers_distills_their_weighted_average_distribution():
+    """A teacher list is one teacher whose next-token distribution at T is Σ_k w_k softmax(z_k / T): the KD
+    term equals the divergence to that hand-averaged distribution, and training runs on it."""
+    t1, t2, student = TinyLM(seed=1), TinyLM(seed=3), TinyLM(seed=2)
+    loss = TokenKD(temperature=2.0)
+    module = CausalLMDistillationModule(student, [t1, t2], loss=loss, ensemble_weights=[3.0, 1.0])
+    batch = ragged_batch(LENGTHS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        p = 0.75 * torch.softmax(t1(ids) / 2.0, -1) + 0.25 * torch.softmax(t2(ids) / 2.0, -1)
+        teacher_logits = module.teacher.token_logits(ids, mask)
+    torch.testing.assert_close(torch.softmax(teacher_logits / 2.0, -1), p)
+    kd_mask = torch.cat([mask[:, 1:].bool(), torch.zeros_like(mask[:, :1], dtype=torch.bool)], 1)
+    # forward KL(p || q) at T, times T², over the KD positions: by hand from the averaged p
+    q_log = torch.log_softmax(student(ids) / 2.0, -1)
+    expected = 4.0 * ((p * (p.log() - q_log)).sum(-1) * kd_mask).sum() / kd_mask.sum()
+    out = module.loss_inputs(batch, "val")
+    torch.testing.assert_close(loss(out)["kd"], expected, rtol=1e-5, atol=1e-6)
+    before = [q.detach().clone() for q in student.parameters()]
+    trainer = L.Trainer(**{**dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                                  limit_val_batches=0), "max_steps": 2})
+    trainer.fit(module, train_dataloaders=DataLoader(rows(batch), batch_size=4))
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    assert not any(q.requires_grad for q in module.teacher.parameters())
+
+
+def test_token_kd_composed_with_hidden_states_through_taps():
+    """Compose([TokenKD, HiddenStates]) on causal LMs: the hidden states are tapped from both models, the
+    projection (student width 4 -> teacher width 8) is built from the first batch and trained, and the terms
+    are the hand-computed ones."""
+    from kd_lightning.losses import Compose, HiddenStates
+    from kd_lightning.losses.functional import hidden_state_loss
+
+    teacher, student = TinyLM(hidden=8, seed=1), TinyLM(hidden=4, seed=2)
+    hidden = HiddenStates(student_layers="mix", teacher_layers="mix", weight=0.5)
+    token = TokenKD(ce_weight=0.2, kd_weight=0.8)
+    module = CausalLMDistillationModule(student, teacher, loss=Compose([token, hidden]))
+    batch = ragged_batch(LENGTHS)
+    trainer = _trainer(max_steps=3)
+    trainer.fit(module, train_dataloaders=DataLoader(rows(batch), batch_size=4))
+    assert not hidden.needs_build and isinstance(hidden.adapters[0], torch.nn.Linear)
+    held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert {id(p) for p in hidden.adapters.parameters()} <= held
+    assert {"train/loss", "train/ce", "train/kd", "train/hidden"} <= set(trainer.callback_metrics)
+    inputs = module.loss_inputs(batch, "val")
+    terms = module.loss(inputs)
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        h_s = student.mix(torch.cumsum(student.emb(ids), 1) / torch.arange(1, ids.shape[1] + 1)[None, :, None])
+        h_t = teacher.mix(torch.cumsum(teacher.emb(ids), 1) / torch.arange(1, ids.shape[1] + 1)[None, :, None])
+        want = hidden_state_loss(hidden.adapters[0](h_s), h_t)
+    torch.testing.assert_close(terms["hidden"], want)
+    torch.testing.assert_close(terms["loss"], 0.2 * terms["ce"] + 0.8 * terms["kd"] + 0.5 * want)
