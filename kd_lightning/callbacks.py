@@ -5,8 +5,9 @@ Logging every step's terms, or testing every step's loss for NaN, would each for
 (every ``log_every_n_steps`` and at each epoch's end); :class:`FiniteLossCheck` tests the loss over
 the same kind of window on accelerators, and every step on the CPU, where it costs nothing.
 
-Both read ``train_terms``, the detached terms that :class:`~kd_lightning.DistillationModule` keeps of
-its latest training step (any module with that attribute works); the module adds them itself through
+Both read ``train_terms``, the detached terms that every family module
+(:class:`~kd_lightning.base.TeacherStudentModule`: classifiers, causal LMs, mutual learning) keeps of its
+latest training step (any module with that attribute works); the module adds them itself through
 ``configure_callbacks``.
 """
 from __future__ import annotations
