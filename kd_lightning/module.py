@@ -10,7 +10,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from .base import TeacherStudentModule
 from .batch import Batch, unpack
 from .forward import Inputs, call, logits_of
-from .losses.base import CLASSIFIER, DistillInputs, Loss
+from .losses.base import DistillInputs, Loss
 from .teacher import TeacherSource, build_teacher
 
 

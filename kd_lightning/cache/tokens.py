@@ -15,15 +15,15 @@ logits (8,192 for a 2,048-token vocabulary). ``meta.json`` is written last and r
 the log-probabilities were taken at, ``k``, the vocabulary size, the SHA-256 of the teacher's weights
 and of the tokenizer's definition, the data's fingerprint and the SHA-256 of every array. Opening a
 store checks all of them: outputs made by another teacher or another tokenizer, at another temperature
-or ``k``, or whose bytes changed since it was written, is refused with a :class:`TeacherOutputsError`
-naming what differs — never used. :meth:`TokenTeacherOutputs.get_or_build` keys its directory by all of them
-and rebuilds a damaged one with a warning naming the file.
+or ``k``, or whose bytes changed since they were written, are refused with a :class:`TeacherOutputsError`
+naming what differs — never used. :meth:`TokenTeacherOutputs.get_or_build` keys its directory by all of them,
+builds it under a lock and rebuilds a damaged one with a warning naming the file (the store is
+:class:`~kd_lightning.cache.store.OutputStore`, shared with the classifier's stored logits).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -35,12 +35,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from .. import io as kd_io
-from ..forward import call_signature, lm_logits
 from ..data.wrapper import WrappedDataModule
+from ..forward import call_signature, lm_logits
 from .fingerprint import FORMAT_VERSION, fingerprint_dataset, fingerprint_module, fingerprint_tokenizer
 from .store import OutputStore, TeacherOutputsError
 
-log = logging.getLogger(__name__)
 KIND = "token_topk"
 FILES = ("topk_ids.npy", "topk_logprobs.npy", "rest_mass.npy", "offsets.npy")
 # The batch keys a training batch with stored teacher outputs carries (read by

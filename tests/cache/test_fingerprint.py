@@ -11,7 +11,7 @@ from kd_lightning.cache import outputs_key
 from .helpers import make_data, make_teacher
 
 
-def test_cache_key_tracks_teacher_weights_data_transform_and_options():
+def test_outputs_key_tracks_teacher_weights_data_transform_and_options():
     x, y = make_data()
     ds = TensorDataset(x, y)
     t = make_teacher()

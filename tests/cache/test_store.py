@@ -174,3 +174,34 @@ def test_cache_rows_accept_every_index_form_and_name_out_of_range_rows(tmp_path)
     assert torch.allclose(cache.rows(torch.arange(10)), want, atol=1e-6)
     with pytest.raises(IndexError, match="out of range for stored teacher outputs of 10 rows"):
         cache.rows([10])
+
+
+def test_concurrent_get_or_build_store_the_outputs_once(tmp_path):
+    """Two builders sharing a directory: the second waits on the store's lock, then opens what the first
+    wrote (the teacher runs over the data once)."""
+    import threading
+    import time
+
+    class Slow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.calls = make_teacher(), 0
+
+        def forward(self, x):
+            self.calls += 1
+            time.sleep(0.02)  # long enough for the other thread to reach the lock
+            return self.net(x)
+
+    teacher = Slow()
+    x, y = make_data()
+    dataset = TensorDataset(x, y)
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(TeacherOutputs.get_or_build(
+        teacher, dataset, tmp_path, batch_size=32, device="cpu"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(found) == 2 and found[0].directory == found[1].directory
+    assert teacher.calls == -(-len(dataset) // 32)  # one pass over the data, not two
+    torch.testing.assert_close(found[1].rows(torch.arange(len(dataset))), exact_logits(teacher.net, x))
