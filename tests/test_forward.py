@@ -154,3 +154,24 @@ def test_a_teacher_in_another_dtype_or_on_the_meta_device_is_named_at_constructi
         ghost = nn.Linear(4, 2)
     with pytest.raises(ValueError, match="meta device"):
         DistillationModule(nn.Linear(4, 2), ghost, loss=KD())
+
+
+def test_lm_logits_pass_the_mask_only_to_models_that_name_it():
+    from kd_lightning.forward import call_signature, lm_logits
+
+    seen = {}
+
+    class Masked(nn.Module):
+        def forward(self, input_ids, attention_mask=None, use_cache=True):
+            seen.update(mask=attention_mask, use_cache=use_cache)
+            return {"logits": input_ids.float().unsqueeze(-1)}
+
+    class Plain(nn.Module):
+        def forward(self, input_ids):
+            return (input_ids.float().unsqueeze(-1), "extra")
+
+    ids, mask = torch.tensor([[1, 2, 0]]), torch.tensor([[1, 1, 0]])
+    assert call_signature(Masked()) == (True, True) and call_signature(Plain()) == (False, False)
+    out = lm_logits(Masked(), ids, mask, *call_signature(Masked()))
+    assert torch.equal(seen["mask"], mask) and seen["use_cache"] is False and out.shape == (1, 3, 1)
+    assert torch.equal(lm_logits(Plain(), ids, mask, *call_signature(Plain())), ids.float().unsqueeze(-1))
