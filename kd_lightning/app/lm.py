@@ -184,7 +184,7 @@ def token_cache_datamodule(cfg: DictConfig, teacher: nn.Module, loss: TokenKD,
 
 def cache_summary(datamodule: L.LightningDataModule) -> Optional[Dict[str, Any]]:
     """What the report says about a stored teacher signal (None when the student distilled online)."""
-    cache = getattr(datamodule, "cache", None)
+    cache = getattr(datamodule, "outputs", None)
     if cache is None or not hasattr(cache, "bytes_per_token"):
         return None
     return {"top_k": cache.top_k, "temperature": cache.temperature, "tokens": cache.num_tokens,
