@@ -167,7 +167,11 @@ class TeacherStudentModule(L.LightningModule):
         if self.trainer.world_size > 1:
             raise ValueError(f"{type(self.loss).__name__} builds adapters from the feature shapes before training; "
                              "with several processes fit with a datamodule or set module.example_input_array")
-        batch = next(iter(self.trainer.train_dataloader))
+        loaders = self.trainer.train_dataloader
+        if isinstance(loaders, (list, tuple, dict)):
+            raise ValueError(f"{type(self.loss).__name__} builds adapters from one training batch, but fit() got "
+                             f"{len(loaders)} training loaders; fit with a datamodule or set module.example_input_array")
+        batch = next(iter(loaders))
         self.build_loss(self.transfer_batch_to_device(batch, self.device, 0))
         self.trainer.strategy.setup_optimizers(self.trainer)
 

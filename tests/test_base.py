@@ -113,6 +113,14 @@ def test_adapters_built_from_plain_loaders_are_trained(make_trainer):
     assert all(not torch.equal(a, b) for a, b in zip(spy.start, fitnet.adapters.parameters()))
 
 
+def test_adapters_from_several_plain_loaders_are_refused_in_one_line(make_trainer):
+    x, y = make_data()
+    module = DistillationModule(MLP(hidden=32), MLP(hidden=48),
+                                loss=Compose([KD(), FitNet(student_layers="body.2", teacher_layers="body.2")]))
+    with pytest.raises(ValueError, match="got 2 training loaders; fit with a datamodule or set module.example_input"):
+        make_trainer(max_steps=1, limit_val_batches=0).fit(module, train_dataloaders=[loader(x, y), loader(x, y)])
+
+
 def test_a_broken_training_loader_is_not_hidden(make_trainer):
     class Broken(torch.utils.data.Dataset):
         def __len__(self):
