@@ -12,8 +12,9 @@ What the private-attribute check sees (static reasoning, best effort):
 2. attribute chains rooted at a name bound by an import from those packages, at any depth and through calls
    or subscripts: ``torch._foo``, ``nn._x``, ``L.pytorch._y``, ``Callback._z``, ``torch.cuda.mem()._w``;
 3. chains through the names the Lightning objects go by in hooks and callbacks (``trainer``,
-   ``pl_module``, ``lightning_module``, ``strategy``, ``accelerator``, ``fabric``, ``precision_plugin``),
-   as plain names or attributes: ``self.trainer._results``, ``trainer.strategy._x``;
+   ``pl_module``, ``lightning_module``, ``strategy``, ``accelerator``, ``fabric``, ``precision_plugin``,
+   ``logger(s)``, ``optimizers()``, ``lr_schedulers()``, ``checkpoint_callback``), as plain names or
+   attributes: ``self.trainer._results``, ``trainer.strategy._x``, ``self.optimizers()._y``;
 4. anything at all reached through ``fit_loop`` / ``validate_loop`` / ``test_loop`` / ``predict_loop``:
    those public Trainer properties return objects of Lightning's private loop classes (``_FitLoop``, ...),
    so even their public-looking methods (``trainer.fit_loop.setup_data()``) are internals;
@@ -55,7 +56,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "kd_lightning"
 FOREIGN = ("torch", "lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics", "transformers")
 LIGHTNING_OBJECTS = {"trainer", "pl_module", "lightning_module", "strategy", "accelerator", "fabric",
-                     "precision_plugin"}
+                     "precision_plugin", "logger", "loggers", "optimizers", "lr_schedulers", "checkpoint_callback"}
 PRIVATE_CLASS_OBJECTS = {"fit_loop", "validate_loop", "test_loop", "predict_loop"}
 ATTR_FUNCTIONS = {"getattr", "setattr", "hasattr", "delattr"}
 
@@ -377,6 +378,8 @@ def test_checker_passes_a_clean_file():
     ("def f(self):\n    self.trainer.strategy._launcher = None", "self.trainer.strategy._launcher"),
     ("def f(self):\n    self.trainer.fit_loop.setup_data()", "self.trainer.fit_loop.setup_data"),
     ("def f(pl_module):\n    getattr(pl_module, '_current_fx_name')", "getattr(pl_module, '_current_fx_name')"),
+    ("def f(self):\n    return self.optimizers()._optimizer", "self.optimizers._optimizer"),
+    ("def f(self):\n    self.logger._experiment = None", "self.logger._experiment"),
     ("import lightning as L\nclass M(L.LightningModule):\n    def f(self):\n        return self._trainer",
      "self._trainer"),
     ("from torch import nn\nclass A(nn.Module):\n    pass\nclass B(A):\n    def f(self):\n        self._parameters.clear()",
