@@ -17,7 +17,7 @@ from kd_lightning.forward import batch_size, call, head, logits_of
 from kd_lightning.losses import CE, KD, AttentionMaps, Compose, HiddenStates
 from kd_lightning.losses import functional as KF
 
-transformers = pytest.importorskip("transformers")  # the lm extra, part of dev
+transformers = pytest.importorskip("transformers")  # an ordinary dependency
 
 
 def test_logits_are_read_from_every_usual_output():

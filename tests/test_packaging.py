@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+import kd_lightning.app  # noqa: F401  registers the teacher=/student= model presets the compose below needs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,3 +36,17 @@ def test_wheel_holds_every_module_and_config_and_composes(wheel, tmp_path):
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=["distill=dkd", "student=cnn1d_16"])
     assert cfg.distill.name == "dkd" and cfg.student.net.channels == 16
+
+
+@pytest.mark.slow
+def test_a_plain_install_brings_what_the_lm_default_needs(wheel):
+    """`pip install -e .` (no extra) must run `kd-train experiment=lm_pydoc`: the Hugging Face packages are
+    unconditional requirements of the wheel, and no `lm` extra is left to forget."""
+    with zipfile.ZipFile(wheel) as z:
+        (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        lines = z.read(meta).decode().splitlines()
+    requires = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
+    unconditional = {r.split(">")[0].split("=")[0].split("<")[0].strip() for r in requires if ";" not in r}
+    assert {"transformers", "tokenizers", "torch", "lightning"} <= unconditional, requires
+    extras = {line.split(":", 1)[1].strip() for line in lines if line.startswith("Provides-Extra:")}
+    assert "lm" not in extras and "dev" in extras, extras

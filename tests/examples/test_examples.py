@@ -17,10 +17,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-SCRIPTS = ["drop_in_lightning.py", "feature_distillation_torchvision.py", "teacher_ensemble.py"]
+SCRIPTS = ["drop_in_lightning.py", "feature_distillation_torchvision.py", "teacher_ensemble.py", "distill_causal_lm.py"]
 # Public import paths the examples may use (the package root and its documented subpackages).
 PUBLIC_MODULES = {"kd_lightning", "kd_lightning.losses", "kd_lightning.losses.functional", "kd_lightning.data",
-                  "kd_lightning.models", "kd_lightning.augment"}
+                  "kd_lightning.models", "kd_lightning.augment", "kd_lightning.lm", "kd_lightning.data.text",
+                  "kd_lightning.models.lm"}
 
 
 def run_example(name: str, *args: str, timeout: int = 300) -> dict:
@@ -106,3 +107,23 @@ def test_teacher_ensemble():
     assert r["teachers_frozen"] is True
     assert r["teachers_eval"] is True
     assert r["teachers_in_optimizer"] is False
+
+
+@pytest.mark.slow
+def test_distill_causal_lm():
+    r = run_example("distill_causal_lm.py")
+    # The batch format the example documents: dicts of [batch, seq_len] token tensors.
+    assert r["batch_keys"] == ["attention_mask", "input_ids", "labels"]
+    assert r["batch_shape"] == [16, 64]
+    # An untrained model is about as perplexed as the vocabulary is large; every trained one far less.
+    assert r["untrained_ppl"] > 0.6 * r["vocab_size"]
+    for name in ("teacher_ppl", "baseline_ppl", "student_ppl"):
+        assert r[name] < r["untrained_ppl"] / 3, (name, r[name], r["untrained_ppl"])
+    assert r["agreement"] > 0.2
+    assert r["student_params"] < r["teacher_params"] / 5
+    # The teacher guarantees, observed from outside the module.
+    assert r["teacher_frozen"] is True
+    assert r["teacher_eval"] is True
+    assert r["teacher_unchanged"] is True
+    assert r["teacher_in_optimizer"] is False
+    assert r["teacher_keys_in_ckpt"] == 0
