@@ -13,11 +13,13 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from ..cache.tokens import BATCH_KEYS
+from ..frozen import drop_frozen, restore_frozen
 from ..losses.token import IGNORE_INDEX, TokenKD
 from ..teacher import FrozenTeacher
 from .generation import OnPolicy, on_policy_batch
 
 TEACHER_PREFIX = "teacher."
+STUDENT_PREFIX = "student."
 VOCAB_ALIGNMENTS = ("strict", "truncate")
 _STAT_NAMES = ("ce", "teacher_ce", "kd", "agree", "tokens", "kd_tokens", "bytes")
 
@@ -498,6 +500,7 @@ class CausalLMDistillationModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        drop_frozen(checkpoint, self.student, STUDENT_PREFIX)  # e.g. a LoRA student's base: only adapters are saved
         if not self.hparams.save_teacher:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
@@ -506,6 +509,7 @@ class CausalLMDistillationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # A checkpoint without teacher weights takes them from the live teacher, so strict loading still
         # catches every missing or unexpected student key.
+        restore_frozen(checkpoint, self.student, STUDENT_PREFIX)
         state = checkpoint["state_dict"]
         if self.teacher is None:
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
@@ -515,13 +519,21 @@ class CausalLMDistillationModule(L.LightningModule):
                 state[TEACHER_PREFIX + key] = value
 
     # -------------------------------------------------------------------------------------- export
-    def save_student_pretrained(self, path: str | os.PathLike, tokenizer: Any = None) -> str:
+    def save_student_pretrained(self, path: str | os.PathLike, tokenizer: Any = None, merged: bool = False) -> str:
         """``save_pretrained`` the (Hugging Face) student and its tokenizer into ``path``.
 
         The folder then loads with ``AutoModelForCausalLM.from_pretrained(path)`` and
-        ``transformers.pipeline("text-generation", model=path)``.
+        ``transformers.pipeline("text-generation", model=path)``. A PEFT student (LoRA adapters on a frozen
+        base) writes its adapter (``adapter_config.json`` and the adapter weights; it loads with
+        ``peft.PeftModel.from_pretrained(base, path)``), or with ``merged=True`` the base with the adapters
+        merged in, a plain model that loads as above.
         """
-        if not hasattr(self.student, "save_pretrained"):
+        student = self.student
+        if merged:
+            from .lora import merged_copy
+
+            student = merged_copy(student)
+        if not hasattr(student, "save_pretrained"):
             raise TypeError(f"the student is a {type(self.student).__name__}, not a Hugging Face model; save its "
                             "weights with torch.save(module.student.state_dict(), path) instead")
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
@@ -529,11 +541,11 @@ class CausalLMDistillationModule(L.LightningModule):
             raise ValueError("save_student_pretrained needs the tokenizer (pass tokenizer=... here or to the module) "
                              "so that pipeline('text-generation', model=path) can load the folder")
         path = os.fspath(path)
-        config = getattr(self.student, "config", None)
+        config = getattr(student, "config", None)
         if config is not None:
             for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
                 if getattr(config, attr, None) is None and getattr(tokenizer, attr, None) is not None:
                     setattr(config, attr, getattr(tokenizer, attr))
-        self.student.save_pretrained(path)
+        student.save_pretrained(path)
         tokenizer.save_pretrained(path)
         return path
