@@ -348,11 +348,12 @@ def score_own_samples(cfg: DictConfig, teacher: nn.Module, datamodule: L.Lightni
 
 
 # ------------------------------------------------------------------------------------------- export
-def save_student_hf(net: nn.Module, tokenizer: Any, path: Path) -> Optional[str]:
-    """``save_pretrained`` the student with its tokenizer (loads with AutoModelForCausalLM / pipeline)."""
+def save_student_hf(net: nn.Module, tokenizer: Any, path: Path, merged: bool = False) -> Optional[str]:
+    """``save_pretrained`` the student with its tokenizer (loads with AutoModelForCausalLM / pipeline); a LoRA
+    student writes its adapter, or with ``merged`` the model with the adapters merged in."""
     from ..lm import CausalLMDistillationModule
 
     if not hasattr(net, "save_pretrained"):
         log.warning("the student is a %s, not a Hugging Face model: no %s written", type(net).__name__, path)
         return None
-    return CausalLMDistillationModule(student=net, tokenizer=tokenizer).save_student_pretrained(path)
+    return CausalLMDistillationModule(student=net, tokenizer=tokenizer).save_student_pretrained(path, merged=merged)

@@ -1,0 +1,38 @@
+"""kd-train experiment=lm_pydoc_lora: a LoRA student through the whole LM process, its adapter and merged exports."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+peft = pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from kd_lightning.app.confdir import CONFIG_DIR  # noqa: E402
+from kd_lightning.app.pipeline import run  # noqa: E402
+
+from .test_lm_pipeline import TINY, TINY_TEACHER  # noqa: E402
+
+
+@pytest.mark.slow
+def test_lora_student_runs_through_kd_train_and_exports_adapter_and_merged_model(tmp_path):
+    import transformers
+
+    overrides = ["experiment=lm_pydoc_lora" if o == "experiment=lm_pydoc" else o for o in TINY]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, *TINY_TEACHER, "student.lora.r=2",
+                                          "student.lora.export_merged=true"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    summary = run(cfg)
+    out = tmp_path / "run"
+    assert summary["student"]["ppl"] > 1 and summary["baseline"]["ppl"] > 1
+    adapter = json.loads((out / "student_hf" / "adapter_config.json").read_text())
+    assert adapter["r"] == 2 and sorted(adapter["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert summary["export"]["student_hf_merged"] == str(out / "student_hf_merged")
+    merged = transformers.AutoModelForCausalLM.from_pretrained(out / "student_hf_merged")
+    assert not any("lora_" in k for k in merged.state_dict())
