@@ -36,3 +36,20 @@ def test_lora_student_runs_through_kd_train_and_exports_adapter_and_merged_model
     assert summary["export"]["student_hf_merged"] == str(out / "student_hf_merged")
     merged = transformers.AutoModelForCausalLM.from_pretrained(out / "student_hf_merged")
     assert not any("lora_" in k for k in merged.state_dict())
+    # kd-export reads the student back from student.ckpt and writes the adapter, or the merged model; each is
+    # loaded back (the adapter onto the base with peft) and its logits checked against the checkpoint's.
+    from kd_lightning.app.errors import ConfigError
+    from kd_lightning.app.export import export
+
+    def export_hf(*overrides):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return export(compose("export", overrides=[f"ckpt_path={out / 'student.ckpt'}", "format=hf", *overrides]))
+
+    adapter_export = export_hf()
+    assert adapter_export["path"] == str(out / "student_hf_export") and adapter_export["max_abs_error"] < 1e-4
+    assert json.loads((out / "student_hf_export" / "adapter_config.json").read_text())["r"] == 2
+    with pytest.raises(ConfigError, match="student_hf_merged' already exists"):  # kd-train wrote it: never overwritten
+        export_hf("merged=true")
+    merged_export = export_hf("merged=true", f"output={tmp_path / 'merged'}")
+    assert merged_export["max_abs_error"] < 1e-4
+    assert (tmp_path / "merged" / "config.json").is_file() and not (tmp_path / "merged" / "adapter_config.json").exists()

@@ -71,3 +71,18 @@ def test_joblib_launcher_runs_two_jobs_side_by_side_and_trains_the_teacher_once(
     sources = sorted(json.loads((sweep / j / "summary.json").read_text())["teacher"]["source"] for j in ("0", "1"))
     assert sources == ["cache", "trained"]
     assert len((sweep / "sweep_summary.csv").read_text().strip().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_joblib_language_model_sweep_trains_its_teacher_once(tmp_path):
+    pytest.importorskip("transformers")
+    from .test_lm_pipeline import TINY, TINY_TEACHER
+
+    proc = cli("kd-train", "-m", *TINY, *TINY_TEACHER, "distill.divergence=forward,reverse", "hydra/launcher=joblib",
+               "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=tmp_path, env_extra={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    pids = {json.loads((sweep / j / ".kd_run.json").read_text())["pid"] for j in ("0", "1")}
+    assert len(pids) == 2
+    sources = sorted(json.loads((sweep / j / "summary.json").read_text())["teacher"]["source"] for j in ("0", "1"))
+    assert sources == ["cache", "trained"]
