@@ -80,6 +80,25 @@ def run_names(cfg: DictConfig) -> Tuple[str, Optional[str]]:
     return out.name, None
 
 
+def config_params(cfg: DictConfig) -> Dict[str, Any]:
+    """The composed config as flat parameters (``distill/temperature``; lists kept as values), resolved where
+    it resolves (code that composed the config without Hydra's runtime may leave ``${hydra:...}`` open)."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation only a Hydra run can resolve
+        config = OmegaConf.to_container(cfg, resolve=False)
+
+    def walk(node: Any, prefix: str) -> Dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        out: Dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(walk(value, f"{prefix}{key}/"))
+        return out
+
+    return walk(config, "")
+
+
 class JobTrackers:
     """The tracker runs of one kd-train job, opened at the first stage and shared by every stage."""
 
@@ -105,8 +124,7 @@ class JobTrackers:
                 if uri.startswith("sqlite:///"):  # SQLite makes the file, not its folder
                     Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
             logger = instantiate(node, **extra)
-            config = OmegaConf.to_container(self.cfg, resolve=True)
-            logger.log_hyperparams(flatten(config))  # opens the run
+            logger.log_hyperparams(config_params(self.cfg))  # opens the run
             self.jobs[name] = logger
         return self.jobs[name]
 

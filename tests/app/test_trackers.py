@@ -32,7 +32,10 @@ def test_mlflow_run_holds_config_stage_metrics_summary_and_figure(tmp_path):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
-    summary = run(_cfg(tmp_path, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "distill.temperature=3"))
+    from kd_lightning.app.trackers import JobTrackers, config_params
+
+    cfg = _cfg(tmp_path, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "distill.temperature=3")
+    summary = run(cfg)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("kd-lightning-train")
     (found,) = client.search_runs([experiment.experiment_id])  # one run for the whole job
@@ -46,6 +49,14 @@ def test_mlflow_run_holds_config_stage_metrics_summary_and_figure(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"summary.png", "summary.json", "summary.md"} <= artifacts
     assert str(tmp_path / "logs" / "mlflow" / "artifacts") in found.info.artifact_uri
+    lists = {k: v for k, v in config_params(cfg).items() if isinstance(v, list) and v}
+    assert lists and all(params[k] == str(v) for k, v in lists.items())  # lists are parameters too
+    assert params["callbacks/model_checkpoint/monitor"] == "val/acc"
+    # A job that raises closes its run as failed.
+    trackers = JobTrackers(_cfg(tmp_path / "failing", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"))
+    run_id = trackers.job_logger("mlflow").run_id
+    trackers.close_failed()
+    assert client.get_run(run_id).info.status == "FAILED"
 
 
 @pytest.mark.slow
