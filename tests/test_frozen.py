@@ -20,7 +20,8 @@ def test_frozen_weights_dropped_then_restored_from_the_same_base():
     checkpoint = {"state_dict": {f"student.{k}": v.clone() for k, v in net.state_dict().items()}}
     drop_frozen(checkpoint, net, "student.")
     # trained weights and buffers (BatchNorm statistics) stay; the frozen layer goes
-    assert sorted(checkpoint["state_dict"]) == sorted(f"student.{k}" for k in net.state_dict() if not k.startswith("0."))
+    kept = sorted(f"student.{k}" for k in net.state_dict() if not k.startswith("0."))
+    assert sorted(checkpoint["state_dict"]) == kept
     assert checkpoint[FROZEN_RECORD]["count"] == 2
     same_base = _net(0)
     with torch.no_grad():

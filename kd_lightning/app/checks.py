@@ -127,6 +127,9 @@ def check_extras(cfg: DictConfig) -> None:
     kd-lightning extra that installs it."""
     import importlib.util
 
+    if cfg.student.get("lora") and cfg.get("task", "classification") != "causal_lm":
+        raise ConfigError("student.lora adds LoRA adapters to a causal language model, but task="
+                          f"{cfg.get('task', 'classification')}; use it with an LM recipe (experiment=lm_pydoc_lora)")
     if cfg.student.get("lora") and importlib.util.find_spec("peft") is None:
         from ..lm.lora import PEFT_MISSING
 

@@ -90,7 +90,8 @@ def export_hf(net: torch.nn.Module, cfg: DictConfig) -> Dict[str, Any]:
         raise ConfigError(f"format=hf writes a Hugging Face language model, but this checkpoint's student is a "
                           f"{type(net).__name__} on {type(datamodule).__name__}; use format=onnx or format=torchscript")
     ckpt = Path(str(cfg.ckpt_path))
-    out = Path(cfg.output) if cfg.get("output") else ckpt.with_name(ckpt.stem + ("_hf_merged" if merged else "_hf_export"))
+    default = ckpt.with_name(ckpt.stem + ("_hf_merged" if merged else "_hf_export"))
+    out = Path(cfg.output) if cfg.get("output") else default
     if out.exists():
         raise ConfigError(f"output={str(out)!r} already exists (kd-train writes student_hf/ itself); pass "
                           "output=<a new directory>")

@@ -14,7 +14,8 @@ from torch import nn
 
 __all__ = ["lora_student", "merged_copy", "PEFT_MISSING"]
 
-PEFT_MISSING = "LoRA students need the peft package, which is not installed; install it with pip install 'kd-lightning[peft]'"
+PEFT_MISSING = ("LoRA students need the peft package, which is not installed; install it with "
+                "pip install 'kd-lightning[peft]'")
 
 
 def lora_student(net: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0,

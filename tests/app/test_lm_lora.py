@@ -69,7 +69,8 @@ def test_lora_student_runs_through_kd_train_and_exports_adapter_and_merged_model
         export_hf("merged=true")
     merged_export = export_hf("merged=true", f"output={tmp_path / 'merged'}")
     assert merged_export["max_abs_error"] < 1e-4
-    assert (tmp_path / "merged" / "config.json").is_file() and not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged_dir = tmp_path / "merged"
+    assert (merged_dir / "config.json").is_file() and not (merged_dir / "adapter_config.json").exists()
 
 
 def test_missing_peft_and_a_lora_teacher_are_one_line_before_training(tmp_path, monkeypatch):
@@ -80,6 +81,9 @@ def test_missing_peft_and_a_lora_teacher_are_one_line_before_training(tmp_path, 
 
     with pytest.raises(ConfigError, match=r"^teacher.lora is set, but LoRA adapters are for the student"):
         check_train_config(_lora_cfg(tmp_path, "+teacher.lora.r=4"))
+    with pytest.raises(ConfigError, match=r"^student.lora adds LoRA adapters to a causal language model, but "
+                                          r"task=classification; use it with an LM recipe"):
+        check_train_config(_lora_cfg(tmp_path, "task=classification"))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
     with pytest.raises(ConfigError, match=r"^student.lora is set: LoRA students need the peft package, which is not "

@@ -13,7 +13,8 @@ from kd_lightning.app.pipeline import run
 
 from .helpers import FAST
 
-SHORT = [*FAST, "trainer.log_every_n_steps=1", "trainer.max_epochs=1", "teacher_fit.max_epochs=1", "baseline.enabled=false"]
+SHORT = [*FAST, "trainer.log_every_n_steps=1", "trainer.max_epochs=1", "teacher_fit.max_epochs=1",
+         "baseline.enabled=false"]
 
 
 def _cfg(tmp_path, *overrides):
