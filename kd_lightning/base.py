@@ -29,11 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from .callbacks import FiniteLossCheck, TrainTermLogger
+from .frozen import drop_frozen, restore_frozen
 from .losses.base import CLASSIFIER, check_family
 from .taps import FeatureTaps
 from .teacher import FrozenTeacher
 
 TEACHER_PREFIX = "teacher."
+STUDENT_PREFIX = "student."
 
 
 class TeacherStudentModule(L.LightningModule):
@@ -276,6 +278,7 @@ class TeacherStudentModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        drop_frozen(checkpoint, self.student, STUDENT_PREFIX)  # e.g. a LoRA student's base: only what trains is saved
         if not self.save_teacher:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
@@ -283,7 +286,9 @@ class TeacherStudentModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # Checkpoints normally carry no teacher: take its weights from the live teacher, so strict loading
-        # still catches every missing or unexpected student key.
+        # still catches every missing or unexpected student key. Frozen student weights come back the same way,
+        # after a digest check that they are the ones the checkpoint was trained on.
+        restore_frozen(checkpoint, self.student, STUDENT_PREFIX)
         state = checkpoint["state_dict"]
         if self.teacher is None:  # saved with its teacher, loaded into a module without one
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:

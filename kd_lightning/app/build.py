@@ -61,6 +61,14 @@ def build_net(model_cfg: DictConfig, role: str) -> nn.Module:
             net = load_teacher(model_cfg.ckpt_path, net)
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(f"{role}.ckpt_path: {err}") from None
+    if model_cfg.get("lora"):  # LoRA adapters on the network just built, which becomes their frozen base
+        from ..lm.lora import lora_student
+
+        args = {k: v for k, v in OmegaConf.to_container(model_cfg.lora, resolve=True).items() if k != "export_merged"}
+        try:
+            net = lora_student(net, **args)
+        except (ImportError, ValueError, TypeError) as err:
+            raise ConfigError(f"{role}.lora: {root_cause(err)}") from None
     return net
 
 
@@ -207,5 +215,15 @@ def build_callbacks(callbacks_cfg: Optional[DictConfig], checkpoint_dir: str,
     return callbacks
 
 
-def build_loggers(logger_cfg: Optional[DictConfig], stage: str) -> List[Any]:
-    return [instantiate(c, version=stage) for c in (logger_cfg or {}).values() if c is not None and "_target_" in c]
+def build_loggers(logger_cfg: Optional[DictConfig], stage: str, trackers: Any = None) -> List[Any]:
+    """Every logger of ``logger`` for one stage: experiment trackers bound to the job's run by ``trackers``
+    (:class:`~kd_lightning.app.trackers.JobTrackers`), the others with ``version=<stage>`` (a directory each)."""
+    loggers = []
+    for name, node in (logger_cfg or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        if trackers is not None and trackers.handles(str(name)):
+            loggers.append(trackers.stage_logger(str(name), stage))
+        else:
+            loggers.append(instantiate(node, version=stage))
+    return loggers

@@ -56,6 +56,7 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={seed!r} must be an integer from 0 to 2**32-1 (it seeds torch, numpy and "
                           "Python's random); set e.g. seed=42")
     check_trainer(cfg.trainer)
+    check_extras(cfg)
     given = cfg.teacher.get("ckpt_path")
     max_epochs = cfg.trainer.get("max_epochs")
     max_steps = cfg.trainer.get("max_steps")
@@ -119,6 +120,28 @@ def check_train_config(cfg: DictConfig) -> None:
         check_writable_dir(cfg, f"paths.{key}")
     if cfg.get("task") == "causal_lm":
         check_samples(cfg.get("samples") or {})
+
+
+def check_extras(cfg: DictConfig) -> None:
+    """The optional packages the config asks for (a LoRA student, an experiment tracker), each named with the
+    kd-lightning extra that installs it."""
+    import importlib.util
+
+    if cfg.student.get("lora") and cfg.get("task", "classification") != "causal_lm":
+        raise ConfigError("student.lora adds LoRA adapters to a causal language model, but task="
+                          f"{cfg.get('task', 'classification')}; use it with an LM recipe (experiment=lm_pydoc_lora)")
+    if cfg.student.get("lora") and importlib.util.find_spec("peft") is None:
+        from ..lm.lora import PEFT_MISSING
+
+        raise ConfigError(f"student.lora is set: {PEFT_MISSING}")
+    if cfg.teacher.get("lora"):
+        raise ConfigError("teacher.lora is set, but LoRA adapters are for the student (the teacher is frozen); "
+                          "drop teacher.lora and set student.lora")
+    from .trackers import missing_tracker
+
+    missing = missing_tracker(cfg.get("logger"))
+    if missing:
+        raise ConfigError(missing)
 
 
 def check_samples(samples: Any) -> None:

@@ -30,9 +30,42 @@ def group_options(group: str) -> list:
     return sorted(names)
 
 
+# Hydra plugin choices and the extra that installs each: (group, choice) -> (plugin module, extra, package).
+PLUGIN_CHOICES = {
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib", "hydra-joblib-launcher"),
+    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm", "hydra-submitit-launcher"),
+    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "slurm", "hydra-submitit-launcher"),
+}
+
+
+def missing_plugin(args, plugins=None) -> "str | None":
+    """One line for the first ``hydra/launcher=<choice>`` in ``args`` whose Hydra plugin is not installed (Hydra
+    itself only says the config is not found), naming the kd-lightning extra that installs it; else None."""
+    import importlib.util
+
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        found = (plugins or PLUGIN_CHOICES).get((key, value.strip()))
+        if found is None:
+            continue
+        module, extra, package = found
+        try:
+            present = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package that is not there
+            present = False
+        if not present:
+            return (f"{key}={value} needs the {package} package, which is not installed; install it with "
+                    f"pip install 'kd-lightning[{extra}]'")
+    return None
+
+
 def unknown_group_choice(args) -> "str | None":
     """One line for the first ``group=choice`` in the command line ``args`` that names no option of its group
-    (Hydra's own message spans a screen), or None. Sweeps (``distill=kd,dkd``) are checked choice by choice."""
+    (Hydra's own message spans a screen), or None. Sweeps (``distill=kd,dkd``) are checked choice by choice; a
+    Hydra plugin choice whose plugin is not installed is named with its extra (:func:`missing_plugin`)."""
+    plugin = missing_plugin(args)
+    if plugin:
+        return plugin
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue

@@ -19,10 +19,10 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from .. import io
 from ..cache.fingerprint import fingerprint_tokenizer
 from ..losses import TokenKD
 from ..teacher import load_teacher
+from . import teacher_store
 from .build import build_module_factory, build_net
 from .checks import teacher_cache_root
 from .errors import ConfigError
@@ -101,25 +101,45 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: A
         return net, result
     key = hashlib.sha256(json.dumps([fingerprint_tokenizer(datamodule.tokenizer), steps]).encode()).hexdigest()[:16]
     cache = teacher_cache_dir(tcfg) / f"lm_{key}"
-    ckpt, meta_path = cache / "teacher.ckpt", cache / "meta.json"
+    ckpt = cache / "teacher.ckpt"
     use_cache = bool(cfg.teacher_fit.get("use_cache", True)) and not cfg.trainer.get("fast_dev_run")
-    if use_cache and ckpt.exists():
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if meta.get("sha256") == io.file_sha256(ckpt):
-            net = load_teacher(ckpt, net)
-            module = make_module(student=net, teacher=None, loss=labels_only_loss())
-            result = stages.test("teacher", module, datamodule, net, time.perf_counter() - t0, "cache")
-            result.val_curve, result.ckpt_path = meta.get("val_curve", []), str(ckpt)
-            return net, result
-        log.warning("cached teacher %s does not match the digest in %s: training it again", ckpt, meta_path)
+
+    def from_cache() -> Tuple[Optional[nn.Module], Optional[StageResult]]:
+        ok, why = teacher_store.check_entry(cache)
+        if not ok:
+            if why:
+                log.warning("cached teacher %s is not usable (%s): training it again", ckpt, why)
+            return None, None
+        loaded = load_teacher(ckpt, net)
+        module = make_module(student=loaded, teacher=None, loss=labels_only_loss())
+        result = stages.test("teacher", module, datamodule, loaded, time.perf_counter() - t0, "cache")
+        result.val_curve, result.ckpt_path = teacher_store.read_meta(cache).get("val_curve", []), str(ckpt)
+        return loaded, result
+
+    if not use_cache:
+        return train_teacher(net, make_module, datamodule, stages, steps)
+    found, result = from_cache()
+    if found is not None:
+        return found, result
+    # Jobs that need the same teacher (a sweep, joblib workers) take turns: the first trains it, the others
+    # wait on the lock and then read it back.
+    with teacher_store.entry_lock(cache, timeout_s=float(cfg.teacher_fit.get("lock_timeout_s") or 24 * 3600)):
+        found, result = from_cache()
+        if found is not None:
+            return found, result
+        net, result = train_teacher(net, make_module, datamodule, stages, steps)
+        teacher_store.write_entry(cache, {"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}},
+                                  {"ppl": result.ppl, "val_curve": result.val_curve, "steps": steps,
+                                   "tokenizer_sha256": fingerprint_tokenizer(datamodule.tokenizer)})
+        result.ckpt_path = str(ckpt)
+    return net, result
+
+
+def train_teacher(net: nn.Module, make_module: ModuleFactory, datamodule: L.LightningDataModule, stages: Any,
+                  steps: int) -> Tuple[nn.Module, StageResult]:
     module = make_module(student=net, teacher=None, loss=labels_only_loss())
     result = stages.fit("teacher", module, datamodule, net, max_steps=steps)
     result.source = "trained"
-    if use_cache:
-        io.torch_save({"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}}, ckpt)
-        io.write_json(meta_path, {"sha256": io.file_sha256(ckpt), "ppl": result.ppl, "val_curve": result.val_curve,
-                                  "steps": steps, "tokenizer_sha256": fingerprint_tokenizer(datamodule.tokenizer)})
-        result.ckpt_path = str(ckpt)
     return net, result
 
 
@@ -348,11 +368,12 @@ def score_own_samples(cfg: DictConfig, teacher: nn.Module, datamodule: L.Lightni
 
 
 # ------------------------------------------------------------------------------------------- export
-def save_student_hf(net: nn.Module, tokenizer: Any, path: Path) -> Optional[str]:
-    """``save_pretrained`` the student with its tokenizer (loads with AutoModelForCausalLM / pipeline)."""
+def save_student_hf(net: nn.Module, tokenizer: Any, path: Path, merged: bool = False) -> Optional[str]:
+    """``save_pretrained`` the student with its tokenizer (loads with AutoModelForCausalLM / pipeline); a LoRA
+    student writes its adapter, or with ``merged`` the model with the adapters merged in."""
     from ..lm import CausalLMDistillationModule
 
     if not hasattr(net, "save_pretrained"):
         log.warning("the student is a %s, not a Hugging Face model: no %s written", type(net).__name__, path)
         return None
-    return CausalLMDistillationModule(student=net, tokenizer=tokenizer).save_student_pretrained(path)
+    return CausalLMDistillationModule(student=net, tokenizer=tokenizer).save_student_pretrained(path, merged=merged)

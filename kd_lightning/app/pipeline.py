@@ -39,8 +39,9 @@ ModuleFactory = Callable[..., L.LightningModule]
 class Stages:
     """Builds each stage's Trainer (own checkpoint and log directories) from ``trainer``/``callbacks``/``logger``."""
 
-    def __init__(self, cfg: DictConfig, measure: Measure = measure, curve_key: str = "val/acc"):
+    def __init__(self, cfg: DictConfig, measure: Measure = measure, curve_key: str = "val/acc", trackers: Any = None):
         self.trainer_cfg, self.callbacks_cfg, self.logger_cfg = cfg.trainer, cfg.get("callbacks"), cfg.get("logger")
+        self.trackers = trackers  # the job's experiment-tracker runs (logger=wandb|mlflow), shared by the stages
         self.out_dir = Path(cfg.paths.output_dir)
         self.test_ckpt = str(cfg.get("test_ckpt", "best"))
         self.resume = bool(cfg.get("resume", False))
@@ -51,7 +52,7 @@ class Stages:
         callbacks = build_callbacks(self.callbacks_cfg, str(stage_dir / "checkpoints"),
                                     progress_bar=bool(self.trainer_cfg.get("enable_progress_bar", True)))
         overrides: Dict[str, Any] = {"default_root_dir": str(stage_dir), "callbacks": callbacks,
-                                     "logger": build_loggers(self.logger_cfg, stage) or False}
+                                     "logger": build_loggers(self.logger_cfg, stage, self.trackers) or False}
         if max_epochs is not None:
             overrides["max_epochs"] = int(max_epochs)
         if max_steps is not None:
@@ -344,10 +345,25 @@ def validate(cfg: DictConfig) -> Loss:
 
 
 def run(cfg: DictConfig) -> Dict[str, Any]:
-    """Run the whole process and return the summary (also written to the run directory)."""
+    """Run the whole process and return the summary (also written to the run directory); the experiment
+    trackers of ``logger`` get one run for the job, closed with the summary (or marked failed)."""
     from .checks import check_train_config
+    from .trackers import JobTrackers
 
     check_train_config(cfg)
+    trackers = JobTrackers(cfg)
+    try:
+        summary = run_stages(cfg, trackers)
+    except BaseException:
+        trackers.close_failed()
+        raise
+    if primary_process():
+        trackers.finish(summary, Path(cfg.paths.output_dir))
+    return summary
+
+
+def run_stages(cfg: DictConfig, trackers: Any = None) -> Dict[str, Any]:
+    """Teacher, baseline, student(s) and the report (the body of :func:`run`, which checks the config first)."""
     task = cfg.get("task", "classification")
     if task == CAUSAL_LM:
         from . import lm
@@ -367,12 +383,13 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         lm.check_lm(build_net(cfg.student, "student"), datamodule, "student")
         make_module = lm.module_factory(cfg.module, datamodule.tokenizer)
         sampling = OmegaConf.to_container(cfg.get("samples") or {}, resolve=True)
-        stages = Stages(cfg, lm.MeasureLM(datamodule.tokenizer, seed=int(cfg.seed), **sampling), curve_key="val/ppl")
+        stages = Stages(cfg, lm.MeasureLM(datamodule.tokenizer, seed=int(cfg.seed), **sampling), curve_key="val/ppl",
+                        trackers=trackers)
         teacher, teacher_res = lm.obtain_teacher(cfg, datamodule, stages, teacher_cfg)
         scorer = teacher  # scores every model's own samples after the student stage
     else:
         check_classes(build_net(cfg.student, "student"), datamodule, "student", int(cfg.data.num_classes))
-        stages = Stages(cfg)
+        stages = Stages(cfg, trackers=trackers)
         teacher, teacher_res = obtain_teacher(cfg, datamodule, stages, make_module)
     baseline_res: Optional[StageResult] = None
     net = None
@@ -417,6 +434,9 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         # Nested, so that a sweep table (summary.json flattened) does not take the path for a swept setting.
         hf_dir = Path(cfg.paths.output_dir) / "student_hf"
         extra["export"] = {"student_hf": lm.save_student_hf(student, datamodule.tokenizer, hf_dir) if primary else None}
+        if primary and (cfg.student.get("lora") or {}).get("export_merged"):  # the adapters merged into the base
+            extra["export"]["student_hf_merged"] = lm.save_student_hf(
+                student, datamodule.tokenizer, hf_dir.with_name("student_hf_merged"), merged=True)
     if links:
         extra["assistants"] = [r.to_dict() for _, r in links]
     if len(generations) > 1:

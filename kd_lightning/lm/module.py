@@ -470,13 +470,21 @@ class CausalLMDistillationModule(TeacherStudentModule):
         self.log_eval("test")
 
     # -------------------------------------------------------------------------------------- export
-    def save_student_pretrained(self, path: str | os.PathLike, tokenizer: Any = None) -> str:
+    def save_student_pretrained(self, path: str | os.PathLike, tokenizer: Any = None, merged: bool = False) -> str:
         """``save_pretrained`` the (Hugging Face) student and its tokenizer into ``path``.
 
         The folder then loads with ``AutoModelForCausalLM.from_pretrained(path)`` and
-        ``transformers.pipeline("text-generation", model=path)``.
+        ``transformers.pipeline("text-generation", model=path)``. A PEFT student (LoRA adapters on a frozen
+        base) writes its adapter (``adapter_config.json`` and the adapter weights; it loads with
+        ``peft.PeftModel.from_pretrained(base, path)``), or with ``merged=True`` the base with the adapters
+        merged in, a plain model that loads as above.
         """
-        if not hasattr(self.student, "save_pretrained"):
+        student = self.student
+        if merged:
+            from .lora import merged_copy
+
+            student = merged_copy(student)
+        if not hasattr(student, "save_pretrained"):
             raise TypeError(f"the student is a {type(self.student).__name__}, not a Hugging Face model; save its "
                             "weights with torch.save(module.student.state_dict(), path) instead")
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
@@ -484,11 +492,11 @@ class CausalLMDistillationModule(TeacherStudentModule):
             raise ValueError("save_student_pretrained needs the tokenizer (pass tokenizer=... here or to the module) "
                              "so that pipeline('text-generation', model=path) can load the folder")
         path = os.fspath(path)
-        config = getattr(self.student, "config", None)
+        config = getattr(student, "config", None)
         if config is not None:
             for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
                 if getattr(config, attr, None) is None and getattr(tokenizer, attr, None) is not None:
                     setattr(config, attr, getattr(tokenizer, attr))
-        self.student.save_pretrained(path)
+        student.save_pretrained(path)
         tokenizer.save_pretrained(path)
         return path

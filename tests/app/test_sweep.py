@@ -51,3 +51,41 @@ def test_only_overridden_keys_are_swept_parameters_and_derived_metrics_stay_resu
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns == ["job", "status", "distill.temperature", "student/acc"]
     assert [r["speedup"] for r in rows] == [2.79, 1.04]  # still recorded in the CSV, as results
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_two_jobs_side_by_side_and_trains_the_teacher_once(tmp_path):
+    proc = cli("kd-train", "-m", "distill.temperature=1,4", *FAST, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The default sweep directory (time and run id, both fixed by the parent process): one for both workers.
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    launcher = OmegaConf.load(sweep / "0" / ".hydra" / "hydra.yaml").hydra.launcher
+    assert launcher._target_.endswith("JoblibLauncher") and launcher.n_jobs == 2
+    status = {j: json.loads((sweep / j / "job_status.json").read_text()) for j in ("0", "1")}
+    claims = {j: json.loads((sweep / j / ".kd_run.json").read_text()) for j in ("0", "1")}
+    assert all(s["status"] == "ok" for s in status.values())
+    # Two worker processes, each in its own job directory, whose runs overlapped in time.
+    assert claims["0"]["pid"] != claims["1"]["pid"]
+    assert claims["0"]["started"] < status["1"]["finished"] and claims["1"]["started"] < status["0"]["finished"]
+    # The store's lock let one job train the teacher; the other read it from the cache.
+    sources = sorted(json.loads((sweep / j / "summary.json").read_text())["teacher"]["source"] for j in ("0", "1"))
+    assert sources == ["cache", "trained"]
+    assert len((sweep / "sweep_summary.csv").read_text().strip().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_joblib_language_model_sweep_trains_its_teacher_once(tmp_path):
+    pytest.importorskip("transformers")
+    from .test_lm_pipeline import TINY, TINY_TEACHER
+
+    proc = cli("kd-train", "-m", *TINY, *TINY_TEACHER, "distill.divergence=forward,reverse", "baseline.enabled=false",
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=tmp_path,
+               env_extra={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    pids = {json.loads((sweep / j / ".kd_run.json").read_text())["pid"] for j in ("0", "1")}
+    assert len(pids) == 2
+    sources = sorted(json.loads((sweep / j / "summary.json").read_text())["teacher"]["source"] for j in ("0", "1"))
+    assert sources == ["cache", "trained"]
