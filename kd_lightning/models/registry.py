@@ -1,7 +1,8 @@
 """Models by name, in the manner of timm: ``create_model(name, **kw)`` and ``list_models()``.
 
 Each entry keeps beside its builder the module paths that feature methods tap on it (``taps``:
-``stages`` for AT/SP-style methods, ``hint`` for FitNet, ``embedding`` for relation methods), so an
+``stages`` for AT/SP-style methods, ``hint`` for FitNet, ``embedding`` for relation methods, ``last`` (the
+deepest stage) for FT and ICKD), so an
 architecture is described once; the Hydra application turns every entry into a ``teacher=`` and
 ``student=`` preset.
 
