@@ -67,7 +67,8 @@ class FTParaphrase(AdapterLoss):
         out = []
         for _, t in self.pairs:
             if t not in inputs.teacher_features:
-                raise KeyError(f"FT: no teacher feature {t!r} was captured (captured: {sorted(inputs.teacher_features)})")
+                raise KeyError(f"FT: no teacher feature {t!r} was captured "
+                               f"(captured: {sorted(inputs.teacher_features)})")
             out.append(inputs.teacher_features[t].float().detach())
         return out
 

@@ -16,7 +16,7 @@ class ICKD(AdapterLoss):
     The embedding (1×1 conv + BN, linear + BN for vectors, as in the authors' code) maps the student's feature
     to the teacher's channel count; :func:`~kd_lightning.losses.functional.ickd_loss` then compares the
     row-normalised C × C channel correlations, whatever the spatial sizes. Default: the deepest stage,
-    weight 2.5.
+    weight 2.5 (the authors' CIFAR-100 command, CE 1 plus 2.5 × ICKD).
     """
 
     def __init__(self, pairs: Optional[Sequence[Sequence[str]]] = None,
@@ -30,5 +30,6 @@ class ICKD(AdapterLoss):
 
     def forward(self, inputs: DistillInputs) -> Dict[str, Tensor]:
         self._require_built()
-        ickd = sum(ickd_loss(embed(s.float()), t.float()) for embed, (s, t) in zip(self.adapters, self.features(inputs)))
+        ickd = sum(ickd_loss(embed(s.float()), t.float())
+                   for embed, (s, t) in zip(self.adapters, self.features(inputs)))
         return {"loss": self.weight * ickd, "ickd": ickd}

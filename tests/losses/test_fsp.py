@@ -51,6 +51,7 @@ def test_one_layer_or_a_bad_mode_is_refused():
 
 def test_trains_a_mnist1d_student(make_trainer):
     stages = ["blocks.0", "blocks.1", "blocks.2"]
-    values, acc, teacher_acc, _ = distill_mnist1d(make_trainer, FSP(student_layers=stages, teacher_layers=stages), "fsp")
+    loss = FSP(student_layers=stages, teacher_layers=stages)
+    values, acc, teacher_acc, _ = distill_mnist1d(make_trainer, loss, "fsp")
     assert term_fell(values), values
     assert teacher_acc > 0.6 and acc > 0.2, (acc, teacher_acc)  # chance is 0.1

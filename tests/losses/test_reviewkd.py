@@ -1,4 +1,5 @@
-"""kd_lightning/losses/reviewkd.py: the fusion modules, the warm-up, a checkpoint round trip and a short MNIST-1D run."""
+"""kd_lightning/losses/reviewkd.py: the fusion modules, the warm-up, a checkpoint round trip and a short MNIST-1D
+run."""
 from __future__ import annotations
 
 import pytest
@@ -78,7 +79,7 @@ def test_bad_settings_are_refused():
 
 def test_trains_a_mnist1d_student(make_trainer):
     stages = ["blocks.0", "blocks.1", "blocks.2"]
-    values, acc, teacher_acc, _ = distill_mnist1d(
-        make_trainer, ReviewKD(student_layers=stages, teacher_layers=stages, mid_channels=16, warmup_epochs=0), "reviewkd")
+    loss = ReviewKD(student_layers=stages, teacher_layers=stages, mid_channels=16, warmup_epochs=0)
+    values, acc, teacher_acc, _ = distill_mnist1d(make_trainer, loss, "reviewkd")
     assert term_fell(values), values
     assert teacher_acc > 0.6 and acc > 0.2, (acc, teacher_acc)  # chance is 0.1
