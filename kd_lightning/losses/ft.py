@@ -121,9 +121,10 @@ class FT(Staged):
     teacher's feature, factor width ``rate`` × the teacher's) to reconstruct it; later epochs fix the
     paraphraser and train the student through a translator (three 3×3 conv + BN + LeakyReLU blocks) so that
     its factor matches the teacher's, ``weight · ft_loss(translator(f_s), encoder(f_t), p, mode)``
-    (:func:`~kd_lightning.losses.functional.ft_loss`). Defaults: the last stage, rate 0.5, p 1, weight 200
-    (RepDistiller's CIFAR β with the authors' element-mean form). Compose with KD or CE for the label term:
-    it then trains the student during the paraphraser's epochs too, where the paper leaves it idle.
+    (:func:`~kd_lightning.losses.functional.ft_loss`). Defaults: rate 0.5, p 1, weight 200 (RepDistiller's
+    CIFAR β with the authors' element-mean form), 30 paraphraser epochs (RepDistiller's; ``distill=ft`` sets 5
+    and taps the deepest stage). Compose with KD or CE for the label term: it then trains the student during
+    the paraphraser's epochs too, where the paper leaves it idle.
     """
 
     def __init__(self, pairs: Optional[Sequence[Sequence[str]]] = None,
