@@ -5,7 +5,7 @@ from . import cifar
 from .hub import timm_model, torchvision_model
 from .lm import LM_PRESETS, build_causal_lm, load_causal_lm
 from .mnist1d import CNN1D, ResidualMLP
-from .registry import REGISTRY, register_model
+from .registry import register_model
 
 _CNN1D_TAPS = {"stages": ["blocks.0", "blocks.1", "blocks.2"], "hint": "blocks.1", "embedding": "fc:in"}
 for _channels in (8, 16, 25, 64, 128):
@@ -55,8 +55,3 @@ for _name, _sizes in LM_PRESETS.items():
 register_model("hf_local", load_causal_lm, "any Hugging Face causal LM in a local directory: <role>.name_or_path=DIR "
                "(nothing is downloaded)", {}, top_level=("name_or_path",), data_args=(), task="causal_lm",
                name_or_path=None)
-
-# The deepest stage map, for methods that read one late feature (FT, ICKD): the last stage tap of each entry.
-for _entry in REGISTRY.values():
-    if _entry.taps.get("stages"):
-        _entry.taps.setdefault("last", _entry.taps["stages"][-1])

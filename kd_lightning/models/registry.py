@@ -61,7 +61,10 @@ def register_model(model_name: str, builder: Callable[..., nn.Module], descripti
     """
     if model_name in REGISTRY:
         raise ValueError(f"model {model_name!r} is registered twice")
-    entry = ModelEntry(model_name, builder, description, dict(taps), dict(kwargs), tuple(top_level),
+    taps = dict(taps)
+    if taps.get("stages"):  # the deepest stage, for methods that read one late feature (FT, ICKD)
+        taps.setdefault("last", taps["stages"][-1])
+    entry = ModelEntry(model_name, builder, description, taps, dict(kwargs), tuple(top_level),
                        tuple(data_args), task)
     REGISTRY[model_name] = entry
     return entry

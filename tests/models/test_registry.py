@@ -1,4 +1,5 @@
-"""kd_lightning/models/presets.py: the ``last`` tap (FT, ICKD) beside every model with stage taps."""
+"""kd_lightning/models/registry.py: register_model adds the ``last`` tap (FT, ICKD) beside every model with stage
+taps."""
 import torch
 
 from kd_lightning.models import create_model, list_models, model_entry
@@ -20,3 +21,14 @@ def test_the_last_tap_of_a_1d_cnn_is_its_deepest_map():
         net(torch.randn(2, 40))
         (feature,) = taps.pop().values()
     assert feature.shape == (2, 16, 5)  # [batch, channels, length]: 40 -> 19 -> 10 -> 5
+
+
+def test_register_model_adds_last_unless_given():
+    from kd_lightning.models.registry import REGISTRY, register_model
+
+    try:
+        a = register_model("_test_a", torch.nn.Linear, "test", {"stages": ["x", "y"]})
+        b = register_model("_test_b", torch.nn.Linear, "test", {"stages": ["x", "y"], "last": "x"})
+        assert a.taps["last"] == "y" and b.taps["last"] == "x"
+    finally:
+        REGISTRY.pop("_test_a", None), REGISTRY.pop("_test_b", None)
