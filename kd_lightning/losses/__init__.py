@@ -32,3 +32,12 @@ __all__ = [
     "FitNet", "AT", "SP", "RKD", "PKT", "CC", "NST", "VID", "OFD", "CRD", "HiddenStates", "AttentionMaps",
     "TokenKD",
 ]
+
+# ReviewKD, FT, AB, FSP and ICKD.
+from .reviewkd import ReviewKD
+from .ft import FT
+from .ab import AB
+from .fsp import FSP
+from .ickd import ICKD
+
+__all__ += ["ReviewKD", "FT", "AB", "FSP", "ICKD"]

@@ -79,6 +79,11 @@ class AdapterLoss(FeatureLoss):
     def make_adapter(self, student_shape: Shape, teacher_shape: Shape) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
 
+    def make_adapters(self, shapes: List[Tuple[Shape, Shape]]) -> List[nn.Module]:
+        """All adapters at once (one per pair, in order); override when an adapter depends on its
+        neighbours, as ReviewKD's fusion modules do."""
+        return [self.make_adapter(s, t) for s, t in shapes]
+
     def on_built(self, inputs: Optional[DistillInputs]) -> None:
         """Hook after the adapters exist; ``inputs`` is the dry-run batch (None when rebuilt from a checkpoint)."""
 
@@ -94,7 +99,7 @@ class AdapterLoss(FeatureLoss):
                 raise ValueError(f"{type(self).__name__} was built for feature shapes {self._shapes}, "
                                  f"now asked for {shapes}")
             return
-        adapters = [self.make_adapter(tuple(s), tuple(t)) for s, t in shapes]
+        adapters = self.make_adapters([(tuple(s), tuple(t)) for s, t in shapes])
         self.adapters.extend(adapters)
         if device is not None:
             self.adapters.to(device)
@@ -148,3 +153,18 @@ def pointwise(in_channels: int, out_channels: int, nd: int, bias: bool = True) -
     if nd == 0:
         return nn.Linear(in_channels, out_channels, bias=bias)
     return _CONV[nd](in_channels, out_channels, kernel_size=1, bias=bias)
+
+
+def paired_dims(student_shape: Shape, teacher_shape: Shape, what: str) -> int:
+    """The number of spatial dimensions a student and a teacher feature share (an error if they differ)."""
+    nd = spatial_dims(student_shape, what)
+    if spatial_dims(teacher_shape, what) != nd:
+        raise ValueError(f"{what} cannot pair a student feature {student_shape} with a teacher feature "
+                         f"{teacher_shape} of another rank; tap layers of the same kind on both models")
+    return nd
+
+
+def stage_decays(n: int, enabled: bool = True) -> List[float]:
+    """Per-pair weights ``1 / 2^(n - i - 1)``: the deepest pair 1, each shallower one half the next (OFD's and
+    AB's authors weigh stages so); all 1 when not ``enabled``."""
+    return [1.0 / 2.0 ** (n - i - 1) if enabled else 1.0 for i in range(n)]

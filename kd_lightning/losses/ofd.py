@@ -1,14 +1,13 @@
 """A Comprehensive Overhaul of Feature Distillation (Heo et al., ICCV 2019) as a loss."""
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .base import DistillInputs
-from .feature_base import AdapterLoss, Shape, conv_bn, spatial_dims
+from .feature_base import AdapterLoss, Shape, conv_bn, paired_dims, stage_decays
 from .functional.feature import ofd_loss, ofd_margin_from_samples
 
 
@@ -66,10 +65,7 @@ class OFD(AdapterLoss):
         self.margin_batches = int(margin_batches)
 
     def make_adapter(self, student_shape: Shape, teacher_shape: Shape) -> nn.Module:
-        nd = spatial_dims(student_shape, "OFD")
-        if spatial_dims(teacher_shape, "OFD") != nd:
-            raise ValueError(f"OFD cannot pair a student feature {student_shape} with a teacher feature "
-                             f"{teacher_shape} of another rank")
+        nd = paired_dims(student_shape, teacher_shape, "OFD")
         return OFDConnector(student_shape[0], teacher_shape[0], nd)
 
     def on_built(self, inputs: Optional[DistillInputs]) -> None:
@@ -80,12 +76,10 @@ class OFD(AdapterLoss):
     def forward(self, inputs: DistillInputs) -> Dict[str, Tensor]:
         self._require_built()
         pairs = self.features(inputs)
-        n = len(pairs)
         ofd = 0.0
-        for i, (connector, (s, t)) in enumerate(zip(self.adapters, pairs)):
+        for decay, connector, (s, t) in zip(stage_decays(len(pairs), self.stage_decay), self.adapters, pairs):
             t = t.float().detach()
             if self.training and int(connector.batches) < self.margin_batches:
                 connector.observe(t)
-            decay = 1.0 / math.pow(2.0, n - i - 1) if self.stage_decay else 1.0
             ofd = ofd + decay * ofd_loss(connector(s.float()), t, connector.margin)
         return {"loss": self.weight * ofd, "ofd": ofd}

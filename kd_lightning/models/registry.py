@@ -1,7 +1,8 @@
 """Models by name, in the manner of timm: ``create_model(name, **kw)`` and ``list_models()``.
 
 Each entry keeps beside its builder the module paths that feature methods tap on it (``taps``:
-``stages`` for AT/SP-style methods, ``hint`` for FitNet, ``embedding`` for relation methods), so an
+``stages`` for AT/SP-style methods, ``hint`` for FitNet, ``embedding`` for relation methods, ``last`` (the
+deepest stage) for FT and ICKD), so an
 architecture is described once; the Hydra application turns every entry into a ``teacher=`` and
 ``student=`` preset.
 
@@ -60,7 +61,10 @@ def register_model(model_name: str, builder: Callable[..., nn.Module], descripti
     """
     if model_name in REGISTRY:
         raise ValueError(f"model {model_name!r} is registered twice")
-    entry = ModelEntry(model_name, builder, description, dict(taps), dict(kwargs), tuple(top_level),
+    taps = dict(taps)
+    if taps.get("stages"):  # the deepest stage, for methods that read one late feature (FT, ICKD)
+        taps.setdefault("last", taps["stages"][-1])
+    entry = ModelEntry(model_name, builder, description, taps, dict(kwargs), tuple(top_level),
                        tuple(data_args), task)
     REGISTRY[model_name] = entry
     return entry

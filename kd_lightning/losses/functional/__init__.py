@@ -10,3 +10,11 @@ from . import feature, relation, response, token
 
 # Each module lists its own public functions; the package exports exactly those.
 __all__ = [*response.__all__, *feature.__all__, *relation.__all__, *token.__all__]
+
+# ReviewKD, FT, AB (hints through adapters) and FSP, ICKD (channel correlations).
+from .hint import ab_loss, ft_loss, hcl_loss
+from .correlation import channel_correlation, fsp_loss, fsp_matrix, ickd_loss
+
+from . import correlation, hint
+
+__all__ += [*hint.__all__, *correlation.__all__]
