@@ -31,7 +31,8 @@ class DistillationModule(TeacherStudentModule):
     Args:
         student: any ``nn.Module`` returning logits ``[batch, classes]``.
         teacher: an ``nn.Module``, a list of them (an ensemble), a checkpoint path (with
-            ``teacher_architecture``), or None (labels-only training, or teacher logits in the batch).
+            ``teacher_architecture``), or None (labels-only training, or stored teacher outputs in the
+            batch). It becomes the module's ``teacher_signal`` (:mod:`kd_lightning.signal`).
         loss: an :class:`~kd_lightning.losses.Loss`; default ``KD()`` with a teacher, ``CE()`` without.
         optimizer: a callable ``params -> Optimizer`` such as ``functools.partial(torch.optim.SGD, lr=0.05)``.
         scheduler: optional callable ``optimizer -> LRScheduler``; stepped every ``scheduler_interval``.

@@ -142,7 +142,8 @@ class CausalLMDistillationModule(TeacherStudentModule):
             training batch carries the teacher's top-k next-token ids, log-probabilities and rest mass
             (:class:`~kd_lightning.cache.tokens.TeacherOutputsTokenDataModule` adds them), and KD is the
             top-k forward KL of :class:`TokenKD` (``topk_tail`` picks the variant). No teacher runs;
-            evaluation reports the student's metrics only.
+            evaluation reports the student's metrics only. ``teacher`` and ``teacher_outputs`` make the
+            module's ``teacher_signal`` (:mod:`kd_lightning.signal`).
         check_finite / finite_check_interval: see :class:`~kd_lightning.callbacks.FiniteLossCheck`.
 
     Logged: ``train/loss``, ``train/ce``, ``train/kd`` (means over each micro-batch's own tokens, averaged
