@@ -5,8 +5,10 @@ A family module (:class:`~kd_lightning.DistillationModule` for classifiers,
 MutualLearningModule`) says how a batch becomes its loss's inputs (:meth:`TeacherStudentModule.loss_inputs`)
 and what it measures; this base owns the rest:
 
-* the frozen teacher (one network or a weighted ensemble, :class:`~kd_lightning.teacher.FrozenTeacher`),
-  left out of checkpoints unless ``save_teacher`` and refilled from the live teacher on load;
+* the teacher's signal (:class:`~kd_lightning.signal.TeacherSignal`, ``teacher_signal``): a live network or
+  weighted ensemble, stored dense outputs, stored top-k outputs or none, read through one call by every
+  family; a live teacher's network (:class:`~kd_lightning.teacher.FrozenTeacher`, ``teacher``) is left
+  out of checkpoints unless ``save_teacher`` and refilled from the live teacher on load;
 * the trainable parameters: every parameter that requires a gradient outside the teacher (the student and
   the loss's adapters);
 * the optimizer and scheduler; a scheduler factory that takes ``total_steps`` and got none is given the
@@ -32,7 +34,7 @@ from .callbacks import FiniteLossCheck, TrainTermLogger
 from .frozen import drop_frozen, restore_frozen
 from .losses.base import CLASSIFIER, check_family
 from .taps import FeatureTaps
-from .teacher import FrozenTeacher
+from .signal import NoTeacher, TeacherOutput, TeacherSignal
 
 TEACHER_PREFIX = "teacher."
 STUDENT_PREFIX = "student."
@@ -43,7 +45,8 @@ class TeacherStudentModule(L.LightningModule):
 
     Args:
         student: the trained network (for mutual learning, the cohort as an ``nn.ModuleList``).
-        teacher: a :class:`~kd_lightning.teacher.FrozenTeacher`, or None (labels only, or stored outputs).
+        signal: where the teacher's distribution comes from (:mod:`kd_lightning.signal`); None: no teacher.
+            A live signal's network becomes ``teacher``.
         loss: a :class:`~kd_lightning.losses.Loss` of this module's ``family`` (None: the subclass computes
             its terms itself, see :meth:`terms_of`).
         optimizer: ``params -> Optimizer``; None: ``default_optimizer``.
@@ -59,7 +62,7 @@ class TeacherStudentModule(L.LightningModule):
     #: the optimizer when none is given.
     default_optimizer: Callable[..., torch.optim.Optimizer] = functools.partial(torch.optim.Adam, lr=1e-3)
 
-    def __init__(self, student: nn.Module, teacher: Optional[FrozenTeacher] = None, loss: Optional[nn.Module] = None,
+    def __init__(self, student: nn.Module, signal: Optional[TeacherSignal] = None, loss: Optional[nn.Module] = None,
                  optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
                  scheduler: Optional[Callable[..., Any]] = None, *, scheduler_interval: str = "epoch",
                  monitor: Optional[str] = None, save_teacher: bool = False, check_finite: bool = True,
@@ -73,7 +76,8 @@ class TeacherStudentModule(L.LightningModule):
             raise ValueError(f"finite_check_interval must be >= 1 or None, got {finite_check_interval}")
         self.student = student
         self.loss = loss
-        self.teacher = teacher
+        self.teacher_signal = signal if signal is not None else NoTeacher()
+        self.teacher = self.teacher_signal.network
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval, self.monitor = scheduler_interval, monitor
         self.save_teacher = save_teacher
@@ -123,6 +127,12 @@ class TeacherStudentModule(L.LightningModule):
             return self.trainer
         except RuntimeError:  # not attached to a Trainer (a hand-written loop)
             return None
+
+    def teacher_output(self, batch: Any, inputs: Any, attention_mask: Optional[Tensor] = None,
+                       required: bool = False) -> TeacherOutput:
+        """The teacher's signal for ``batch`` with its tapped features (see :mod:`kd_lightning.signal`); called
+        before the student runs, so the student's forward and backward follow each other on warm caches."""
+        return self.teacher_signal(batch, inputs, attention_mask, taps=self.feature_taps()[1], required=required)
 
     # ------------------------------------------------------------------------------ feature taps
     def feature_taps(self) -> Tuple[Optional[FeatureTaps], Optional[FeatureTaps]]:

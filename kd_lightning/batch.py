@@ -2,7 +2,7 @@
 
 A dict batch in the Hugging Face manner (``input_ids``, ``attention_mask``, ``token_type_ids``, ...,
 ``labels``) gives ``x`` as a dict of the model's keyword inputs: every key except the target, the
-sample index, the cached teacher logits and the ``labeled`` mask. ``input_key`` may also name several
+sample index, the stored teacher outputs (dense or top-k) and the ``labeled`` mask. ``input_key`` may also name several
 keys (a list) to pass exactly those.
 """
 from __future__ import annotations
@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import Tensor
+
+# The keys of stored top-k teacher outputs in a batch (:mod:`kd_lightning.cache`): ids and log-probabilities of
+# the k most likely classes or tokens, the mass left outside them, and the temperature they were taken at.
+TOPK_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest", "teacher_temperature")
 
 _INPUT_KEYS = ("input", "inputs", "image", "x", "pixel_values")
 _TARGET_KEYS = ("target", "label", "labels", "y")
@@ -58,7 +62,8 @@ def unpack(batch: Any, input_key: Union[None, str, Sequence[str]] = None, target
     """Split a batch into inputs, labels, optional sample indices and optional cached teacher logits."""
     if isinstance(batch, Mapping):
         target_name = target_key or next((k for k in _TARGET_KEYS if k in batch), None)
-        keywords = _keyword_inputs(batch, input_key, (target_name, index_key, teacher_logits_key, "labeled"))
+        keywords = _keyword_inputs(batch, input_key, (target_name, index_key, teacher_logits_key, "labeled",
+                                                    *TOPK_KEYS))
         return Batch(
             x=keywords if keywords is not None else _pick(batch, input_key, _INPUT_KEYS, "input", True),
             y=_pick(batch, target_key, _TARGET_KEYS, "target", False),

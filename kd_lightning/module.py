@@ -10,7 +10,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from .base import TeacherStudentModule
 from .batch import Batch, unpack
 from .forward import Inputs, call, logits_of
-from .losses.base import DistillInputs, Loss
+from .losses.base import CLASSIFIER, DistillInputs, Loss
+from .signal import carries_outputs, teacher_signal
 from .teacher import TeacherSource, build_teacher
 
 
@@ -30,7 +31,8 @@ class DistillationModule(TeacherStudentModule):
     Args:
         student: any ``nn.Module`` returning logits ``[batch, classes]``.
         teacher: an ``nn.Module``, a list of them (an ensemble), a checkpoint path (with
-            ``teacher_architecture``), or None (labels-only training, or teacher logits in the batch).
+            ``teacher_architecture``), or None (labels-only training, or stored teacher outputs in the
+            batch). It becomes the module's ``teacher_signal`` (:mod:`kd_lightning.signal`).
         loss: an :class:`~kd_lightning.losses.Loss`; default ``KD()`` with a teacher, ``CE()`` without.
         optimizer: a callable ``params -> Optimizer`` such as ``functools.partial(torch.optim.SGD, lr=0.05)``.
         scheduler: optional callable ``optimizer -> LRScheduler``; stepped every ``scheduler_interval``.
@@ -96,8 +98,9 @@ class DistillationModule(TeacherStudentModule):
             raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
         loss = loss if loss is not None else _default_objective(teacher is not None)
         temperature = getattr(loss, "temperature", None) or 1.0
-        super().__init__(student, build_teacher(teacher, teacher_architecture, ensemble_weights, ensemble_mode,
-                                                temperature), loss, optimizer, scheduler,
+        frozen = build_teacher(teacher, teacher_architecture, ensemble_weights, ensemble_mode, temperature)
+        # Without a teacher network the batches may carry stored outputs (dense or top-k) instead.
+        super().__init__(student, teacher_signal(frozen, CLASSIFIER, stored=True), loss, optimizer, scheduler,
                          scheduler_interval=scheduler_interval, monitor=monitor, save_teacher=save_teacher,
                          check_finite=check_finite, finite_check_interval=finite_check_interval)
         # Networks, losses and factories are not hyperparameters: never pickle them into hparams.
@@ -163,39 +166,40 @@ class DistillationModule(TeacherStudentModule):
         if self.hparams.channels_last and isinstance(b.x, Tensor) and b.x.ndim == 4:
             b.x = b.x.contiguous(memory_format=torch.channels_last)
         if stage == "train" and self.batch_transform is not None:
-            self._transform_batch(b)
-        s_taps, t_taps = self.feature_taps()
+            batch = self._transform_batch(b, batch)
+        s_taps = self.feature_taps()[0]
         # Teacher first: the student's forward and backward then run back to back on warm caches
         # (1-4% faster per MNIST-1D step on a CPU than the other order, in a hand-written loop).
-        teacher_logits, t_feats = b.teacher_logits, {}
-        if self.teacher is not None and (teacher_logits is None or t_taps is not None):
-            teacher_logits = self.teacher(b.x)
-            t_feats = t_taps.pop() if t_taps is not None else {}
+        teacher = self.teacher_output(batch, b.x)
         student_logits = self.student_logits(b.x)
         s_feats = s_taps.pop() if s_taps is not None else {}
+        width = student_logits.shape[-1]
+        self.teacher_signal.check(teacher, width, getattr(self.loss, "temperature", None) or 1.0)  # once
+        teacher_logits = teacher.dense(width)
         if not self._shapes_checked and stage != "build":
             self._check_shapes(student_logits, teacher_logits, b, stage)
         return DistillInputs(
             student_logits=student_logits, teacher_logits=teacher_logits, target=b.y,
-            student_features=s_feats, teacher_features=t_feats,
+            student_features=s_feats, teacher_features=teacher.features,
             epoch=float(self.current_epoch + 1), index=b.index, labeled=b.labeled,
         )
 
-    def _transform_batch(self, b: Batch) -> None:
-        """Apply ``batch_transform`` in place; the teacher then labels the transformed inputs."""
-        if b.teacher_logits is not None:
-            if self.teacher is None:
-                raise ValueError(
-                    "batch_transform changes the inputs, but the teacher logits come from the batch (a teacher "
-                    "cache) and describe the untransformed inputs; distill with a live teacher (no cache) to "
-                    "use a batch transform")
-            b.teacher_logits = None  # recomputed on the transformed inputs
+    def _transform_batch(self, b: Batch, batch: Any) -> Any:
+        """Apply ``batch_transform`` to ``b`` in place; the teacher then labels the transformed inputs, so the
+        stored outputs the batch may carry (which describe the untransformed inputs) are dropped: the
+        returned batch is None."""
+        if carries_outputs(batch) and self.teacher is None:
+            raise ValueError(
+                "batch_transform changes the inputs, but the teacher logits come from the batch (a teacher "
+                "cache) and describe the untransformed inputs; distill with a live teacher (no cache) to "
+                "use a batch transform")
         out = self.batch_transform(b.x, b.y)
         if not isinstance(out, (tuple, list)) or len(out) != 3:
             raise TypeError("batch_transform must return (x, y, labeled); labeled may be None")
         b.x, b.y, labeled = out
         if labeled is not None:
             b.labeled = labeled if b.labeled is None else (b.labeled & labeled)
+        return None
 
     def _check_shapes(self, student_logits: Tensor, teacher_logits: Optional[Tensor], b: Batch, stage: str) -> None:
         if student_logits.ndim != 2:

@@ -1,13 +1,11 @@
-"""The teacher's signal: where the teacher's distribution comes from, for both model families.
+"""The frozen teacher network: one network or a weighted ensemble, and teachers loaded from checkpoints.
 
 A live teacher is one network or a weighted ensemble (:class:`TeacherEnsemble`), wrapped in
 :class:`FrozenTeacher`: it is never trained — its parameters have ``requires_grad=False``, it stays in
 eval mode (see :meth:`FrozenTeacher.train`), and its forward runs under ``torch.no_grad()`` — and it gives
 classifier logits ``[B, C]`` (:meth:`FrozenTeacher.forward`) or next-token logits ``[B, T, V]``
-(:meth:`FrozenTeacher.token_logits`) through the same ensemble rule. Stored teacher outputs replace the
-live teacher with rows read from disk (:mod:`kd_lightning.cache`): dense logits, or top-k
-log-probabilities with the rest of the mass; the batch then carries them (``teacher_logits`` for a
-classifier, ``teacher_topk_*`` for a causal LM) and no teacher network runs.
+(:meth:`FrozenTeacher.token_logits`) through the same ensemble rule. Where a module's teacher signal comes
+from — this network, or stored outputs that the batches carry — is :mod:`kd_lightning.signal`'s concern.
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from .. import io as kd_io
+from ..batch import TOPK_KEYS
 from ..data.wrapper import WrappedDataModule
 from ..forward import call_signature, lm_logits
 from .fingerprint import FORMAT_VERSION, fingerprint_dataset, fingerprint_module, fingerprint_tokenizer
@@ -42,9 +43,6 @@ from .store import OutputStore, TeacherOutputsError
 
 KIND = "token_topk"
 FILES = ("topk_ids.npy", "topk_logprobs.npy", "rest_mass.npy", "offsets.npy")
-# The batch keys a training batch with stored teacher outputs carries (read by
-# CausalLMDistillationModule(teacher_outputs=True)).
-BATCH_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest", "teacher_temperature")
 
 
 def _sha(value: Any) -> str:
@@ -243,7 +241,7 @@ class TokenTeacherOutputs(OutputStore):
 
 
 class TeacherOutputsTokenDataset(Dataset):
-    """``dataset`` (dict samples) plus each sequence's stored teacher signal under :data:`BATCH_KEYS`."""
+    """``dataset`` (dict samples) plus each sequence's stored teacher signal under :data:`~kd_lightning.batch.TOPK_KEYS`."""
 
     def __init__(self, dataset: Dataset, outputs: TokenTeacherOutputs):
         if len(dataset) != len(outputs):  # type: ignore[arg-type]

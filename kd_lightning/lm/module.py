@@ -12,14 +12,16 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from ..base import TeacherStudentModule
-from ..cache.tokens import BATCH_KEYS
 from ..forward import call_signature, lm_logits
 from ..losses.base import TOKEN, CompositeLoss, Loss, TokenInputs
 from ..losses.token import IGNORE_INDEX, TokenKD
+from ..signal import teacher_signal
 from ..teacher import build_teacher
 from .generation import OnPolicy, on_policy_batch
 
 VOCAB_ALIGNMENTS = ("strict", "truncate")
+STORED_HINT = ("teacher_outputs=True: wrap the data module in kd_lightning.cache.TeacherOutputsTokenDataModule so "
+               "training batches carry the stored teacher outputs")
 _STAT_NAMES = ("ce", "teacher_ce", "kd", "agree", "tokens", "kd_tokens", "bytes")
 
 
@@ -140,7 +142,8 @@ class CausalLMDistillationModule(TeacherStudentModule):
             training batch carries the teacher's top-k next-token ids, log-probabilities and rest mass
             (:class:`~kd_lightning.cache.tokens.TeacherOutputsTokenDataModule` adds them), and KD is the
             top-k forward KL of :class:`TokenKD` (``topk_tail`` picks the variant). No teacher runs;
-            evaluation reports the student's metrics only.
+            evaluation reports the student's metrics only. ``teacher`` and ``teacher_outputs`` make the
+            module's ``teacher_signal`` (:mod:`kd_lightning.signal`).
         check_finite / finite_check_interval: see :class:`~kd_lightning.callbacks.FiniteLossCheck`.
 
     Logged: ``train/loss``, ``train/ce``, ``train/kd`` (means over each micro-batch's own tokens, averaged
@@ -189,7 +192,8 @@ class CausalLMDistillationModule(TeacherStudentModule):
             loss = TokenKD() if teacher is not None else TokenKD(ce_weight=1.0, kd_weight=0.0)
         frozen = build_teacher(teacher, None, ensemble_weights, ensemble_mode,
                                getattr(loss, "temperature", None) or 1.0) if teacher is not None else None
-        super().__init__(student, frozen, loss, optimizer, scheduler, scheduler_interval=scheduler_interval,
+        signal = teacher_signal(frozen, TOKEN, stored=teacher_outputs, hint=STORED_HINT)
+        super().__init__(student, signal, loss, optimizer, scheduler, scheduler_interval=scheduler_interval,
                          save_teacher=save_teacher, check_finite=check_finite,
                          finite_check_interval=finite_check_interval)
         self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "tokenizer",
@@ -227,7 +231,6 @@ class CausalLMDistillationModule(TeacherStudentModule):
         self.tokenizer = tokenizer if tokenizer is not None else (student_tokenizer or teacher_tokenizer)
         self.student_signature = call_signature(student)
         self.vocab_checked = False
-        self.signal_checked = False  # teacher_outputs: the stored outputs' temperature and ids, on the first batch
         self.vocab_size: Optional[int] = None  # the compared width (min of both under "truncate")
         self.step_clock: Optional[float] = None  # for train/tokens_per_s
         for stage in ("val", "test"):
@@ -243,24 +246,16 @@ class CausalLMDistillationModule(TeacherStudentModule):
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return lm_logits(self.student, input_ids, attention_mask, *self.student_signature)
 
-    def teacher_logits(self, ids: Tensor, mask: Tensor) -> Tuple[Optional[Tensor], Dict[str, Tensor]]:
-        """The live teacher's (or ensemble's) logits and tapped features; (None, {}) without a teacher."""
-        taps = self.feature_taps()[1]  # attached before any network runs
-        if self.teacher is None:
-            return None, {}
-        logits = self.teacher.token_logits(ids, mask)
-        return logits, (taps.pop() if taps is not None else {})
-
-    def run_models(self, ids: Tensor, mask: Tensor, labels: Tensor) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
-        """Student and teacher logits, cut to the compared vocabulary, and the teacher's tapped features."""
-        teacher_logits, teacher_features = self.teacher_logits(ids, mask)
+    def run_models(self, ids: Tensor, mask: Tensor, labels: Tensor,
+                   teacher_logits: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """The student's logits and ``teacher_logits`` (the teacher signal's), cut to the compared vocabulary."""
         student_logits = lm_logits(self.student, ids, mask, *self.student_signature)
         if not self.vocab_checked:
             self.check_vocab(student_logits, teacher_logits, ids, labels)
         if teacher_logits is not None and teacher_logits.shape[-1] != student_logits.shape[-1]:
             width = self.vocab_size
             student_logits, teacher_logits = student_logits[..., :width], teacher_logits[..., :width]
-        return student_logits, teacher_logits, teacher_features
+        return student_logits, teacher_logits
 
     def check_vocab(self, student_logits: Tensor, teacher_logits: Optional[Tensor], ids: Tensor, labels: Tensor) -> None:
         """On the first batch (before any optimizer step): the vocabularies must line up."""
@@ -295,11 +290,10 @@ class CausalLMDistillationModule(TeacherStudentModule):
         self.vocab_checked = True
 
     # ---------------------------------------------------------------------------------- training
-    def run_models_fused(self, ids: Tensor, mask: Tensor,
-                         labels: Tensor) -> Tuple[Dict[str, Any], Optional[Tensor], Dict[str, Tensor]]:
-        """The student's final hidden states with its output layer (fused_head), the teacher's logits and
-        tapped features."""
-        teacher_logits, teacher_features = self.teacher_logits(ids, mask)
+    def run_models_fused(self, ids: Tensor, mask: Tensor, labels: Tensor,
+                         teacher_logits: Optional[Tensor]) -> Tuple[Dict[str, Any], Optional[Tensor]]:
+        """The student's final hidden states with its output layer (fused_head), and ``teacher_logits`` cut
+        to the compared vocabulary."""
         out = self.student.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
         hidden = getattr(out, "last_hidden_state", None)
         hidden = hidden if isinstance(hidden, Tensor) else out[0]
@@ -312,7 +306,7 @@ class CausalLMDistillationModule(TeacherStudentModule):
             width = self.vocab_size
             teacher_logits, weight = teacher_logits[..., :width], weight[:width]
             bias = None if bias is None else bias[:width]
-        return {"student_hidden": hidden, "lm_head_weight": weight, "lm_head_bias": bias}, teacher_logits, teacher_features
+        return {"student_hidden": hidden, "lm_head_weight": weight, "lm_head_bias": bias}, teacher_logits
 
     def loss_inputs(self, batch: Any, stage: str) -> TokenInputs:
         """The token loss's inputs; in training, the divisor is the step-global token count
@@ -325,15 +319,15 @@ class CausalLMDistillationModule(TeacherStudentModule):
             if self.attached_trainer() is not None:
                 self.log("train/on_policy", float(generated), on_step=False, on_epoch=True)
         ids, mask, labels, _ = _batch_fields(batch)
+        teacher = self.teacher_output(batch, ids, mask, required=train)
         student: Dict[str, Any] = {}
         if train and self.hparams.get("fused_head", False):
-            student, teacher_logits, t_feats = self.run_models_fused(ids, mask, labels)
+            student, teacher_logits = self.run_models_fused(ids, mask, labels, teacher.logits)
             student_logits = None
         else:
-            student_logits, teacher_logits, t_feats = self.run_models(ids, mask, labels)
+            student_logits, teacher_logits = self.run_models(ids, mask, labels, teacher.logits)
+        self.teacher_signal.check(teacher, self.vocab_size, self.token_loss.temperature)  # once, for stored top-k
         s_taps = self.feature_taps()[0]
-        if train and self.hparams.get("teacher_outputs", False):  # never with fused_head (refused at construction)
-            student["teacher_topk"] = self.stored_outputs(batch)
         num_tokens = None
         if train:
             if self.step_clock is None:
@@ -342,7 +336,8 @@ class CausalLMDistillationModule(TeacherStudentModule):
         return TokenInputs(student_logits=student_logits, labels=labels, teacher_logits=teacher_logits,
                            attention_mask=mask, num_tokens=num_tokens,
                            student_features=s_taps.pop() if s_taps is not None else {},
-                           teacher_features=t_feats, epoch=float(self.current_epoch + 1), **student)
+                           teacher_topk=teacher.topk, teacher_features=teacher.features,
+                           epoch=float(self.current_epoch + 1), **student)
 
     def logged_terms(self, terms: Dict[str, Tensor], inputs: TokenInputs) -> Dict[str, Tensor]:
         # The token terms are divided by the step's count: rescale them to means over this micro-batch's own
@@ -356,30 +351,6 @@ class CausalLMDistillationModule(TeacherStudentModule):
         out["loss"] = out["loss"] + token.ce_weight * (ce - out["ce"]) + token.kd_weight * (kd - out["kd"])
         out["ce"], out["kd"] = ce, kd
         return out
-
-    def stored_outputs(self, batch: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor]:
-        """The batch's stored top-k teacher outputs; the first batch's are checked against the loss's
-        temperature and the student's vocabulary (one store serves the whole fit, so later batches need no
-        device sync)."""
-        missing = [k for k in BATCH_KEYS if k not in batch]
-        if missing:
-            raise ValueError(f"teacher_outputs=True, but the training batch has no {', '.join(missing)}; wrap the "
-                             "data module in kd_lightning.cache.TeacherOutputsTokenDataModule so batches carry the "
-                             "stored teacher outputs")
-        ids = batch["teacher_topk_ids"]
-        if not self.signal_checked:
-            self.check_stored_outputs(batch["teacher_temperature"], ids)
-        return ids, batch["teacher_topk_logprobs"], batch["teacher_rest"]
-
-    def check_stored_outputs(self, temperature: Tensor, ids: Tensor) -> None:
-        t = self.token_loss.temperature
-        if not torch.allclose(temperature.float(), torch.full_like(temperature.float(), t)):
-            raise ValueError(f"the stored teacher log-probabilities were taken at T={float(temperature.flatten()[0])} "
-                             f"but the loss uses T={t}; store the teacher outputs again at the loss's temperature")
-        if ids.numel() and int(ids.max()) >= int(self.vocab_size or 0):
-            raise ValueError(f"the stored teacher outputs hold token id {int(ids.max())}, outside the student's "
-                             f"vocabulary of {self.vocab_size}: they were stored for another vocabulary")
-        self.signal_checked = True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         counts = self.finish_step(optimizer)
@@ -396,7 +367,7 @@ class CausalLMDistillationModule(TeacherStudentModule):
     # -------------------------------------------------------------------------------- evaluation
     def eval_step(self, batch: Any, stage: str) -> None:
         ids, mask, labels, nbytes = _batch_fields(batch)
-        student_logits, teacher_logits, _ = self.run_models(ids, mask, labels)
+        student_logits, teacher_logits = self.run_models(ids, mask, labels, self.teacher_output(batch, ids, mask).logits)
         s_taps = self.feature_taps()[0]
         if s_taps is not None:
             s_taps.pop()  # evaluation reads logits only

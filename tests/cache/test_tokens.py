@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from kd_lightning import CausalLMDistillationModule
 from kd_lightning.cache import TeacherOutputsError
-from kd_lightning.cache.tokens import BATCH_KEYS, TeacherOutputsTokenDataModule, TokenTeacherOutputs, TopKCollate
+from kd_lightning.batch import TOPK_KEYS
+from kd_lightning.cache.tokens import TeacherOutputsTokenDataModule, TokenTeacherOutputs, TopKCollate
 from kd_lightning.losses import TokenKD
 from kd_lightning.losses.functional import token_divergence
 
@@ -143,7 +144,7 @@ def test_collate_pads_each_sequence_signal_to_the_batch(tmp_path):
 
     loader = DataLoader(TeacherOutputsTokenDataset(data(), cache), batch_size=4, collate_fn=TopKCollate())
     batch = next(iter(loader))
-    assert set(BATCH_KEYS) <= set(batch)
+    assert set(TOPK_KEYS) <= set(batch)
     assert batch["teacher_topk_ids"].shape == (4, 12, 3) and batch["teacher_rest"].shape == (4, 12)
     ids, lp, rest = cache.sequence(1)  # 2 tokens; the rest of its row is padding
     assert torch.equal(batch["teacher_topk_ids"][1, :2], ids) and not batch["teacher_topk_ids"][1, 2:].any()
@@ -180,7 +181,7 @@ def test_k_equal_to_vocabulary_trains_on_the_dense_forward_kl(tmp_path, tail):
     loss = TokenKD(temperature=2.0, topk_tail=tail)
     cached = CachedLMModule = CausalLMDistillationModule(student, None, loss, teacher_outputs=True)
     online = CausalLMDistillationModule(student, teacher, TokenKD(temperature=2.0))
-    plain = {k: v for k, v in batch.items() if k not in BATCH_KEYS}
+    plain = {k: v for k, v in batch.items() if k not in TOPK_KEYS}
     assert _step_loss(cached, batch) == pytest.approx(_step_loss(online, plain), rel=2e-3)
     with torch.no_grad():
         mask = batch["attention_mask"][:, 1:].bool()
