@@ -34,6 +34,7 @@ __all__ = [
     "dist_plus_feature_terms",
     "skd_instance_loss",
     "skd_direction_loss",
+    "SKD_MODES",
     "ctkd_kd_loss",
     "gradient_reversal",
     "ctkd_lambda",
@@ -356,22 +357,52 @@ def dist_plus_loss(student_logits: Tensor, teacher_logits: Tensor, student_featu
 
 
 # --------------------------------------------------------------------------------------------- SKD
-def skd_instance_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
-    """SKD's instance term (Jeong et al., "Streamlined Knowledge Distillation", CVPR 2026, Eq. 1):
-    ``(1/B) Σ_i KL(softmax(z_t,i / τ) ‖ softmax(z_s,i / τ))``, with no ``τ²`` factor (the paper's equation;
-    the authors' code scales by ``τ²`` and keeps only the less confident half of the batch).
+SKD_MODES = ("paper", "code")
+
+
+def _check_skd_mode(mode: str) -> None:
+    if mode not in SKD_MODES:
+        raise ValueError(f"SKD mode must be 'paper' (the paper's equations) or 'code' (the authors' code), got {mode!r}")
+
+
+def _below_median(values: Tensor) -> Tensor:
+    """1.0 where a value is at most the median of ``values`` (linear interpolation, as numpy's percentile)."""
+    return (values <= torch.quantile(values, 0.5)).to(values.dtype)
+
+
+def skd_instance_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+                      mode: str = "paper") -> Tensor:
+    """SKD's instance term (Jeong et al., "Streamlined Knowledge Distillation", CVPR 2026).
+
+    * ``mode="paper"`` (Eq. 1): ``(1/B) Σ_i KL(softmax(z_t,i / τ) ‖ softmax(z_s,i / τ))``, no ``τ²``;
+    * ``mode="code"`` (the authors' code): ``(1/B) Σ_i m_i · τ² · KL_i`` with ``m_i = 1`` for the samples whose
+      teacher confidence ``max softmax(z_t,i)`` is at most the batch median (the harder half), else 0.
     """
-    return kd_loss(student_logits, teacher_logits, temperature) / check_temperature(temperature) ** 2
+    _check_skd_mode(mode)
+    temperature = check_temperature(temperature)
+    if mode == "paper":
+        return kd_loss(student_logits, teacher_logits, temperature) / temperature ** 2
+    _check_logit_pair(student_logits, teacher_logits, "skd_instance_loss")
+    zs, zt = _upcast(student_logits, teacher_logits)
+    per_sample = _kl_from_log_probs(F.log_softmax(zt / temperature, dim=-1), F.log_softmax(zs / temperature, dim=-1))
+    mask = _below_median(F.softmax(zt.detach(), dim=-1).amax(dim=-1))
+    return (per_sample * temperature ** 2 * mask).mean()
 
 
-def skd_direction_loss(student_logits: Tensor, teacher_logits: Tensor, tikhonov: float = 0.1) -> Tensor:
-    """SKD's direction term (Jeong et al., CVPR 2026, Eqs. 3-8): a Mahalanobis distance between Gram matrices.
+def skd_direction_loss(student_logits: Tensor, teacher_logits: Tensor, tikhonov: float = 0.1,
+                       mode: str = "paper") -> Tensor:
+    """SKD's direction term (Jeong et al., CVPR 2026): a Mahalanobis distance between Gram matrices.
 
-    ``G = n(z) n(z)ᵀ`` (``[B, B]``) with ``n`` the row-wise L2 normalisation of the logits, ``D = G_s − G_t``;
-    ``Σ`` is the covariance of ``D``'s columns estimated over its rows (unbiased), ``Σ' = Σ + λ I`` (Tikhonov);
-    the loss is ``(1/B) Σ_i sqrt(D_iᵀ Σ'⁻¹ D_i)``. It compares the directions of the logit vectors (their
-    angles to each other), not their lengths. Needs a batch of at least 2.
+    ``G = n(z) n(z)ᵀ / g`` (``[B, B]``) with ``n`` the row-wise L2 normalisation of the logits, ``D = G_s − G_t``;
+    ``Σ`` is the covariance of ``D``'s columns estimated over its rows (unbiased), ``Σ' = Σ + λ I`` (Tikhonov),
+    and ``d = (1/B) Σ_i sqrt(D_iᵀ Σ'⁻¹ D_i)``. It compares the angles between the samples' logit vectors,
+    not their lengths. Needs a batch of at least 2.
+
+    * ``mode="paper"`` (Eqs. 3-8): ``g = 1``, the loss is ``d``;
+    * ``mode="code"`` (the authors' code): ``g = C`` (the class count), and ``d`` is multiplied by the share of
+      classes whose summed teacher probability over the batch is at most the median (about one half).
     """
+    _check_skd_mode(mode)
     if not isinstance(tikhonov, (int, float)) or not math.isfinite(tikhonov) or tikhonov <= 0:
         raise ValueError(f"skd_direction_loss: tikhonov must be a positive number (it makes Σ invertible), "
                          f"got {tikhonov!r}; the authors use 0.1")
@@ -379,12 +410,16 @@ def skd_direction_loss(student_logits: Tensor, teacher_logits: Tensor, tikhonov:
     if student_logits.shape[0] < 2:
         raise ValueError("skd_direction_loss needs a batch of at least 2 samples (a covariance over the batch)")
     zs, zt = _upcast(student_logits, teacher_logits)
+    scale = zs.shape[1] if mode == "code" else 1
     ns, nt = F.normalize(zs, dim=1), F.normalize(zt, dim=1)
-    diff = ns @ ns.t() - nt @ nt.t()
+    diff = (ns @ ns.t() - nt @ nt.t()) / scale
     cov = torch.cov(diff.t()) + tikhonov * torch.eye(diff.shape[1], dtype=diff.dtype, device=diff.device)
     # Σ'⁻¹ D_iᵀ through a Cholesky solve: Σ' is symmetric positive definite thanks to λ > 0.
     solved = torch.cholesky_solve(diff.t(), torch.linalg.cholesky(cov)).t()
-    return (diff * solved).sum(dim=1).clamp_min(0).sqrt().mean()
+    distance = (diff * solved).sum(dim=1).clamp_min(0).sqrt().mean()
+    if mode == "paper":
+        return distance
+    return distance * _below_median(F.softmax(zt.detach(), dim=-1).sum(dim=0)).mean()
 
 
 # -------------------------------------------------------------------------------------------- CTKD
