@@ -68,8 +68,8 @@ def test_tiny_table_end_to_end(mt, tmp_path, monkeypatch):
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "table"
     table = mt.main(["--methods", "kd", "skd", "--seeds", "1", "--out", str(out), "--",
-                     "trainer.max_epochs=1", "teacher_fit.max_epochs=1", "trainer.limit_train_batches=8",
-                     "trainer.limit_val_batches=1"])
+                     "trainer.max_epochs=1", "teacher_fit.max_epochs=1", "++trainer.limit_train_batches=8",
+                     "++trainer.limit_val_batches=1"])
     assert {r["method"] for r in table} == {"labels_only", "kd", "skd"}
     saved = json.loads((out / "method_table.json").read_text())
     assert len(saved["jobs"]) == 3 and all(j["steps_timed"] == 3 for j in saved["jobs"])  # 8 steps, 5 warm-up
