@@ -30,7 +30,8 @@ class DISTPlus(AdapterLoss):
                  teacher_layers: Optional[Sequence[str] | str] = None,
                  temperature: float = 4.0, beta: float = 1.0, gamma: float = 1.0, iota: float = 1.0,
                  kappa: float = 1.0, ce_weight: float = 1.0, kd_weight: float = 2.0):
-        super().__init__(pairs, student_layers, teacher_layers, weight=kd_weight)
+        # kd_weight weighs the whole bracket (logit and feature terms); the base's own weight is unused.
+        super().__init__(pairs, student_layers, teacher_layers, weight=1.0)
         self.temperature = check_temperature(temperature)
         w = check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
         self.ce_weight, self.kd_weight = w["ce_weight"], w["kd_weight"]

@@ -6,8 +6,8 @@ from .relation import cc_loss, crd_nce_loss, pairwise_distances, pkt_loss, rkd_l
 from .token import (TOKEN_DIVERGENCES, default_chunk_size, token_cross_entropy, token_cross_entropy_fused,
                     token_divergence, token_divergence_fused, token_divergence_topk)
 
-from .response import (ctkd_kd_loss, ctkd_lambda, dist_plus_feature_terms, dist_plus_loss, gradient_reversal,
-                       skd_direction_loss, skd_instance_loss)
+from .response import (SKD_MODES, ctkd_kd_loss, ctkd_lambda, dist_plus_feature_terms, dist_plus_loss,
+                       gradient_reversal, skd_direction_loss, skd_instance_loss)
 from .feature import srd_loss
 from .svd import feature_singular_vectors, kdsvd_loss
 
