@@ -48,7 +48,11 @@ def protocol(pair: Optional[str], recipe: Optional[str]) -> List[str]:
 
 
 def applies_to_classifiers(loss: Any) -> bool:
-    """True for a loss of the classifier family (losses may declare ``family``; token losses are LM-only)."""
+    """True for a loss of the classifier family: read from the loss's declared ``families`` (or ``family``);
+    where a loss declares neither, token losses are the language-model ones."""
+    families = getattr(loss, "families", None)
+    if families is not None:
+        return "classifier" in {str(getattr(f, "value", f)).lower() for f in families}
     family = getattr(loss, "family", None)
     if family is not None:
         return str(getattr(family, "value", family)).lower() in ("classifier", "classification")

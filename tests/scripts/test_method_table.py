@@ -30,6 +30,14 @@ def test_only_classifier_losses_apply(mt):
 
     assert not mt.applies_to_classifiers(Declared())
 
+    class DeclaresFamilies:
+        families = ("causal_lm",)
+
+    class Both:
+        families = ("classifier", "causal_lm")
+
+    assert not mt.applies_to_classifiers(DeclaresFamilies()) and mt.applies_to_classifiers(Both())
+
 
 def row(method, seed, acc, step_s=0.01, peak=10.0, params=0):
     return {"method": method, "seed": seed, "acc": acc, "teacher_acc": 0.9, "step_s": step_s, "peak_mib": peak,
