@@ -158,6 +158,9 @@ def obtain_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, stages: S
     given = cfg.teacher.get("ckpt_path")
     use_cache = bool(cfg.teacher_fit.get("use_cache", True)) and not cfg.trainer.get("fast_dev_run")
     t0 = time.perf_counter()
+    if cfg.teacher_fit.get("seed") is not None and not given:
+        # One teacher for runs of several seeds (a fair method table): its init and data order use this seed.
+        L.seed_everything(int(cfg.teacher_fit.seed), workers=True)
     net = build_net(cfg.teacher, "teacher")
     if given or cfg.teacher_fit.max_epochs == 0:  # a given checkpoint, or pretrained weights: test them as they are
         check_classes(net, datamodule, "teacher", num_classes)

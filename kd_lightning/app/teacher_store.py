@@ -62,9 +62,9 @@ DATA_NOT_KEY_FIELDS = frozenset({"num_workers", "pin_memory", "persistent_worker
 MODULE_NOT_KEY_FIELDS = frozenset({"save_teacher", "check_finite", "finite_check_interval", "ensemble_mode",
                                    "ensemble_weights"})
 TEACHER_FIT_NOT_KEY_FIELDS = frozenset({"use_cache", "lock_timeout_s"})
-# Callback entries that only display or log.
+# Callback entries that only display, log or measure.
 CALLBACK_NOT_KEY_NAMES = frozenset({"progress_bar", "model_summary", "rich_model_summary", "learning_rate_monitor",
-                                    "lr_monitor", "device_stats"})
+                                    "lr_monitor", "device_stats", "step_cost"})
 
 
 def _plain(node: Any) -> Any:
@@ -81,7 +81,7 @@ def teacher_key_parts(cfg: DictConfig) -> Dict[str, Any]:
     return {
         "teacher": _plain(cfg.teacher),
         "data": _without(cfg.data, DATA_NOT_KEY_FIELDS),
-        "seed": cfg.seed,
+        "seed": cfg.seed if teacher_fit.get("seed") is None else teacher_fit["seed"],
         "teacher_fit": teacher_fit,
         "optim": _plain(cfg.optim),
         "trainer": _without(cfg.trainer, TRAINER_NOT_KEY_FIELDS),

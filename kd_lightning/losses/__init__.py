@@ -25,12 +25,18 @@ from .ofd import OFD
 from .crd import CRD
 from .hidden import AttentionMaps, HiddenStates
 from .token import TokenKD
+from .dist_plus import DISTPlus
+from .srd import SRD
+from .skd import SKD
+from .kdsvd import KDSVD
+from .ctkd import CTKD
 
 __all__ = [
     "Loss", "FeatureLoss", "AdapterLoss", "CompositeLoss", "Compose", "Staged", "DistillInputs", "TokenInputs", "CLASSIFIER", "TOKEN",
     "CE", "KD", "DKD", "DIST", "LogitMSE",
     "FitNet", "AT", "SP", "RKD", "PKT", "CC", "NST", "VID", "OFD", "CRD", "HiddenStates", "AttentionMaps",
     "TokenKD",
+    "DISTPlus", "SRD", "SKD", "KDSVD", "CTKD",
 ]
 
 # ReviewKD, FT, AB, FSP and ICKD.

@@ -6,10 +6,15 @@ from .relation import cc_loss, crd_nce_loss, pairwise_distances, pkt_loss, rkd_l
 from .token import (TOKEN_DIVERGENCES, default_chunk_size, token_cross_entropy, token_cross_entropy_fused,
                     token_divergence, token_divergence_fused, token_divergence_topk)
 
-from . import feature, relation, response, token
+from .response import (SKD_MODES, ctkd_kd_loss, ctkd_lambda, dist_plus_feature_terms, dist_plus_loss,
+                       gradient_reversal, skd_direction_loss, skd_instance_loss)
+from .feature import srd_loss
+from .svd import feature_singular_vectors, kdsvd_loss
+
+from . import feature, relation, response, svd, token
 
 # Each module lists its own public functions; the package exports exactly those.
-__all__ = [*response.__all__, *feature.__all__, *relation.__all__, *token.__all__]
+__all__ = [*response.__all__, *feature.__all__, *relation.__all__, *token.__all__, *svd.__all__]
 
 # ReviewKD, FT, AB (hints through adapters) and FSP, ICKD (channel correlations).
 from .hint import ab_loss, ft_loss, hcl_loss

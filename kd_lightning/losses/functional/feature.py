@@ -26,6 +26,7 @@ __all__ = [
     "ofd_margin_from_bn",
     "ofd_margin_from_samples",
     "sp_loss",
+    "srd_loss",
     "vid_loss",
     "hidden_state_loss",
     "attention_map_loss",
@@ -139,6 +140,24 @@ def sp_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------- FitNet
+def srd_loss(student_feature: Tensor, teacher_feature: Tensor, exponent: float = 4.0) -> Tensor:
+    """SRD's feature distance (Miles & Mikolajczyk, "Understanding the Role of the Projector in Knowledge
+    Distillation", AAAI 2024): ``log Σ |p(f_s) − n(f_t)|^α`` summed over the batch and every element.
+
+    ``student_feature`` is the student's feature after its projector ``p`` (a linear map into the teacher's
+    width followed by batch normalisation) and ``teacher_feature`` the teacher's after a parameter-free batch
+    normalisation ``n``; the module (:class:`~kd_lightning.losses.SRD`) applies both. The logarithm makes
+    the gradient scale-free, and ``α`` (4 in the authors' ImageNet recipe) weighs large differences most.
+    """
+    if not isinstance(exponent, (int, float)) or not math.isfinite(exponent) or exponent <= 0:
+        raise ValueError(f"srd_loss: exponent must be a positive number, got {exponent!r}; the authors use 4")
+    if student_feature.shape != teacher_feature.shape:
+        raise ValueError(f"srd_loss needs the projected student feature in the teacher's shape, got "
+                         f"{tuple(student_feature.shape)} and {tuple(teacher_feature.shape)}")
+    s, t = _fp32(student_feature), _fp32(teacher_feature)
+    return (s - t).abs().pow(exponent).sum().log()
+
+
 def fitnet_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     """FitNets hint loss (Romero et al., ICLR 2015): ``MSE(r(f_s), f_t)``, mean over all elements.
 

@@ -30,6 +30,14 @@ __all__ = [
     "dist_loss",
     "dist_terms",
     "logit_mse",
+    "dist_plus_loss",
+    "dist_plus_feature_terms",
+    "skd_instance_loss",
+    "skd_direction_loss",
+    "SKD_MODES",
+    "ctkd_kd_loss",
+    "gradient_reversal",
+    "ctkd_lambda",
 ]
 
 _DIVERGENCES = ("forward", "reverse", "js")
@@ -299,6 +307,169 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0,
     """
     inter, intra = dist_terms(student_logits, teacher_logits, temperature)
     return beta * inter + gamma * intra
+
+
+def _pearson_channels(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation over dim 1 (the channels) at every other index of ``[B, C, ...]`` maps."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_plus_feature_terms(student_feature: Tensor, teacher_feature: Tensor,
+                            eps: float = 1e-8) -> Tuple[Tensor, Tensor]:
+    """The feature-level relations of DIST+, ``(channel, spatial)`` (Huang et al., "DIST+: Knowledge
+    Distillation From a Stronger Adaptive Teacher", TPAMI 2025), on maps ``[B, C, *spatial]`` of equal shape.
+
+    With ``ρ`` the Pearson correlation (as in :func:`dist_terms`):
+
+    * ``channel = 1 − mean_{i, x} ρ(f_s[i, :, x], f_t[i, :, x])``: at each sample and position, the
+      correlation of the two channel vectors;
+    * ``spatial = 1 − mean_x ρ(a_s[:, x], a_t[:, x])`` with ``a = Σ_c f[:, c]`` flattened to ``[B, HW]``:
+      at each position, the correlation over the batch of the channel-summed activations.
+
+    Both are DIST's relational match lifted from class scores to features: only the relations have to
+    agree, not the magnitudes. Vectors ``[B, C]`` have one position (their spatial term is over the batch).
+    """
+    if student_feature.shape != teacher_feature.shape:
+        raise ValueError(f"dist_plus_feature_terms needs maps of equal shape (project the student first), got "
+                         f"{tuple(student_feature.shape)} and {tuple(teacher_feature.shape)}")
+    fs, ft = _upcast(student_feature, teacher_feature)
+    fs, ft = fs.reshape(fs.shape[0], fs.shape[1], -1), ft.reshape(ft.shape[0], ft.shape[1], -1)
+    channel = 1.0 - _pearson_channels(fs, ft, eps).mean()
+    spatial = 1.0 - _pearson_rows(fs.sum(dim=1).t(), ft.sum(dim=1).t(), eps).mean()
+    return channel, spatial
+
+
+def dist_plus_loss(student_logits: Tensor, teacher_logits: Tensor, student_feature: Tensor, teacher_feature: Tensor,
+                   beta: float = 1.0, gamma: float = 1.0, iota: float = 1.0, kappa: float = 1.0,
+                   temperature: float = 1.0) -> Tensor:
+    """DIST+ (Huang et al., TPAMI 2025): DIST on the logits plus its relational match on features,
+
+    ``beta · inter + gamma · intra + iota · channel + kappa · spatial``
+
+    (:func:`dist_terms` and :func:`dist_plus_feature_terms`). The paper's other addition, teacher
+    acclimation, changes how the teacher is trained and is not a term of this loss.
+    """
+    inter, intra = dist_terms(student_logits, teacher_logits, temperature)
+    channel, spatial = dist_plus_feature_terms(student_feature, teacher_feature)
+    return beta * inter + gamma * intra + iota * channel + kappa * spatial
+
+
+# --------------------------------------------------------------------------------------------- SKD
+SKD_MODES = ("paper", "code")
+
+
+def _check_skd_mode(mode: str) -> None:
+    if mode not in SKD_MODES:
+        raise ValueError(f"SKD mode must be 'paper' (the paper's equations) or 'code' (the authors' code), got {mode!r}")
+
+
+def _below_median(values: Tensor) -> Tensor:
+    """1.0 where a value is at most the median of ``values`` (linear interpolation, as numpy's percentile)."""
+    return (values <= torch.quantile(values, 0.5)).to(values.dtype)
+
+
+def skd_instance_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+                      mode: str = "paper") -> Tensor:
+    """SKD's instance term (Jeong et al., "Streamlined Knowledge Distillation", CVPR 2026).
+
+    * ``mode="paper"`` (Eq. 1): ``(1/B) Σ_i KL(softmax(z_t,i / τ) ‖ softmax(z_s,i / τ))``, no ``τ²``;
+    * ``mode="code"`` (the authors' code): ``(1/B) Σ_i m_i · τ² · KL_i`` with ``m_i = 1`` for the samples whose
+      teacher confidence ``max softmax(z_t,i)`` is at most the batch median (the harder half), else 0.
+    """
+    _check_skd_mode(mode)
+    temperature = check_temperature(temperature)
+    if mode == "paper":
+        return kd_loss(student_logits, teacher_logits, temperature) / temperature ** 2
+    _check_logit_pair(student_logits, teacher_logits, "skd_instance_loss")
+    zs, zt = _upcast(student_logits, teacher_logits)
+    per_sample = _kl_from_log_probs(F.log_softmax(zt / temperature, dim=-1), F.log_softmax(zs / temperature, dim=-1))
+    mask = _below_median(F.softmax(zt.detach(), dim=-1).amax(dim=-1))
+    return (per_sample * temperature ** 2 * mask).mean()
+
+
+def skd_direction_loss(student_logits: Tensor, teacher_logits: Tensor, tikhonov: float = 0.1,
+                       mode: str = "paper") -> Tensor:
+    """SKD's direction term (Jeong et al., CVPR 2026): a Mahalanobis distance between Gram matrices.
+
+    ``G = n(z) n(z)ᵀ / g`` (``[B, B]``) with ``n`` the row-wise L2 normalisation of the logits, ``D = G_s − G_t``;
+    ``Σ`` is the covariance of ``D``'s columns estimated over its rows (unbiased), ``Σ' = Σ + λ I`` (Tikhonov),
+    and ``d = (1/B) Σ_i sqrt(D_iᵀ Σ'⁻¹ D_i)``. It compares the angles between the samples' logit vectors,
+    not their lengths. Needs a batch of at least 2.
+
+    * ``mode="paper"`` (Eqs. 3-8): ``g = 1``, the loss is ``d``;
+    * ``mode="code"`` (the authors' code): ``g = C`` (the class count), and ``d`` is multiplied by the share of
+      classes whose summed teacher probability over the batch is at most the median (about one half).
+    """
+    _check_skd_mode(mode)
+    if not isinstance(tikhonov, (int, float)) or not math.isfinite(tikhonov) or tikhonov <= 0:
+        raise ValueError(f"skd_direction_loss: tikhonov must be a positive number (it makes Σ invertible), "
+                         f"got {tikhonov!r}; the authors use 0.1")
+    _check_logit_pair(student_logits, teacher_logits, "skd_direction_loss")
+    if student_logits.shape[0] < 2:
+        raise ValueError("skd_direction_loss needs a batch of at least 2 samples (a covariance over the batch)")
+    zs, zt = _upcast(student_logits, teacher_logits)
+    scale = zs.shape[1] if mode == "code" else 1
+    ns, nt = F.normalize(zs, dim=1), F.normalize(zt, dim=1)
+    diff = (ns @ ns.t() - nt @ nt.t()) / scale
+    cov = torch.cov(diff.t()) + tikhonov * torch.eye(diff.shape[1], dtype=diff.dtype, device=diff.device)
+    # Σ'⁻¹ D_iᵀ through a Cholesky solve: Σ' is symmetric positive definite thanks to λ > 0.
+    solved = torch.cholesky_solve(diff.t(), torch.linalg.cholesky(cov)).t()
+    distance = (diff * solved).sum(dim=1).clamp_min(0).sqrt().mean()
+    if mode == "paper":
+        return distance
+    return distance * _below_median(F.softmax(zt.detach(), dim=-1).sum(dim=0)).mean()
+
+
+# -------------------------------------------------------------------------------------------- CTKD
+class _GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, strength: float) -> Tensor:
+        ctx.strength = strength
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
+        return -ctx.strength * grad, None
+
+
+def gradient_reversal(x: Tensor, strength: float) -> Tensor:
+    """The identity going forward; the gradient times ``−strength`` going back (Ganin & Lempitsky 2015).
+
+    CTKD puts it between the temperature and the loss, so the temperature ascends the loss the student
+    descends.
+    """
+    return _GradientReversal.apply(x, float(strength))
+
+
+def ctkd_lambda(epoch: float, ramp_epochs: float = 10.0, start: float = 0.0, end: float = 1.0) -> float:
+    """CTKD's curriculum (Li et al., "Curriculum Temperature for Knowledge Distillation", AAAI 2023):
+    ``λ(e) = start + (end − start) · (1 − cos(π · min(e / E, 1))) / 2`` with ``E = ramp_epochs``, a cosine rise
+    from ``start`` to ``end`` over the first ``E`` epochs, then ``end``. ``ramp_epochs=0`` gives ``end`` at once.
+    """
+    if ramp_epochs < 0:
+        raise ValueError(f"ctkd_lambda: ramp_epochs must be >= 0, got {ramp_epochs!r}")
+    progress = 1.0 if ramp_epochs == 0 else min(max(epoch / ramp_epochs, 0.0), 1.0)
+    return start + (end - start) * (1.0 - math.cos(math.pi * progress)) / 2.0
+
+
+def ctkd_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: Tensor) -> Tensor:
+    """KD at a learned temperature (CTKD): ``(1/B) Σ_i T_i² · KL(softmax(z_t,i / T_i) ‖ softmax(z_s,i / T_i))``.
+
+    ``temperature`` is a tensor that carries gradient: a scalar (one global T) or ``[B]`` (one per sample);
+    with a scalar this equals :func:`kd_loss` at that value.
+    """
+    _check_logit_pair(student_logits, teacher_logits, "ctkd_kd_loss")
+    zs, zt, t = _upcast(student_logits, teacher_logits, temperature)
+    if t.ndim == 0:
+        t = t.expand(zs.shape[0])
+    if t.shape != (zs.shape[0],):
+        raise ValueError(f"ctkd_kd_loss: temperature must be a scalar or one value per sample "
+                         f"({zs.shape[0]}), got shape {tuple(temperature.shape)}")
+    t = t.unsqueeze(1)
+    per_sample = _kl_from_log_probs(F.log_softmax(zt / t, dim=-1), F.log_softmax(zs / t, dim=-1))
+    return (per_sample * t.squeeze(1) ** 2).mean()
 
 
 # --------------------------------------------------------------------------------------------- MSE
