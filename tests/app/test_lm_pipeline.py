@@ -79,7 +79,7 @@ def test_lm_run_has_three_stages_report_and_hf_student(tmp_path, cache_dir):
 
     # The same run again: the teacher comes from the cache (its digest checked), the numbers are the same.
     again = run(make_cfg(tmp_path / "again", cache_dir, "baseline.enabled=false"))
-    assert again["teacher"]["source"] == "cache" and again["teacher"]["ppl"] == pytest.approx(summary["teacher"]["ppl"])
+    assert again["teacher"]["source"] == "store" and again["teacher"]["ppl"] == pytest.approx(summary["teacher"]["ppl"])
     # A given teacher: the exported student as a local Hugging Face directory, with its own tokenizer.
     hf = out / "student_hf"
     given = run(make_cfg(tmp_path / "given", cache_dir, "teacher=hf_local", f"teacher.name_or_path={hf}",
@@ -142,12 +142,12 @@ LM_BAD = {
                                                    r"samples.temperature=-1 must be a positive number"),
     "experiment=lm_pydoc samples.top_k=-2": (lambda tmp: ["samples.top_k=-2"],
                                              r"samples.top_k=-2 must be an integer >= 0"),
-    "experiment=lm_pydoc distill.teacher_cache=true distill.divergence=reverse": (
-        lambda tmp: ["distill.teacher_cache=true", "distill.divergence=reverse"],
-        r"serves the forward KL only.*set distill.divergence=forward or distill.teacher_cache=false"),
-    "experiment=lm_pydoc distill.teacher_cache=true distill.teacher_cache_top_k=5000": (
-        lambda tmp: ["distill.teacher_cache=true", "distill.teacher_cache_top_k=5000"],
-        r"teacher_cache_top_k=5000 exceeds the teacher's vocabulary of \d+ tokens"),
+    "experiment=lm_pydoc distill.teacher_outputs=true distill.divergence=reverse": (
+        lambda tmp: ["distill.teacher_outputs=true", "distill.divergence=reverse"],
+        r"serves the forward KL only.*set distill.divergence=forward or distill.teacher_outputs=false"),
+    "experiment=lm_pydoc distill.teacher_outputs=true distill.teacher_outputs_top_k=5000": (
+        lambda tmp: ["distill.teacher_outputs=true", "distill.teacher_outputs_top_k=5000"],
+        r"teacher_outputs_top_k=5000 exceeds the teacher's vocabulary of \d+ tokens"),
 }
 
 
@@ -172,9 +172,9 @@ def test_student_trains_on_the_stored_top_k_signal_without_a_teacher(tmp_path, c
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(CausalLMDistillationModule, "training_step", spy)
-    cached = ["distill.teacher_cache=true", "distill.teacher_cache_top_k=8", "baseline.enabled=false"]
+    cached = ["distill.teacher_outputs=true", "distill.teacher_outputs_top_k=8", "baseline.enabled=false"]
     summary = run(make_cfg(tmp_path, cache_dir, *cached))
-    stored = summary["student"]["teacher_cache"]
+    stored = summary["student"]["teacher_outputs"]
     assert stored["top_k"] == 8 and stored["dense_fp32_bytes_per_token"] == 4 * 300
     assert 6 * 8 + 4 <= stored["bytes_per_token"] < 6 * 8 + 5  # ids int32 + log-probs fp16 + rest fp32
     student_steps = seen[-4:]  # trainer.max_steps=4 (teacher steps come first, with their own module)
