@@ -13,18 +13,25 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 def export_onnx(net: torch.nn.Module, x: torch.Tensor, path: Path, input_name: str = "input",
-                output_name: str = "logits", dynamic: Sequence[int] = (0,)) -> np.ndarray:
-    """Write ``net`` as ONNX (the axes ``dynamic`` of input and output may vary) and run ``x`` through the file."""
+                output_name: str = "logits", dynamic: Sequence[int] = (0,), dynamo: bool = False) -> np.ndarray:
+    """Write ``net`` as one ONNX file (the axes ``dynamic`` of input and output may vary) and run ``x``
+    through it. ``dynamo``: trace with ``torch.export`` (what transformers' causal LMs need; the weights are
+    kept inside the file, so that it is written and renamed as one)."""
     try:
         import onnx  # noqa: F401
         import onnxruntime as ort
     except ImportError:
         raise RuntimeError("ONNX export needs onnx and onnxruntime: pip install 'kd-lightning[export]'") from None
     names = {0: "batch", 1: "sequence"}
-    axes = {name: {a: names.get(a, f"dim{a}") for a in dynamic} for name in (input_name, output_name)}
     with io.atomic_path(path) as tmp:
-        torch.onnx.export(net, (x,), str(tmp), input_names=[input_name], output_names=[output_name],
-                          dynamic_axes=axes, dynamo=False)
+        if dynamo:
+            shapes = {input_name: {a: torch.export.Dim(names.get(a, f"dim{a}")) for a in dynamic}}
+            torch.onnx.export(net, (x,), str(tmp), input_names=[input_name], output_names=[output_name],
+                              dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
+        else:
+            axes = {name: {a: names.get(a, f"dim{a}") for a in dynamic} for name in (input_name, output_name)}
+            torch.onnx.export(net, (x,), str(tmp), input_names=[input_name], output_names=[output_name],
+                              dynamic_axes=axes, dynamo=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {input_name: x.numpy()})[0]
 

@@ -21,7 +21,7 @@ from ..build import build_module_factory
 from ..checks import check_causal_lm_config, check_lm, check_top_k_width, teacher_outputs_root
 from ..errors import ConfigError
 from ..stage import Measure, StageResult, count_params, state_dict_bytes
-from . import ModuleFactory, Task
+from .base import ModuleFactory, Task
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,10 @@ class CausalLM(Task):
             raise ConfigError(f"format={fmt!r} is not supported for a language model; use format=hf (the Hugging "
                               "Face directory) or format=onnx (the directory plus model.onnx)")
         out = Path(output) if output else ckpt_path.with_name(f"{ckpt_path.stem}_hf")
+        datamodule.setup("test")  # builds or opens the tokenizer the directory ships with
         if save_student_hf(net, datamodule.tokenizer, out) is None:
             raise ConfigError(f"the student is a {type(net).__name__}, not a Hugging Face model; kd-export writes "
                               "Hugging Face causal LMs only")
-        datamodule.setup("test")
         ids = next(iter(datamodule.test_dataloader()))["input_ids"][:2]
         net.eval()
         with torch.no_grad():
@@ -207,7 +207,8 @@ class CausalLM(Task):
         if fmt == "onnx":
             onnx_path = out / "model.onnx"
             try:
-                got = export_onnx(LogitsOnly(net), ids, onnx_path, input_name="input_ids", dynamic=(0, 1))
+                got = export_onnx(LogitsOnly(net), ids, onnx_path, input_name="input_ids", dynamic=(0, 1),
+                                  dynamo=True)
                 onnx_err = check_match(got, expected, atol, rtol)
             except Exception as err:  # not every architecture traces to ONNX: the directory stands on its own
                 onnx_path.unlink(missing_ok=True)

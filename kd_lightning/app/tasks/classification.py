@@ -16,7 +16,7 @@ from ...losses import CE, Loss
 from ..checks import check_classes, check_classification_config, teacher_outputs_root
 from ..errors import ConfigError
 from ..stage import Measure, StageResult, measure
-from . import Task
+from .base import Task
 
 log = logging.getLogger(__name__)
 # Data settings that change only loading, never the samples: left out of the stored outputs' key.
