@@ -3,6 +3,7 @@ as they are; otherwise the teacher comes from the teacher store (digest-checked)
 store entry's lock, so that concurrent runs needing the same teacher train it once."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from ..teacher import load_teacher
 from . import teacher_store
 from .errors import root_cause
 from .stage import StageResult
-from .stages import Stages
+from .stages import Stages, primary_process
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,11 @@ def obtain_teacher(plan: TeacherPlan, task: Any, datamodule: L.LightningDataModu
 
     stored, why = from_store()
     if stored is None:
-        with teacher_store.entry_lock(entry, timeout_s=plan.lock_timeout_s):
+        # Under trainer=ddp every rank runs this process, the others started by rank 0's first fit: they
+        # follow rank 0 into the (collective) fit instead of waiting for the lock it holds, and rank 0 writes.
+        primary = primary_process()
+        lock = teacher_store.entry_lock(entry, timeout_s=plan.lock_timeout_s) if primary else contextlib.nullcontext()
+        with lock:
             stored, why_now = from_store()  # another process may have trained it while this one waited
             if stored is None:
                 why = why or why_now
@@ -75,9 +80,10 @@ def obtain_teacher(plan: TeacherPlan, task: Any, datamodule: L.LightningDataModu
                 result = stages.fit("teacher", task.labels_only_module(make_module, net), datamodule, net,
                                     **plan.budget)
                 result.source = f"rebuilt ({why})" if why else "trained"
-                teacher_store.write_entry(
-                    entry, {"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}},
-                    {"acc": result.acc, "ppl": result.ppl, "val_curve": result.val_curve, **plan.record})
+                if primary:
+                    teacher_store.write_entry(
+                        entry, {"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()}},
+                        {"acc": result.acc, "ppl": result.ppl, "val_curve": result.val_curve, **plan.record})
                 result.ckpt_path = str(stored_ckpt)
                 return net, result
     result = stages.test("teacher", task.labels_only_module(make_module, stored), datamodule, stored,
