@@ -385,6 +385,18 @@ def check_causal_lm_config(cfg: DictConfig, loss: Any) -> None:
         check_top_k_width(top_k, vocab)
 
 
+EXPORT_FORMATS = ("onnx", "torchscript", "hf")
+
+
+def check_export_format(fmt: str, allowed: Iterable[str] = ("onnx", "torchscript"), family: str = "") -> None:
+    """``kd-export format=...``: checked before the checkpoint is read (every format), and again for the
+    checkpoint's model family (``allowed``)."""
+    allowed = list(allowed)
+    if fmt not in allowed:
+        options = " or ".join(f"format={a}" for a in allowed)
+        raise ConfigError(f"format={fmt!r} is not supported{' for ' + family if family else ''}; use {options}")
+
+
 def check_top_k_width(top_k: Optional[int], width: Optional[int]) -> None:
     """``distill.teacher_outputs_top_k`` against the teacher's vocabulary (``width`` tokens, None: unknown)."""
     if top_k is None and width is None:

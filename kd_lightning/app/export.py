@@ -21,9 +21,12 @@ def export(cfg: DictConfig) -> Dict[str, Any]:
     exports); the written model's outputs are checked against the checkpoint's."""
     from .build import build_datamodule
     from .checkpoint import load_student
+    from .checks import EXPORT_FORMATS, check_export_format
     from .tasks import task_for
 
     fmt = str(cfg.format).lower()
+    if fmt not in EXPORT_FORMATS:  # before the checkpoint is read; its family narrows the choice below
+        check_export_format(str(cfg.format))
     net, cfg = load_student(cfg)
     net.eval()
     task = task_for(cfg.get("task"))

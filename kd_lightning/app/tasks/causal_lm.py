@@ -18,7 +18,7 @@ from torch import nn
 
 from ...losses import Loss, TokenKD
 from ..build import build_module_factory
-from ..checks import check_causal_lm_config, check_lm, check_top_k_width, teacher_outputs_root
+from ..checks import check_causal_lm_config, check_export_format, check_lm, check_top_k_width, teacher_outputs_root
 from ..errors import ConfigError
 from ..stage import Measure, StageResult, count_params, state_dict_bytes
 from .base import ModuleFactory, Task
@@ -187,9 +187,8 @@ class CausalLM(Task):
 
         from ..exporters import check_match, export_onnx
 
-        if fmt not in ("onnx", "hf"):
-            raise ConfigError(f"format={fmt!r} is not supported for a language model; use format=hf (the Hugging "
-                              "Face directory) or format=onnx (the directory plus model.onnx)")
+        check_export_format(fmt, ("onnx", "hf"), "a language model (hf: the Hugging Face directory, onnx: it "
+                                                "plus model.onnx)")
         out = Path(output) if output else ckpt_path.with_name(f"{ckpt_path.stem}_hf")
         datamodule.setup("test")  # builds or opens the tokenizer the directory ships with
         if save_student_hf(net, datamodule.tokenizer, out) is None:

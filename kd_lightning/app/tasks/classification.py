@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ...losses import CE, Loss
-from ..checks import check_classes, check_classification_config, teacher_outputs_root
+from ..checks import check_classes, check_classification_config, check_export_format, teacher_outputs_root
 from ..errors import ConfigError
 from ..stage import Measure, StageResult, measure
 from .base import Task
@@ -96,8 +96,7 @@ class Classification(Task):
         test samples."""
         from ..exporters import SUFFIX, check_match, export_onnx, export_torchscript
 
-        if fmt not in SUFFIX:
-            raise ConfigError(f"format={fmt!r} is not supported; use format=onnx or format=torchscript")
+        check_export_format(fmt, SUFFIX, "a classifier")
         datamodule.setup("test")
         x = next(iter(datamodule.test_dataloader()))[0][:16].float()
         path = Path(output) if output else ckpt_path.with_suffix(SUFFIX[fmt])
