@@ -59,11 +59,6 @@ def teacher_plan(cfg: DictConfig, task: Task, datamodule: L.LightningDataModule)
         lock_timeout_s=float(cfg.teacher_fit.get("lock_timeout_s") or 24 * 3600))
 
 
-def labels_only(make_module: ModuleFactory, net: nn.Module, task: Task) -> L.LightningModule:
-    """The module of the teacher and baseline stages: the task's labels-only loss, no teacher."""
-    return task.labels_only_module(make_module, net)
-
-
 def new_transform(transform_cfg: Optional[DictConfig]) -> Any:
     """A fresh ``distill.batch_transform`` for one student stage (None when the recipe has none)."""
     return instantiate(transform_cfg) if transform_cfg else None
@@ -140,7 +135,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     if cfg.baseline.get("enabled", True):
         L.seed_everything(cfg.seed, workers=True)
         baseline_net = build_net(cfg.student, "student")
-        baseline_res = stages.fit("baseline", labels_only(make_module, baseline_net, task), datamodule, baseline_net)
+        baseline_res = stages.fit("baseline", task.labels_only_module(make_module, baseline_net), datamodule,
+                                  baseline_net)
     # Teacher-assistant chain (TAKD): teacher -> assistant 1 -> ... -> student.
     links = []
     for i, preset in enumerate(cfg.get("assistants") or []):

@@ -114,7 +114,7 @@ def test_sigterm_while_teacher_outputs_are_stored_leaves_nothing_a_later_run_tru
 
     second = cli(*args, "resume=true", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "teacher outputs cached" in second.stdout + second.stderr
+    assert "teacher outputs stored" in second.stdout + second.stderr
     assert list(outputs.rglob("meta.json")) and (run / "summary.json").is_file()
 
 
