@@ -10,8 +10,8 @@ is the same in both, so it is skipped) and reads every job's summary.json:
 
     kd-train -m experiment=lm_pydoc seed=1,2,3 baseline.enabled=false
     kd-train -m experiment=lm_pydoc seed=1,2,3 baseline.enabled=false \\
-        distill.teacher_cache=true distill.teacher_cache_top_k=8,32,128
-    (--tail-ks: the same with distill.teacher_cache_tail=true distill.teacher_cache_top_k=<tail-ks>)
+        distill.teacher_outputs=true distill.teacher_outputs_top_k=8,32,128
+    (--tail-ks: the same with distill.teacher_outputs_tail=true distill.teacher_outputs_top_k=<tail-ks>)
 
 For each K (and loss: renormalised over the K ids, or with the rest of the mass as a tail bucket): bytes per token on disk, the student's held-out perplexity (mean ± std over the seeds) and its
 difference to the online teacher's student of the same seed (mean ± std, positive = worse). The last line
@@ -29,8 +29,8 @@ from pathlib import Path
 
 SWEEPS = {
     "online": [],
-    "cached": ["distill.teacher_cache=true", "distill.teacher_cache_top_k={ks}"],
-    "tail": ["distill.teacher_cache=true", "distill.teacher_cache_top_k={tail_ks}", "distill.teacher_cache_tail=true"],
+    "cached": ["distill.teacher_outputs=true", "distill.teacher_outputs_top_k={ks}"],
+    "tail": ["distill.teacher_outputs=true", "distill.teacher_outputs_top_k={tail_ks}", "distill.teacher_outputs_tail=true"],
 }
 
 
@@ -48,7 +48,7 @@ def collect(online_dir: Path, *cached_dirs: Path) -> dict:
     stored: dict = {}
     for cached_dir in cached_dirs:
         for s in summaries(cached_dir):
-            cache = s["student"]["teacher_cache"]
+            cache = s["student"]["teacher_outputs"]
             key = (cache["top_k"], bool(cache.get("tail", False)))
             by_k[key][s["seed"]] = s["student"]["ppl"]
             stored[key] = cache

@@ -30,6 +30,7 @@ def load_student(cfg: DictConfig) -> Tuple[nn.Module, DictConfig]:
         with open_dict(cfg):
             cfg.data = stored.data
             cfg.student = stored.student
+            cfg.task = stored.get("task", cfg.get("task"))
             cfg.student.ckpt_path = None
     net = build_net(cfg.student, "student")
     try:

@@ -10,10 +10,48 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError
 
 
-def teacher_cache_root(cfg: DictConfig) -> Optional[Path]:
-    """Where ``distill.teacher_cache`` stores teacher outputs: None when it is off (false, null, ""),
+# Keys renamed so that the store of trained teachers and the stored teacher outputs never share a word.
+RENAMED_KEYS = {
+    "teacher_fit.use_cache": "teacher_fit.use_store",
+    "distill.teacher_cache": "distill.teacher_outputs",
+    "distill.teacher_cache_fp16": "distill.teacher_outputs_fp16",
+    "distill.teacher_cache_top_k": "distill.teacher_outputs_top_k",
+    "distill.teacher_cache_tail": "distill.teacher_outputs_tail",
+    "distill.teacher_cache_allow_random_transform": "distill.teacher_outputs_allow_random_transform",
+}
+
+
+def renamed_key_message(key: str, value: str = "<value>") -> str:
+    new = RENAMED_KEYS[key]
+    what = "the store of trained teachers" if new.startswith("teacher_fit.") else "stored teacher outputs"
+    return f"{key} was renamed {new} ({what}); write {new}={value} instead"
+
+
+def renamed_key_in(args: Iterable[str]) -> Optional[str]:
+    """One line for the first command-line override (``key=value``, ``+key=value``, ``~key``) that uses a
+    renamed key, or None. Hydra itself would only say that the key is not in the config."""
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key.strip() in RENAMED_KEYS:
+            return renamed_key_message(key.strip(), value or "<value>")
+    return None
+
+
+def check_renamed_keys(cfg: DictConfig) -> None:
+    """A config file (an experiment of one's own) that still sets a renamed key."""
+    for key in RENAMED_KEYS:
+        group, _, name = key.partition(".")
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and name in node:
+            raise ConfigError(renamed_key_message(key))
+
+
+def teacher_outputs_root(cfg: DictConfig) -> Optional[Path]:
+    """Where ``distill.teacher_outputs`` stores teacher outputs: None when it is off (false, null, ""),
     ``<paths.cache_dir>/teacher_outputs`` for true, else the directory it names."""
-    setting = cfg.distill.get("teacher_cache", False)
+    setting = cfg.distill.get("teacher_outputs", False)
     if setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("", "false", "null")):
         return None
     return Path(cfg.paths.cache_dir) / "teacher_outputs" if setting is True else Path(str(setting))
@@ -51,6 +89,7 @@ def summary_keys(cfg: DictConfig) -> Set[str]:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Everything about kd-train's own keys that can be wrong before any data is read."""
+    check_renamed_keys(cfg)
     seed = cfg.get("seed")
     if _int(seed) is None or not 0 <= seed < 2 ** 32:
         raise ConfigError(f"seed={seed!r} must be an integer from 0 to 2**32-1 (it seeds torch, numpy and "
@@ -101,10 +140,10 @@ def check_train_config(cfg: DictConfig) -> None:
         value = cfg.data.get(key)
         if value is not None and (_int(value) is None or value < 1):
             raise ConfigError(f"data.{key}={value!r} must be a positive integer; set e.g. data.{key}=64")
-    top_k = cfg.distill.get("teacher_cache_top_k")
+    top_k = cfg.distill.get("teacher_outputs_top_k")
     if top_k is not None and (_int(top_k) is None or top_k < 1):
-        raise ConfigError(f"distill.teacher_cache_top_k={top_k!r} must be a positive number of classes to keep, "
-                          "or null to store every logit; set distill.teacher_cache_top_k=null or e.g. =5")
+        raise ConfigError(f"distill.teacher_outputs_top_k={top_k!r} must be a positive number of classes to keep, "
+                          "or null to store every logit; set distill.teacher_outputs_top_k=null or e.g. =5")
     _check_assistants(cfg.get("assistants") or [])
     _check_self_generated(cfg)
     metric = cfg.get("optimized_metric")
@@ -118,8 +157,14 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"resume={resume!r} must be true or false")
     for key in ("output_dir", "cache_dir"):
         check_writable_dir(cfg, f"paths.{key}")
-    if cfg.get("task") == "causal_lm":
-        check_samples(cfg.get("samples") or {})
+
+
+def check_given_teacher(cfg: DictConfig) -> None:
+    """``teacher.ckpt_path`` must name a file (checked when the run starts, not when the config is read)."""
+    given = cfg.teacher.get("ckpt_path")
+    if given and not Path(given).is_file():
+        raise ConfigError(f"teacher.ckpt_path={given!r} does not exist; point it at a teacher .ckpt, "
+                          "or drop it (teacher.ckpt_path=null) to train a teacher")
 
 
 def check_extras(cfg: DictConfig) -> None:
@@ -164,7 +209,6 @@ def check_writable_dir(cfg: DictConfig, key: str) -> None:
     """``key`` names a directory this run creates or writes into: its nearest existing ancestor must be a
     writable directory (not a file), or the run would fail after its first stage trained."""
     import os
-    from pathlib import Path
 
     try:
         value = OmegaConf.select(cfg, key)
@@ -303,6 +347,122 @@ def _check_self_generated(cfg: DictConfig) -> None:
     if top_k is not None and (_int(top_k) is None or top_k < 1):
         raise ConfigError(f"distill.sampling.top_k={top_k!r} must be a positive integer, or null to sample from "
                           "the whole vocabulary")
-    if teacher_cache_root(cfg) is not None:
-        raise ConfigError("distill.teacher_cache stores the teacher's outputs on the training data, but on-policy "
-                          "and sequence-level KD train on generated text; set distill.teacher_cache=false")
+    if teacher_outputs_root(cfg) is not None:
+        raise ConfigError("distill.teacher_outputs stores the teacher's outputs on the training data, but on-policy "
+                          "and sequence-level KD train on generated text; set distill.teacher_outputs=false")
+
+
+# ----------------------------------------------------------------------------- by model family
+def check_task_name(name: Any, known: Iterable[str]) -> None:
+    known = list(known)
+    if name not in known:
+        raise ConfigError(f"task={name!r} is not known; use one of {', '.join(known)} "
+                          "(experiment=lm_pydoc sets causal_lm)")
+
+
+def check_classification_config(cfg: DictConfig, loss: Any) -> None:
+    """What a classifier run refuses: a token loss, and stored teacher outputs that cannot serve its loss."""
+    from ..losses import LogitMSE, TokenKD
+
+    if isinstance(loss, TokenKD):
+        raise ConfigError("distill=token_kd distills language models; run it with experiment=lm_pydoc (task=causal_lm) "
+                          "and an LM data set (data=lm_pydoc | lm_text | lm_jsonl)")
+    if teacher_outputs_root(cfg) is None:
+        return
+    name = cfg.distill.get("name", type(loss).__name__)
+    if loss.teacher_taps:
+        raise ConfigError(f"distill.teacher_outputs stores teacher logits only, but {name} reads teacher features "
+                          f"({', '.join(loss.teacher_taps)}); set distill.teacher_outputs=false")
+    if cfg.distill.get("batch_transform") is not None:
+        raise ConfigError("distill.batch_transform changes the inputs at every step, so the teacher must label them "
+                          "online (consistent teaching); set distill.teacher_outputs=false, or pick a recipe without "
+                          "it (e.g. experiment=mnist1d_kd)")
+    parts = list(getattr(loss, "losses", [loss]))
+    if cfg.distill.get("teacher_outputs_top_k") and any(isinstance(o, LogitMSE) for o in parts):
+        raise ConfigError("LogitMSE matches raw teacher logits, which top-k storage does not keep; "
+                          "set distill.teacher_outputs_top_k=null")
+
+
+def check_causal_lm_config(cfg: DictConfig, loss: Any) -> None:
+    """What a language-model run refuses: a classifier loss, bad sampling settings, and stored teacher
+    outputs (top-k next-token rows) that cannot serve its loss."""
+    from ..losses import TokenKD
+
+    if not isinstance(loss, TokenKD):
+        raise ConfigError(f"distill={cfg.distill.get('name')} is a classifier method; language models distill with "
+                          "distill=token_kd (distill.divergence=forward|reverse|jsd|skew_forward|skew_reverse|tvd)")
+    check_samples(cfg.get("samples") or {})
+    if teacher_outputs_root(cfg) is None:
+        return
+    if loss.divergence != "forward":
+        raise ConfigError(f"distill.teacher_outputs stores the teacher's top-k next-token distribution, which serves "
+                          f"the forward KL only, not distill.divergence={loss.divergence}; set "
+                          "distill.divergence=forward or distill.teacher_outputs=false")
+    if loss.kd_weight <= 0:
+        raise ConfigError("distill.teacher_outputs=true with distill.kd_weight=0 stores a teacher signal nothing "
+                          "reads; set distill.teacher_outputs=false")
+    if cfg.module.get("fused_head"):
+        raise ConfigError("distill.teacher_outputs=true needs the student's logits; set module.fused_head=false")
+    top_k, vocab = cfg.distill.get("teacher_outputs_top_k"), cfg.teacher.get("net", {}).get("vocab_size")
+    if isinstance(top_k, int) and isinstance(vocab, int):
+        check_top_k_width(top_k, vocab)
+
+
+EXPORT_FORMATS = ("onnx", "torchscript", "hf")
+
+
+def check_export_format(fmt: str, allowed: Iterable[str] = ("onnx", "torchscript"), family: str = "") -> None:
+    """``kd-export format=...``: checked before the checkpoint is read (every format), and again for the
+    checkpoint's model family (``allowed``)."""
+    allowed = list(allowed)
+    if fmt not in allowed:
+        options = " or ".join(f"format={a}" for a in allowed)
+        raise ConfigError(f"format={fmt!r} is not supported{' for ' + family if family else ''}; use {options}")
+
+
+def check_top_k_width(top_k: Optional[int], width: Optional[int]) -> None:
+    """``distill.teacher_outputs_top_k`` against the teacher's vocabulary (``width`` tokens, None: unknown)."""
+    if top_k is None and width is None:
+        raise ConfigError("distill.teacher_outputs_top_k=null keeps the whole vocabulary, but the teacher does not "
+                          "say its size; set distill.teacher_outputs_top_k=K")
+    if top_k is not None and width is not None and int(top_k) > width:
+        raise ConfigError(f"distill.teacher_outputs_top_k={top_k} exceeds the teacher's vocabulary of {width} tokens; "
+                          f"set distill.teacher_outputs_top_k<={width} (or null for all of them)")
+
+
+# ------------------------------------------------------------------- built networks against the data
+def check_classes(net: Any, datamodule: Any, role: str, num_classes: int) -> None:
+    """One forward pass on a training batch: the output width must equal the data's class count."""
+    import torch
+
+    from ..batch import unpack
+
+    x = unpack(next(iter(datamodule.train_dataloader()))).x[:2]
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    net.train(was)
+    if out.ndim != 2 or out.shape[-1] != num_classes:
+        raise ConfigError(
+            f"the {role} outputs shape {tuple(out.shape)} but the data has {num_classes} classes; "
+            f"build it with num_classes={num_classes} (its config uses ${{data.num_classes}}), or pick a "
+            f"{role} checkpoint trained on this data")
+
+
+def check_lm(net: Any, datamodule: Any, role: str) -> None:
+    """The data's sequences must fit the model's context, and its tokenizer the model's vocabulary."""
+    seq_len = int(getattr(datamodule, "seq_len", 0) or 0)
+    config = getattr(net, "config", None)
+    limit = next((getattr(config, a) for a in ("max_position_embeddings", "n_positions", "n_ctx")
+                  if getattr(config, a, None) is not None), None)
+    if limit is not None and seq_len > int(limit):
+        raise ConfigError(f"data.seq_len={seq_len} is longer than the {role}'s context of {limit} positions; set "
+                          f"data.seq_len<={limit}, or {role}.net.max_position_embeddings>={seq_len} for a preset")
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    embeddings = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
+    if tokenizer is not None and embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the {role}'s vocabulary has {embeddings.num_embeddings}; "
+            f"build the {role} with vocab_size>={len(tokenizer)} ({role}.net.vocab_size follows data.vocab_size), "
+            f"or give the data the {role}'s own tokenizer (data.tokenizer=DIR)")

@@ -1,4 +1,5 @@
-"""``kd-eval``: re-test a saved student on the test split and print its accuracy."""
+"""``kd-eval``: re-test a saved student on the test split and print its measurements (a classifier: accuracy;
+a language model: perplexity and bits per byte)."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .. import io
-from ..classifier import ClassifierModule
 from .confdir import CONFIG_DIR, set_run_id
 from .quiet import quiet_known_noise
 
@@ -19,18 +19,20 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
-    from .checkpoint import load_student
     from .build import build_datamodule
+    from .checkpoint import load_student
+    from .tasks import task_for
 
     net, cfg = load_student(cfg)
+    task = task_for(cfg.get("task"))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.data)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
                           default_root_dir=cfg.paths.output_dir)
-    metrics = trainer.test(ClassifierModule(net), datamodule=datamodule, verbose=False)[0]
-    result = {"ckpt_path": str(cfg.ckpt_path), **{k: float(v) for k, v in metrics.items()}}
+    metrics, line = task.evaluate(net, datamodule, trainer)
+    result = {"ckpt_path": str(cfg.ckpt_path), "task": task.name, **metrics}
     io.write_json(Path(cfg.paths.output_dir) / "eval.json", result)
-    print(f"test/acc: {result['test/acc']:.4f}  ({cfg.ckpt_path})")
+    print(f"{line}  ({cfg.ckpt_path})")
     return result
 
 
@@ -39,7 +41,8 @@ def _main(cfg: DictConfig) -> float:
     from .errors import ConfigError
 
     try:
-        return evaluate(cfg)["test/acc"]
+        result = evaluate(cfg)
+        return result.get("test/acc", result.get("test/ppl"))
     except ConfigError as err:
         raise SystemExit(f"kd-eval: error: {err}") from None
 
@@ -49,7 +52,9 @@ def main() -> None:
 
     from .confdir import unknown_group_choice
 
-    bad_choice = unknown_group_choice(sys.argv[1:])
+    from .checks import renamed_key_in
+
+    bad_choice = unknown_group_choice(sys.argv[1:]) or renamed_key_in(sys.argv[1:])
     if bad_choice:
         raise SystemExit(f"kd-eval: error: {bad_choice}")
     quiet_known_noise()

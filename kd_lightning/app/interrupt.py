@@ -2,7 +2,7 @@
 
 Inside a ``Trainer`` run Lightning installs its own SIGTERM handler, stops the fit at the end of the step
 and :class:`~kd_lightning.app.resume.InterruptCheckpoint` saves the stage. Outside one (building a data
-set or a teacher-output cache, between stages, while the report is written) the default action would
+set or stored teacher outputs, between stages, while the report is written) the default action would
 kill the process without a word, and a plain ``except Exception`` could even swallow a Python-level
 signal. :class:`SigtermGuard` covers those moments: its handler raises :class:`Interrupted` (a
 ``BaseException``, like ``KeyboardInterrupt``), which unwinds through the atomic writers (their

@@ -135,11 +135,10 @@ def plot_summary(summary: Dict[str, Any], path: Path, lm: bool = False) -> None:
 
 
 def write_report(out: Path, teacher: StageResult, baseline: Optional[StageResult], student: StageResult,
-                 extra: Optional[Dict[str, Any]] = None, task: str = "classification",
-                 write: bool = True) -> Dict[str, Any]:
-    """summary.json, summary.md and summary.png in ``out``, and the table on the console (by ``task``);
-    ``write=False`` (a DDP rank other than 0) only returns the summary."""
-    lm = task == "causal_lm"
+                 extra: Optional[Dict[str, Any]] = None, lm: bool = False, write: bool = True) -> Dict[str, Any]:
+    """summary.json, summary.md and summary.png in ``out``, and the table on the console (``lm``: the
+    language-model tables, perplexity and bits per byte); ``write=False`` (a DDP rank other than 0) only
+    returns the summary."""
     summary = (build_lm_summary if lm else build_summary)(teacher, baseline, student)
     summary.update(extra or {})
     if not write:
@@ -198,7 +197,7 @@ def lm_markdown(summary: Dict[str, Any], samples: bool = True) -> str:
                  + (f"; distillation changes the student's perplexity by {-summary['ppl_gain']:+.2f} against the "
                     f"labels-only baseline and closes {100 * gap:.1f}% of the baseline-teacher gap (in cross-entropy)."
                     if gap is not None else "."))
-    stored = (summary.get("student") or {}).get("teacher_cache")
+    stored = (summary.get("student") or {}).get("teacher_outputs")
     if stored:
         lines.append(f"The student trained on the teacher's stored top-{stored['top_k']} next-token distributions "
                      f"({stored['bytes_per_token']:.0f} bytes per token on disk, against "

@@ -34,14 +34,14 @@ class StageResult:
     bpb: Optional[float] = None
     tokens_per_s: Optional[float] = None
     samples: Optional[List[str]] = None
-    # The teacher's perplexity of the model's own samples from the held-out prompts (kd_lightning.app.lm).
+    # The teacher's perplexity of the model's own samples from the held-out prompts (app.tasks.causal_lm).
     teacher_ppl_of_samples: Optional[float] = None
     # Serving cost (classifiers): deterministic figures, and latency's spread and serving-batch time.
     macs_per_sample: Optional[int] = None
     latency_iqr_ms: Optional[float] = None
     latency_serving_ms_per_sample: Optional[float] = None
-    # Language models trained on a stored teacher signal: its k, size on disk and bytes per token.
-    teacher_cache: Optional[Dict[str, Any]] = None
+    # Language models trained on stored teacher outputs: their k, size on disk and bytes per token.
+    teacher_outputs: Optional[Dict[str, Any]] = None
     val_curve: List[float] = field(default_factory=list)
     ckpt_path: Optional[str] = None
     source: Optional[str] = None

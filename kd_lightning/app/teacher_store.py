@@ -1,15 +1,17 @@
-"""kd-train's cache of trained teachers: ``<cache>/teachers/<key>/{teacher.ckpt, meta.json, .lock}``.
+"""The teacher store: trained teachers kept across runs, ``<paths.cache_dir>/teachers/<key>/{teacher.ckpt,
+meta.json, .lock}`` (``teacher_fit.use_store``), for classifiers and language models alike.
 
 * The key covers everything that changes the trained teacher: the teacher and data configs (less the
   loader settings that only change speed), the seed, ``teacher_fit``, the optimizer, every trainer field
   that bounds or shapes training, the module settings, the callbacks that steer training (checkpoint
   selection, early stopping) and ``test_ckpt``. Fields known not to change the teacher are listed here
   by name; any other field, including one Lightning adds later, is part of the key
-  (``tests/app/test_faults.py`` fails when a Trainer parameter is on neither list).
+  (``tests/app/test_faults.py`` fails when a Trainer parameter is on neither list). A model family adds
+  what else shapes its teacher (a language model: its tokenizer's digest).
 * ``meta.json`` records the SHA-256 of ``teacher.ckpt``; a reused checkpoint must match it, otherwise the
-  teacher is trained again and the report says why (``teacher.source: "rebuilt (cache digest mismatch)"``).
-* A lock file serialises the processes that need the same uncached teacher: the first trains it, the
-  others wait and then read it from the cache.
+  teacher is trained again and the report says why (``teacher.source: "rebuilt (store digest mismatch)"``).
+* A lock file serialises the processes that need the same teacher not yet stored: the first trains it, the
+  others wait and then read it from the store.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ TRAINER_KEY_FIELDS = frozenset({
 # Trainer fields that do not change the trained teacher, and why.
 TRAINER_NOT_KEY_FIELDS = {
     "max_epochs": "the teacher's epochs are teacher_fit.max_epochs, which is in the key",
-    "fast_dev_run": "a fast_dev_run never uses the teacher cache",
+    "fast_dev_run": "a fast_dev_run never uses the teacher store",
     "limit_test_batches": "testing only",
     "limit_predict_batches": "prediction only",
     "inference_mode": "evaluation only",
@@ -61,7 +63,7 @@ DATA_NOT_KEY_FIELDS = frozenset({"num_workers", "pin_memory", "persistent_worker
 # Module fields that do not change a labels-only teacher stage.
 MODULE_NOT_KEY_FIELDS = frozenset({"save_teacher", "check_finite", "finite_check_interval", "ensemble_mode",
                                    "ensemble_weights"})
-TEACHER_FIT_NOT_KEY_FIELDS = frozenset({"use_cache", "lock_timeout_s"})
+TEACHER_FIT_NOT_KEY_FIELDS = frozenset({"use_store", "lock_timeout_s"})
 # Callback entries that only display, log or measure.
 CALLBACK_NOT_KEY_NAMES = frozenset({"progress_bar", "model_summary", "rich_model_summary", "learning_rate_monitor",
                                     "lr_monitor", "device_stats", "step_cost"})
@@ -76,7 +78,7 @@ def _without(node: Any, drop) -> Dict[str, Any]:
 
 
 def teacher_key_parts(cfg: DictConfig) -> Dict[str, Any]:
-    """Everything the trained teacher depends on, as plain data (hashed into the cache key)."""
+    """Everything the trained teacher depends on, as plain data (hashed into the store key)."""
     teacher_fit = _without(cfg.get("teacher_fit") or {}, TEACHER_FIT_NOT_KEY_FIELDS)
     return {
         "teacher": _plain(cfg.teacher),
@@ -91,33 +93,40 @@ def teacher_key_parts(cfg: DictConfig) -> Dict[str, Any]:
     }
 
 
-def teacher_key(cfg: DictConfig) -> str:
-    blob = json.dumps(teacher_key_parts(cfg), sort_keys=True, default=str)
+def teacher_key(cfg: DictConfig, extra: Optional[Dict[str, Any]] = None) -> str:
+    """The entry's name: a digest of :func:`teacher_key_parts` plus a model family's ``extra`` parts."""
+    parts = {**teacher_key_parts(cfg), **(extra or {})}
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def entry_dir(cfg: DictConfig, extra: Optional[Dict[str, Any]] = None) -> Path:
+    """``<paths.cache_dir>/teachers/<key>``: where the teacher ``cfg`` describes is kept."""
+    return Path(cfg.paths.cache_dir) / "teachers" / teacher_key(cfg, extra)
 
 
 # ------------------------------------------------------------------------------------ reading back
 def check_entry(entry: Path) -> Tuple[bool, str]:
     """Whether ``entry`` holds a complete, unchanged teacher: ``(True, "")`` or ``(False, reason)``.
 
-    The reason is empty when there is simply nothing cached yet.
+    The reason is empty when there is simply nothing stored yet.
     """
     ckpt, meta_path = entry / "teacher.ckpt", entry / "meta.json"
     if not ckpt.exists() and not meta_path.exists():
         return False, ""
     if not meta_path.is_file():
-        return False, "cache has no meta.json"  # the writer died between the checkpoint and its record
+        return False, "store has no meta.json"  # the writer died between the checkpoint and its record
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
-        return False, "cache meta.json unreadable"
+        return False, "store meta.json unreadable"
     expected = meta.get("sha256") if isinstance(meta, dict) else None
     if not expected:
-        return False, "cache has no digest"
+        return False, "store has no digest"
     if not ckpt.is_file():
-        return False, "cache checkpoint missing"
+        return False, "store checkpoint missing"
     if io.file_sha256(ckpt) != expected:
-        return False, "cache digest mismatch"
+        return False, "store digest mismatch"
     return True, ""
 
 

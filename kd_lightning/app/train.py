@@ -94,10 +94,11 @@ def _main(cfg: DictConfig) -> Optional[float]:
 def main() -> None:
     import sys
 
+    from .checks import renamed_key_in
     from .confdir import unknown_group_choice
     from .interrupt import Interrupted, SigtermGuard
 
-    bad_choice = unknown_group_choice(sys.argv[1:])
+    bad_choice = unknown_group_choice(sys.argv[1:]) or renamed_key_in(sys.argv[1:])
     if bad_choice:
         raise SystemExit(f"kd-train: error: {bad_choice}")
     quiet_known_noise()

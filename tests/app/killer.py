@@ -23,7 +23,7 @@ class SigtermAtStep(L.Callback):
 # ``python killer.py <kd-train overrides>`` runs kd-train's real entry point after arranging one SIGTERM at
 # the point named by the environment variable KD_TEST_SIGTERM_AT:
 #   report         while summary.json is being written (its bytes in the temporary file, not yet renamed)
-#   teacher_cache  while the teacher-output cache is being built (after its first batch)
+#   teacher_outputs  while stored teacher outputs are being built (after its first batch)
 def _sigterm_self() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -40,7 +40,7 @@ def _arrange(point: str) -> None:
             return plain_fsync(path)
 
         io.fsync = fsync
-    elif point == "teacher_cache":
+    elif point == "teacher_outputs":
         from kd_lightning.cache import store
 
         plain_unpack, calls = store.unpack, []

@@ -83,9 +83,9 @@ BAD = {
     "distill.ce_weight=abc": r"^distill.ce_weight='abc': .*ce_weight must be a finite number >= 0, got 'abc'",
     "distill=dkd distill.beta=-1": r"^distill.beta=-1: bad distill config \(dkd\): .*beta must be a finite number >= 0, got -1",
     "distill=token_kd": r"distill=token_kd distills language models; run it with experiment=lm_pydoc",
-    "+distill.teacher_cache_top_k=-3": r"distill.teacher_cache_top_k=-3 must be a positive number.*=null",
-    "distill.teacher_cache=true": r"distill.batch_transform changes the inputs at every step.*teacher_cache=false",
-    "distill=fitnet distill.teacher_cache=true": r"teacher_cache stores teacher logits only, but fitnet reads "
+    "+distill.teacher_outputs_top_k=-3": r"distill.teacher_outputs_top_k=-3 must be a positive number.*=null",
+    "distill.teacher_outputs=true": r"distill.batch_transform changes the inputs at every step.*teacher_outputs=false",
+    "distill=fitnet distill.teacher_outputs=true": r"teacher_outputs stores teacher logits only, but fitnet reads "
                                                  r"teacher features",
 }
 
@@ -180,7 +180,7 @@ def test_an_unreadable_image_is_named_before_training(tmp_path, case):
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
     # The same folder with the option: the data module leaves the file out and the first batch goes through.
     from kd_lightning.app.build import build_datamodule, build_net
-    from kd_lightning.app.pipeline import check_classes
+    from kd_lightning.app.checks import check_classes
 
     cfg = make_cfg(tmp_path, *overrides, "data.skip_unreadable=true")
     datamodule = build_datamodule(cfg.data)

@@ -49,7 +49,7 @@ def test_a_network_trained_in_another_precision_is_costed_with_inputs_of_its_dty
 
 
 def test_keep_dtype_gives_the_network_back_its_dtype():
-    from kd_lightning.app.pipeline import keep_dtype
+    from kd_lightning.app.stages import keep_dtype
 
     net = nn.Linear(3, 2)
     with keep_dtype(net):

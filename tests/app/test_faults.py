@@ -20,7 +20,9 @@ from omegaconf import open_dict
 from kd_lightning.app import teacher_store
 from kd_lightning.app.build import build_datamodule, build_module_factory
 from kd_lightning.app.confdir import CONFIG_DIR
-from kd_lightning.app.pipeline import Stages, obtain_teacher, teacher_cache_dir
+from kd_lightning.app.pipeline import stages_for, teacher_plan
+from kd_lightning.app.tasks import task_for
+from kd_lightning.app.teacher_stage import obtain_teacher
 
 FAST = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
@@ -37,7 +39,9 @@ def teacher_stage(cfg):
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg.data)
     dm.setup("fit")
-    net, result = obtain_teacher(cfg, dm, Stages(cfg), build_module_factory(cfg.module))
+    task = task_for(cfg.task, cfg)
+    net, result = obtain_teacher(teacher_plan(cfg, task, dm), task, dm, stages_for(cfg, task, dm),
+                                 build_module_factory(cfg.module))
     return net, result
 
 
@@ -77,12 +81,12 @@ def meta_without_digest(path: Path) -> None:  # a cache written before digests w
 
 
 CASES = {
-    "sign_bits": (flip_sign_bits, "rebuilt (cache digest mismatch)"),
-    "truncated": (truncate, "rebuilt (cache digest mismatch)"),
-    "empty": (empty, "rebuilt (cache digest mismatch)"),
-    "no_meta": (drop_meta, "rebuilt (cache has no meta.json)"),
-    "garbage_meta": (garbage_meta, "rebuilt (cache meta.json unreadable)"),
-    "no_digest": (meta_without_digest, "rebuilt (cache has no digest)"),
+    "sign_bits": (flip_sign_bits, "rebuilt (store digest mismatch)"),
+    "truncated": (truncate, "rebuilt (store digest mismatch)"),
+    "empty": (empty, "rebuilt (store digest mismatch)"),
+    "no_meta": (drop_meta, "rebuilt (store has no meta.json)"),
+    "garbage_meta": (garbage_meta, "rebuilt (store meta.json unreadable)"),
+    "no_digest": (meta_without_digest, "rebuilt (store has no digest)"),
 }
 
 
@@ -93,7 +97,7 @@ def trained(tmp_path_factory):
     cfg = make_cfg(tmp, *FAST)
     net, result = teacher_stage(cfg)
     assert result.source == "trained"
-    entry = teacher_cache_dir(cfg)
+    entry = teacher_store.entry_dir(cfg)
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["sha256"] == teacher_store.io.file_sha256(entry / "teacher.ckpt")
     return tmp, state(net), result.acc
@@ -110,7 +114,7 @@ def fresh_copy(trained, tmp_path):
 def test_an_intact_cached_teacher_is_reused(trained, tmp_path):
     weights, acc = fresh_copy(trained, tmp_path)
     net, result = teacher_stage(make_cfg(tmp_path, *FAST))
-    assert result.source == "cache" and result.acc == pytest.approx(acc)
+    assert result.source == "store" and result.acc == pytest.approx(acc)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())
 
 
@@ -118,7 +122,7 @@ def test_an_intact_cached_teacher_is_reused(trained, tmp_path):
 def test_a_damaged_cached_teacher_is_trained_again_and_reported(trained, tmp_path, caplog, fault):
     weights, acc = fresh_copy(trained, tmp_path)
     cfg = make_cfg(tmp_path, *FAST)
-    ckpt = teacher_cache_dir(cfg) / "teacher.ckpt"
+    ckpt = teacher_store.entry_dir(cfg) / "teacher.ckpt"
     damage, source = CASES[fault]
     damage(ckpt)
     with caplog.at_level("WARNING"):
@@ -130,7 +134,7 @@ def test_a_damaged_cached_teacher_is_trained_again_and_reported(trained, tmp_pat
     assert result.acc == pytest.approx(acc)
     assert teacher_store.check_entry(ckpt.parent) == (True, "")
     _, again = teacher_stage(cfg)
-    assert again.source == "cache"
+    assert again.source == "store"
 
 
 def test_the_rebuilt_source_reaches_summary_json(trained, tmp_path):
@@ -138,19 +142,19 @@ def test_the_rebuilt_source_reaches_summary_json(trained, tmp_path):
 
     fresh_copy(trained, tmp_path)
     cfg = make_cfg(tmp_path, *FAST, "baseline.enabled=false")
-    flip_sign_bits(teacher_cache_dir(cfg) / "teacher.ckpt")
+    flip_sign_bits(teacher_store.entry_dir(cfg) / "teacher.ckpt")
     run(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["teacher"]["source"] == "rebuilt (cache digest mismatch)"
+    assert summary["teacher"]["source"] == "rebuilt (store digest mismatch)"
 
 
 def test_a_checkpoint_matching_its_digest_but_not_loading_is_rebuilt(trained, tmp_path):
     fresh_copy(trained, tmp_path)
     cfg = make_cfg(tmp_path, *FAST)
-    entry = teacher_cache_dir(cfg)
+    entry = teacher_store.entry_dir(cfg)
     teacher_store.write_entry(entry, {"state_dict": {"student.nope": torch.zeros(1)}}, {"acc": 1.0})
     _, result = teacher_stage(cfg)
-    assert result.source == "rebuilt (cache unreadable)"
+    assert result.source == "rebuilt (store entry unreadable)"
 
 
 # ------------------------------------------------------------------------------------ the cache key
@@ -198,7 +202,7 @@ def test_each_key_field_changes_the_key_and_each_other_field_does_not(tmp_path):
         assert _key(tmp_path, override) != base, override
     for override in ("data.num_workers=2", "distill=dkd", "student=cnn1d_8", "logger=none", "torch_threads=2",
                      "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5", "module.save_teacher=true",
-                     "teacher_fit.use_cache=true", "baseline.enabled=false"):
+                     "teacher_fit.use_store=true", "baseline.enabled=false"):
         assert _key(tmp_path, override) == base, override
     # trainer.max_epochs changes the teacher only through teacher_fit.max_epochs.
     assert (_key(tmp_path, "teacher_fit.max_epochs=5", "trainer.max_epochs=7")
@@ -252,7 +256,7 @@ def test_two_processes_needing_the_same_teacher_train_it_once(tmp_path):
         assert p.returncode == 0, err[-3000:]
     sources = sorted(json.loads((tmp_path / f"run{i}" / "summary.json").read_text())["teacher"]["source"]
                      for i in range(2))
-    assert sources == ["cache", "trained"]
+    assert sources == ["store", "trained"]
     assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
 
 
@@ -264,7 +268,7 @@ def test_kd_train_rebuilds_negated_cached_teacher_outputs(trained, tmp_path, cap
     from kd_lightning.app.pipeline import run
 
     fresh_copy(trained, tmp_path)
-    cfg = make_cfg(tmp_path, *FAST, "baseline.enabled=false", "distill.teacher_cache=true")
+    cfg = make_cfg(tmp_path, *FAST, "baseline.enabled=false", "distill.teacher_outputs=true")
     run(cfg)
     (train_dir,) = (tmp_path / "cache" / "teacher_outputs").glob("train-*")
     good = np.load(train_dir / "logits.npy").copy()
@@ -273,7 +277,7 @@ def test_kd_train_rebuilds_negated_cached_teacher_outputs(trained, tmp_path, cap
     arr.flush()
     del arr
     with caplog.at_level("WARNING"):
-        run(make_cfg(tmp_path, *FAST, "baseline.enabled=false", "distill.teacher_cache=true", out="run2"))
+        run(make_cfg(tmp_path, *FAST, "baseline.enabled=false", "distill.teacher_outputs=true", out="run2"))
     assert any("rebuilding damaged stored teacher outputs" in r.getMessage() and "logits.npy" in r.getMessage()
                for r in caplog.records)
     assert np.array_equal(np.load(train_dir / "logits.npy"), good)

@@ -46,7 +46,7 @@ def test_sigterm_saves_the_stage_and_resume_continues_it(tmp_path):
     assert "stage baseline: finished earlier, read back" in log and "stage student: resuming" in log
     assert "stage baseline: training" not in log
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["teacher"]["source"] == "cache"
+    assert summary["teacher"]["source"] == "store"
     assert json.loads(records["baseline"])["result"]["acc"] == summary["baseline"]["acc"]
     # The interrupted checkpoint is consumed, and the student's record is written like the others.
     assert not (run / "student" / "checkpoints" / "interrupted.ckpt").exists()
@@ -104,9 +104,9 @@ def test_sigterm_while_the_report_is_written_exits_non_zero_and_resume_finishes(
 
 
 @pytest.mark.slow
-def test_sigterm_while_the_teacher_cache_is_built_leaves_no_cache_a_later_run_trusts(tmp_path):
-    args = [*FAST, "hydra.run.dir=run", "experiment=mnist1d_kd", "distill.teacher_cache=true"]
-    first = cli_sigterm_at("teacher_cache", *args, cwd=tmp_path)
+def test_sigterm_while_teacher_outputs_are_stored_leaves_nothing_a_later_run_trusts(tmp_path):
+    args = [*FAST, "hydra.run.dir=run", "experiment=mnist1d_kd", "distill.teacher_outputs=true"]
+    first = cli_sigterm_at("teacher_outputs", *args, cwd=tmp_path)
     run = tmp_path / "run"
     assert_interrupted_in_one_line(first, run)
     outputs = tmp_path / "cache" / "teacher_outputs"
@@ -114,7 +114,7 @@ def test_sigterm_while_the_teacher_cache_is_built_leaves_no_cache_a_later_run_tr
 
     second = cli(*args, "resume=true", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "teacher outputs cached" in second.stdout + second.stderr
+    assert "teacher outputs stored" in second.stdout + second.stderr
     assert list(outputs.rglob("meta.json")) and (run / "summary.json").is_file()
 
 

@@ -79,7 +79,7 @@ def test_lm_run_has_three_stages_report_and_hf_student(tmp_path, cache_dir):
 
     # The same run again: the teacher comes from the cache (its digest checked), the numbers are the same.
     again = run(make_cfg(tmp_path / "again", cache_dir, "baseline.enabled=false"))
-    assert again["teacher"]["source"] == "cache" and again["teacher"]["ppl"] == pytest.approx(summary["teacher"]["ppl"])
+    assert again["teacher"]["source"] == "store" and again["teacher"]["ppl"] == pytest.approx(summary["teacher"]["ppl"])
     # A given teacher: the exported student as a local Hugging Face directory, with its own tokenizer.
     hf = out / "student_hf"
     given = run(make_cfg(tmp_path / "given", cache_dir, "teacher=hf_local", f"teacher.name_or_path={hf}",
@@ -142,12 +142,12 @@ LM_BAD = {
                                                    r"samples.temperature=-1 must be a positive number"),
     "experiment=lm_pydoc samples.top_k=-2": (lambda tmp: ["samples.top_k=-2"],
                                              r"samples.top_k=-2 must be an integer >= 0"),
-    "experiment=lm_pydoc distill.teacher_cache=true distill.divergence=reverse": (
-        lambda tmp: ["distill.teacher_cache=true", "distill.divergence=reverse"],
-        r"serves the forward KL only.*set distill.divergence=forward or distill.teacher_cache=false"),
-    "experiment=lm_pydoc distill.teacher_cache=true distill.teacher_cache_top_k=5000": (
-        lambda tmp: ["distill.teacher_cache=true", "distill.teacher_cache_top_k=5000"],
-        r"teacher_cache_top_k=5000 exceeds the teacher's vocabulary of \d+ tokens"),
+    "experiment=lm_pydoc distill.teacher_outputs=true distill.divergence=reverse": (
+        lambda tmp: ["distill.teacher_outputs=true", "distill.divergence=reverse"],
+        r"serves the forward KL only.*set distill.divergence=forward or distill.teacher_outputs=false"),
+    "experiment=lm_pydoc distill.teacher_outputs=true distill.teacher_outputs_top_k=5000": (
+        lambda tmp: ["distill.teacher_outputs=true", "distill.teacher_outputs_top_k=5000"],
+        r"teacher_outputs_top_k=5000 exceeds the teacher's vocabulary of \d+ tokens"),
 }
 
 
@@ -172,9 +172,9 @@ def test_student_trains_on_the_stored_top_k_signal_without_a_teacher(tmp_path, c
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(CausalLMDistillationModule, "training_step", spy)
-    cached = ["distill.teacher_cache=true", "distill.teacher_cache_top_k=8", "baseline.enabled=false"]
+    cached = ["distill.teacher_outputs=true", "distill.teacher_outputs_top_k=8", "baseline.enabled=false"]
     summary = run(make_cfg(tmp_path, cache_dir, *cached))
-    stored = summary["student"]["teacher_cache"]
+    stored = summary["student"]["teacher_outputs"]
     assert stored["top_k"] == 8 and stored["dense_fp32_bytes_per_token"] == 4 * 300
     assert 6 * 8 + 4 <= stored["bytes_per_token"] < 6 * 8 + 5  # ids int32 + log-probs fp16 + rest fp32
     student_steps = seen[-4:]  # trainer.max_steps=4 (teacher steps come first, with their own module)
@@ -213,3 +213,46 @@ def test_divergence_sweep_writes_the_table(tmp_path):
     proc = subprocess.run(cmd + [*TINY, "data=lm_text", "data.path=/nowhere/corpus.txt"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "kd-train: error: " in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_kd_eval_and_kd_export_read_an_lm_run_s_student(tmp_path, cache_dir, capsys):
+    import numpy as np
+    import torch
+    from helpers import compose_config
+    from transformers import AutoModelForCausalLM
+
+    from kd_lightning.app.eval import evaluate
+    from kd_lightning.app.export import export
+
+    summary = run(make_cfg(tmp_path, "baseline.enabled=false", "samples.prompts=[]"))
+    ckpt = Path(summary["student"]["ckpt_path"])
+    capsys.readouterr()
+    # The run tested on two batches (TINY): so does kd-eval here.
+    result = evaluate(compose_config(tmp_path, f"ckpt_path={ckpt}", "+trainer.limit_test_batches=2",
+                                     "trainer.accelerator=cpu", name="eval", out="eval"))
+    line = capsys.readouterr().out
+    assert result["task"] == "causal_lm" and "test/acc" not in result
+    # The same weights on the same held-out split: the run's own measurement.
+    assert result["test/ppl"] == pytest.approx(summary["student"]["ppl"], rel=1e-4)
+    assert result["test/bpb"] == pytest.approx(summary["student"]["bpb"], rel=1e-4)
+    assert f"test/ppl: {result['test/ppl']:.3f}  test/bpb: {result['test/bpb']:.4f}" in line
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["test/ppl"] == result["test/ppl"]
+
+    out = tmp_path / "exported"
+    written = export(compose_config(tmp_path, f"ckpt_path={ckpt}", f"output={out}", "format=onnx", name="export",
+                                    out="export"))
+    assert written["path"] == str(out) and written["format"] == "hf"
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student_hf").eval()
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)
+    # The Llama-style preset exports; the file runs another batch size and length than it was traced with.
+    assert written["onnx"] == str(out / "model.onnx")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(written["onnx"], providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": ids.numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(got, reference(ids).logits.numpy(), atol=1e-4)

@@ -20,7 +20,7 @@ from omegaconf import open_dict  # noqa: E402
 
 from kd_lightning.app.confdir import CONFIG_DIR  # noqa: E402
 from kd_lightning.app.errors import ConfigError  # noqa: E402
-from kd_lightning.app.lm import teacher_ppl_of_samples  # noqa: E402
+from kd_lightning.app.tasks.causal_lm import teacher_ppl_of_samples  # noqa: E402
 from kd_lightning.app.pipeline import run  # noqa: E402
 from kd_lightning.lm.generation import Sampling  # noqa: E402
 
@@ -77,8 +77,8 @@ POLICY_BAD = {
         ["distill.sequence_kd=true", "distill.sampling.temperature=0"], "distill.sampling.temperature=0 must be"),
     "experiment=lm_pydoc_pairs distill.on_policy.lam=1 distill.sampling.top_k=0": (
         ["distill.on_policy.lam=1", "distill.sampling.top_k=0"], "distill.sampling.top_k=0 must be a positive integer"),
-    "experiment=lm_pydoc_pairs distill.on_policy.lam=1 distill.teacher_cache=true": (
-        ["distill.on_policy.lam=1", "distill.teacher_cache=true"], "set distill.teacher_cache=false"),
+    "experiment=lm_pydoc_pairs distill.on_policy.lam=1 distill.teacher_outputs=true": (
+        ["distill.on_policy.lam=1", "distill.teacher_outputs=true"], "set distill.teacher_outputs=false"),
     "experiment=lm_pydoc_pairs task=classification distill.on_policy.lam=1": (
         ["task=classification", "distill.on_policy.lam=1"], "needs a language model"),
 }
@@ -113,7 +113,7 @@ def test_on_policy_run_samples_and_reports_teacher_ppl_of_samples(tmp_path, cach
     # The same run with lam=0 (supervised KD): no step samples; the metric is computed all the same.
     supervised = run(make_cfg(tmp_path / "sup", cache_dir, "distill.on_policy.lam=0", "baseline.enabled=false"))
     drawn = [float(r["train/on_policy"]) for r in student_metrics(tmp_path / "sup" / "run") if r.get("train/on_policy")]
-    assert drawn == [0.0] and supervised["teacher"]["source"] == "cache"
+    assert drawn == [0.0] and supervised["teacher"]["source"] == "store"
     # The teacher's own samples do not depend on how the student was trained: same seed, same value.
     assert supervised["teacher"]["teacher_ppl_of_samples"] == pytest.approx(summary["teacher"]["teacher_ppl_of_samples"])
 

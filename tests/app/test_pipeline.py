@@ -64,7 +64,7 @@ def test_pipeline_runs_stages_reports_and_reuses_the_teacher(compose, tmp_path):
     with open_dict(cfg2):
         cfg2.paths.output_dir = str(tmp_path / "run2")
     again = run(cfg2)
-    assert again["teacher"]["source"] == "cache"
+    assert again["teacher"]["source"] == "store"
     assert again["teacher"]["acc"] == pytest.approx(on_disk["teacher"]["acc"])
     assert "baseline" not in again
 
@@ -155,42 +155,48 @@ def test_ddp_sim_matches_a_single_process(compose, tmp_path):
     assert abs(ddp["student"]["acc"] - single["student"]["acc"]) <= 0.05, (single["student"], ddp["student"])
 
 
-def test_app_teacher_cache_rejects_feature_objectives_and_topk_logit_mse(compose, tmp_path):
+def test_app_teacher_outputs_reject_feature_objectives_and_topk_logit_mse(compose, tmp_path):
     from kd_lightning.app.build import build_loss
-    from kd_lightning.app.pipeline import teacher_cache_datamodule
+    from kd_lightning.app.tasks import task_for
 
-    cfg_for = compose
-    off = cfg_for()
-    assert off.distill.teacher_cache is False
-    assert teacher_cache_datamodule(off, make_teacher(), build_loss(off.distill), Arrays()) is None
-    fit = cfg_for("distill=fitnet", "distill.teacher_cache=true")
+    def task_and_loss(*overrides):
+        cfg = compose("experiment=mnist1d_kd", *overrides)  # the default recipe's Mixup needs a live teacher
+        return cfg, task_for(cfg.task, cfg), build_loss(cfg.distill)
+
+    off, task, loss = task_and_loss()
+    assert off.distill.teacher_outputs is False
+    task.check_config(off, loss)
+    assert task.teacher_outputs(make_teacher(), loss, Arrays()) is None
+    fit, task, loss = task_and_loss("distill=fitnet", "distill.teacher_outputs=true")
     with pytest.raises(ConfigError, match="teacher features"):
-        teacher_cache_datamodule(fit, make_teacher(), build_loss(fit.distill), Arrays())
-    mse = cfg_for("distill=logit_mse", "distill.teacher_cache=true", "distill.teacher_cache_top_k=3")
+        task.check_config(fit, loss)
+    mse, task, loss = task_and_loss("distill=logit_mse", "distill.teacher_outputs=true",
+                                    "distill.teacher_outputs_top_k=3")
     with pytest.raises(ConfigError, match="raw teacher logits"):
-        teacher_cache_datamodule(mse, make_teacher(), build_loss(mse.distill), Arrays())
-    kd = cfg_for("distill.teacher_cache=true")
-    dm = teacher_cache_datamodule(kd, make_teacher(), build_loss(kd.distill), Arrays())
+        task.check_config(mse, loss)
+    kd, task, loss = task_and_loss("distill.teacher_outputs=true")
+    task.check_config(kd, loss)
+    dm = task.teacher_outputs(make_teacher(), loss, Arrays())
     assert isinstance(dm, TeacherOutputsDataModule)
     assert all(str(c.directory).startswith(str(tmp_path / "cache" / "teacher_outputs")) for c in dm.outputs.values())
 
 
 def test_app_gives_the_transfer_set_to_the_student_stage_only(compose, tmp_path, monkeypatch):
-    from kd_lightning.app import pipeline
+    from kd_lightning.app import pipeline, stages as stages_module
 
     cfg = compose("data=mnist1d_transfer", "data.transfer_samples=300", "distill=function_matching",
                   "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
                   "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
                   "logger=none", "callbacks=none")
     stages = {}
-    real = pipeline.fit_and_test
+    real = stages_module.fit_and_test
 
     def spy(stage, trainer, module, datamodule, net, *a, **kw):
         batch = next(iter(datamodule.train_dataloader()))
         stages[stage] = (type(datamodule).__name__, len(datamodule.train_dataloader().dataset), module, batch)
         return real(stage, trainer, module, datamodule, net, *a, **kw)
 
-    monkeypatch.setattr(pipeline, "fit_and_test", spy)
+    monkeypatch.setattr(stages_module, "fit_and_test", spy)
     pipeline.run(cfg)
     assert stages["teacher"][:2] == ("MNIST1DDataModule", 3600)
     assert stages["baseline"][:2] == ("MNIST1DDataModule", 3600)
@@ -204,6 +210,6 @@ def test_app_gives_the_transfer_set_to_the_student_stage_only(compose, tmp_path,
 @pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
 def test_true_precisions_run_every_stage_and_leave_the_networks_in_their_dtype(compose, precision):
     # The teacher trains in float64 (or bfloat16); the student stage pairs it with a student built in float32.
-    summary = run(compose(*FAST, f"trainer.precision={precision}", "teacher_fit.use_cache=false"))
+    summary = run(compose(*FAST, f"trainer.precision={precision}", "teacher_fit.use_store=false"))
     assert summary["teacher"]["source"] == "trained"
     assert all(summary[s]["acc"] > 0 and summary[s]["latency_ms"] > 0 for s in ("teacher", "baseline", "student"))

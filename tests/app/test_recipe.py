@@ -65,7 +65,7 @@ def recipe_module(cfg, teacher: nn.Module, student: nn.Module) -> DistillationMo
 def test_the_default_job_is_the_patient_consistent_recipe(compose_train):
     default, named = compose_train(), compose_train("experiment=mnist1d_patient")
     assert default == named
-    assert default.distill.name == "patient_consistent" and default.distill.teacher_cache is False
+    assert default.distill.name == "patient_consistent" and default.distill.teacher_outputs is False
     assert default.distill.batch_transform.p == 0.3 and default.data.transfer_samples == 8000
     assert default.data.transfer_samples > 0 and default.baseline.enabled
     assert default.optim.scheduler._target_ == "kd_lightning.schedules.warmup_cosine"

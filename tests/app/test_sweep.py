@@ -20,7 +20,7 @@ def test_multirun_writes_sweep_summary(tmp_path):
     assert (sweep / "sweep_summary.md").is_file() and (sweep / "sweep_summary.png").is_file()
     # The teacher is trained once and reused by the second job.
     sources = [json.loads((sweep / j / "summary.json").read_text())["teacher"]["source"] for j in ("0", "1")]
-    assert sources == ["trained", "cache"]
+    assert sources == ["trained", "store"]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "lm_topk_cost.py"
 def job(root: Path, i: int, seed: int, ppl: float, k=None, tail=False):
     student = {"ppl": ppl}
     if k:
-        student["teacher_cache"] = {"top_k": k, "bytes_per_token": 6 * k + 4, "bytes": 2 ** 20, "tail": tail,
+        student["teacher_outputs"] = {"top_k": k, "bytes_per_token": 6 * k + 4, "bytes": 2 ** 20, "tail": tail,
                                     "dense_fp32_bytes_per_token": 8192, "prepare_s": 1.0}
     (root / str(i)).mkdir(parents=True)
     (root / str(i) / "summary.json").write_text(json.dumps({"seed": seed, "teacher": {"ppl": 27.0}, "student": student}))
