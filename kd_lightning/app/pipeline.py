@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .stage import StageResult
 from .stages import Stages, primary_process
 from .tasks import ModuleFactory, Task, task_for
-from .teacher_stage import TeacherPlan, obtain_teacher
+from .teacher_stage import TeacherPlan, obtain_trained
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,20 @@ def teacher_plan(cfg: DictConfig, task: Task, datamodule: L.LightningDataModule)
                 "key_parts": {**teacher_store.teacher_key_parts(cfg), **extra}},
         lock_timeout_s=float(cfg.teacher_fit.get("lock_timeout_s") or 24 * 3600),
         seed=cfg.teacher_fit.get("seed"))
+
+
+def baseline_plan(cfg: DictConfig, task: Task, datamodule: L.LightningDataModule) -> TeacherPlan:
+    """The labels-only baseline: the student architecture on the trainer's budget, kept in the teacher store
+    under a key without ``distill`` (so every job of a sweep over distillation settings shares it)."""
+    use_store = bool(cfg.baseline.get("use_store", True)) and not cfg.trainer.get("fast_dev_run")
+    extra = task.store_key_parts(datamodule)
+    student_cfg = cfg.student
+    return TeacherPlan(
+        build=lambda: build_net(student_cfg, "student"), budget={}, role="baseline",
+        entry=teacher_store.entry_dir(cfg, extra, role="baseline") if use_store else None,
+        record={"student": OmegaConf.to_container(cfg.student, resolve=True),
+                "key_parts": {**teacher_store.baseline_key_parts(cfg), **extra}},
+        lock_timeout_s=float(cfg.teacher_fit.get("lock_timeout_s") or 24 * 3600))
 
 
 def new_transform(transform_cfg: Optional[DictConfig]) -> Any:
@@ -144,15 +158,14 @@ def run_stages(cfg: DictConfig, trackers: Any = None) -> Dict[str, Any]:
     task.check_network(build_net(cfg.student, "student"), datamodule, "student")
     make_module = task.module_factory(cfg.module, datamodule)
     stages = stages_for(cfg, task, datamodule, trackers)
-    teacher, teacher_res = obtain_teacher(teacher_plan(cfg, task, datamodule), task, datamodule, stages, make_module)
+    teacher, teacher_res = obtain_trained(teacher_plan(cfg, task, datamodule), task, datamodule, stages, make_module)
     scorer = teacher  # the first teacher scores every model's own samples after the student stage
     baseline_res: Optional[StageResult] = None
     baseline_net = None
     if cfg.baseline.get("enabled", True):
         L.seed_everything(cfg.seed, workers=True)
-        baseline_net = build_net(cfg.student, "student")
-        baseline_res = stages.fit("baseline", task.labels_only_module(make_module, baseline_net), datamodule,
-                                  baseline_net)
+        baseline_net, baseline_res = obtain_trained(baseline_plan(cfg, task, datamodule), task, datamodule, stages,
+                                                    make_module)
     # Teacher-assistant chain (TAKD): teacher -> assistant 1 -> ... -> student.
     links = []
     for i, preset in enumerate(cfg.get("assistants") or []):

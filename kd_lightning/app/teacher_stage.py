@@ -1,6 +1,7 @@
-"""The teacher stage, the same for every model family: a given checkpoint or pretrained weights are tested
-as they are; otherwise the teacher comes from the teacher store (digest-checked) or is trained under the
-store entry's lock, so that concurrent runs needing the same teacher train it once."""
+"""The stages that train on labels alone, the same for every model family: the teacher and the labels-only
+baseline. A given checkpoint or pretrained teacher weights are tested as they are; otherwise the network
+comes from the teacher store (digest-checked) or is trained under the store entry's lock, so that
+concurrent runs (a sweep's jobs) needing the same teacher or the same baseline train it once."""
 from __future__ import annotations
 
 import contextlib
@@ -33,31 +34,35 @@ class TeacherPlan:
     entry: Optional[Path] = None  # the teacher store's entry; None: train without the store
     record: Dict[str, Any] = field(default_factory=dict)  # kept in the entry's meta.json
     lock_timeout_s: float = 24 * 3600.0
+    role: str = "teacher"  # or "baseline": the stage's name and the store's folder
     seed: Optional[int] = None  # teacher_fit.seed: the teacher's own init and data order (one teacher for many seeds)
 
 
-def obtain_teacher(plan: TeacherPlan, task: Any, datamodule: L.LightningDataModule, stages: Stages,
+def obtain_trained(plan: TeacherPlan, task: Any, datamodule: L.LightningDataModule, stages: Stages,
                    make_module: Callable[..., L.LightningModule]) -> Tuple[nn.Module, StageResult]:
-    """The teacher network and its stage result (``source``: checkpoint, pretrained, store, trained or
-    ``rebuilt (<why>)`` when a stored teacher failed its digest check or did not load)."""
+    """A network trained on labels alone, the teacher or the labels-only baseline (``plan.role``), and its
+    stage result (``source``: checkpoint, pretrained, store, trained or ``rebuilt (<why>)`` when a stored
+    one failed its digest check or did not load). A stored one is read back from the teacher store, and
+    processes that need the same one take turns on its entry's lock, so it is trained once."""
+    role = plan.role
     t0 = time.perf_counter()
     if plan.seed is not None and not plan.given:
         # One teacher for runs of several seeds (a fair method table): its init and data order use this seed.
         L.seed_everything(int(plan.seed), workers=True)
     net = plan.build()
-    task.check_network(net, datamodule, "teacher")
+    task.check_network(net, datamodule, "student" if role == "baseline" else role)
     if plan.given or plan.pretrained is not None:
-        result = stages.test("teacher", task.labels_only_module(make_module, net), datamodule, net,
+        result = stages.test(role, task.labels_only_module(make_module, net), datamodule, net,
                              time.perf_counter() - t0, "checkpoint" if plan.given else "pretrained")
         result.ckpt_path = plan.given or plan.pretrained or None
         return net, result
     if plan.entry is None:
-        result = stages.fit("teacher", task.labels_only_module(make_module, net), datamodule, net, **plan.budget)
+        result = stages.fit(role, task.labels_only_module(make_module, net), datamodule, net, **plan.budget)
         result.source = "trained"
         return net, result
 
     entry = plan.entry
-    stored_ckpt = entry / "teacher.ckpt"
+    stored_ckpt = entry / teacher_store.checkpoint_name(entry)
 
     def from_store() -> Tuple[Optional[nn.Module], str]:
         ok, why = teacher_store.check_entry(entry)
@@ -66,7 +71,7 @@ def obtain_teacher(plan: TeacherPlan, task: Any, datamodule: L.LightningDataModu
         try:
             return load_teacher(stored_ckpt, plan.build()), ""
         except Exception as err:  # matches its digest yet does not load: e.g. written by another version
-            log.warning("stored teacher %s does not load (%s)", stored_ckpt, root_cause(err))
+            log.warning("stored %s %s does not load (%s)", role, stored_ckpt, root_cause(err))
             return None, "store entry unreadable"
 
     stored, why = from_store()
@@ -80,8 +85,8 @@ def obtain_teacher(plan: TeacherPlan, task: Any, datamodule: L.LightningDataModu
             if stored is None:
                 why = why or why_now
                 if why:
-                    log.warning("stored teacher %s is not usable (%s): training it again", stored_ckpt, why)
-                result = stages.fit("teacher", task.labels_only_module(make_module, net), datamodule, net,
+                    log.warning("stored %s %s is not usable (%s): training it again", role, stored_ckpt, why)
+                result = stages.fit(role, task.labels_only_module(make_module, net), datamodule, net,
                                     **plan.budget)
                 result.source = f"rebuilt ({why})" if why else "trained"
                 if primary:
@@ -90,7 +95,7 @@ def obtain_teacher(plan: TeacherPlan, task: Any, datamodule: L.LightningDataModu
                         {"acc": result.acc, "ppl": result.ppl, "val_curve": result.val_curve, **plan.record})
                 result.ckpt_path = str(stored_ckpt)
                 return net, result
-    result = stages.test("teacher", task.labels_only_module(make_module, stored), datamodule, stored,
+    result = stages.test(role, task.labels_only_module(make_module, stored), datamodule, stored,
                          time.perf_counter() - t0, "store")
     result.val_curve = teacher_store.read_meta(entry).get("val_curve", [])
     result.ckpt_path = str(stored_ckpt)

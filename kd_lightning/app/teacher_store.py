@@ -93,16 +93,42 @@ def teacher_key_parts(cfg: DictConfig) -> Dict[str, Any]:
     }
 
 
-def teacher_key(cfg: DictConfig, extra: Optional[Dict[str, Any]] = None) -> str:
-    """The entry's name: a digest of :func:`teacher_key_parts` plus a model family's ``extra`` parts."""
-    parts = {**teacher_key_parts(cfg), **(extra or {})}
+def baseline_key_parts(cfg: DictConfig) -> Dict[str, Any]:
+    """Everything the labels-only baseline depends on: the student architecture, the data, the seed and the
+    training settings, and nothing of ``distill`` (a sweep over distillation settings shares one baseline)."""
+    return {
+        "student": _plain(cfg.student),
+        "data": _without(cfg.data, DATA_NOT_KEY_FIELDS),
+        "seed": cfg.seed,
+        "optim": _plain(cfg.optim),
+        "trainer": _without(cfg.trainer, TRAINER_NOT_KEY_FIELDS),
+        "module": _without(cfg.get("module") or {}, MODULE_NOT_KEY_FIELDS),
+        "callbacks": _without(cfg.get("callbacks") or {}, CALLBACK_NOT_KEY_NAMES),
+        "test_ckpt": str(cfg.get("test_ckpt", "best")),
+    }
+
+
+# What each role's entry is keyed by, and the store's folder for it.
+KEY_PARTS = {"teacher": teacher_key_parts, "baseline": baseline_key_parts}
+FOLDERS = {"teacher": "teachers", "baseline": "baselines"}
+
+
+def teacher_key(cfg: DictConfig, extra: Optional[Dict[str, Any]] = None, role: str = "teacher") -> str:
+    """The entry's name: a digest of the role's key parts plus a model family's ``extra`` parts."""
+    parts = {**KEY_PARTS[role](cfg), **(extra or {})}
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def entry_dir(cfg: DictConfig, extra: Optional[Dict[str, Any]] = None) -> Path:
-    """``<paths.cache_dir>/teachers/<key>``: where the teacher ``cfg`` describes is kept."""
-    return Path(cfg.paths.cache_dir) / "teachers" / teacher_key(cfg, extra)
+def entry_dir(cfg: DictConfig, extra: Optional[Dict[str, Any]] = None, role: str = "teacher") -> Path:
+    """``<paths.cache_dir>/teachers/<key>`` (``baselines/<key>`` for the labels-only baseline): where the
+    trained network ``cfg`` describes is kept."""
+    return Path(cfg.paths.cache_dir) / FOLDERS[role] / teacher_key(cfg, extra, role)
+
+
+def checkpoint_name(entry: Path) -> str:
+    """The entry's checkpoint file: ``teacher.ckpt`` in ``teachers/``, ``baseline.ckpt`` in ``baselines/``."""
+    return "baseline.ckpt" if entry.parent.name == FOLDERS["baseline"] else "teacher.ckpt"
 
 
 # ------------------------------------------------------------------------------------ reading back
@@ -111,7 +137,7 @@ def check_entry(entry: Path) -> Tuple[bool, str]:
 
     The reason is empty when there is simply nothing stored yet.
     """
-    ckpt, meta_path = entry / "teacher.ckpt", entry / "meta.json"
+    ckpt, meta_path = entry / checkpoint_name(entry), entry / "meta.json"
     if not ckpt.exists() and not meta_path.exists():
         return False, ""
     if not meta_path.is_file():
@@ -140,7 +166,7 @@ def read_meta(entry: Path) -> Dict[str, Any]:
 def write_entry(entry: Path, state: Dict[str, Any], meta: Dict[str, Any]) -> Path:
     """The checkpoint, then meta.json with its digest (written last: it marks the entry complete)."""
     (entry / "meta.json").unlink(missing_ok=True)
-    ckpt = entry / "teacher.ckpt"
+    ckpt = entry / checkpoint_name(entry)
     io.torch_save(state, ckpt)
     io.write_json(entry / "meta.json", {**meta, "sha256": io.file_sha256(ckpt)})
     return ckpt

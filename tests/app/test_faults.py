@@ -22,7 +22,7 @@ from kd_lightning.app.build import build_datamodule, build_module_factory
 from kd_lightning.app.confdir import CONFIG_DIR
 from kd_lightning.app.pipeline import stages_for, teacher_plan
 from kd_lightning.app.tasks import task_for
-from kd_lightning.app.teacher_stage import obtain_teacher
+from kd_lightning.app.teacher_stage import obtain_trained
 
 FAST = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
@@ -40,7 +40,7 @@ def teacher_stage(cfg):
     dm = build_datamodule(cfg.data)
     dm.setup("fit")
     task = task_for(cfg.task, cfg)
-    net, result = obtain_teacher(teacher_plan(cfg, task, dm), task, dm, stages_for(cfg, task, dm),
+    net, result = obtain_trained(teacher_plan(cfg, task, dm), task, dm, stages_for(cfg, task, dm),
                                  build_module_factory(cfg.module))
     return net, result
 
@@ -281,3 +281,30 @@ def test_kd_train_rebuilds_negated_cached_teacher_outputs(trained, tmp_path, cap
     assert any("rebuilding damaged stored teacher outputs" in r.getMessage() and "logits.npy" in r.getMessage()
                for r in caplog.records)
     assert np.array_equal(np.load(train_dir / "logits.npy"), good)
+
+
+# ------------------------------------------------------------------------------ the stored baseline
+@pytest.mark.slow
+def test_a_sweep_over_distill_settings_trains_the_labels_only_baseline_once(trained, tmp_path, caplog):
+    """The baseline's store key leaves out distill.*: the second job reads the first one's baseline back
+    (digest-checked), a changed seed trains its own, and a damaged stored baseline is trained again."""
+    from kd_lightning.app.pipeline import run
+
+    fresh_copy(trained, tmp_path)
+    first = run(make_cfg(tmp_path, *FAST, "distill.temperature=2", out="a"))
+    second = run(make_cfg(tmp_path, *FAST, "distill.temperature=8", "distill.kd_weight=0.5", out="b"))
+    assert (first["baseline"]["source"], second["baseline"]["source"]) == ("trained", "store")
+    assert second["baseline"]["acc"] == pytest.approx(first["baseline"]["acc"])
+    (entry,) = (tmp_path / "cache" / "baselines").iterdir()
+    assert teacher_store.check_entry(entry) == (True, "") and (entry / "baseline.ckpt").is_file()
+    assert run(make_cfg(tmp_path, *FAST, "seed=7", out="c"))["baseline"]["source"] == "trained"
+    assert len(list((tmp_path / "cache" / "baselines").iterdir())) == 2
+
+    flip_sign_bits(entry / "baseline.ckpt")
+    with caplog.at_level("WARNING"):
+        again = run(make_cfg(tmp_path, *FAST, "distill.temperature=4", out="d"))
+    assert again["baseline"]["source"] == "rebuilt (store digest mismatch)"
+    assert again["baseline"]["acc"] == pytest.approx(first["baseline"]["acc"])  # the same seed: the same network
+    assert any("stored baseline" in r.getMessage() and "training it again" in r.getMessage() for r in caplog.records)
+    off = run(make_cfg(tmp_path, *FAST, "baseline.use_store=false", out="e"))
+    assert off["baseline"]["source"] == "trained"
