@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..io import atomic_path, write_json
+from .text_checks import check_fraction, check_held_out_differs, check_learnable, check_string_field, read_utf8
 
 IGNORE_INDEX = -100
 PAD_TOKEN, EOS_TOKEN = "<pad>", "<eos>"
@@ -215,6 +216,10 @@ class _PackedTextDataModule(L.LightningDataModule):
     def documents(self) -> Tuple[List[str], List[str]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def source(self) -> str:
+        """What the documents come from, as error messages name it."""
+        return type(self).__name__
+
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
@@ -223,6 +228,9 @@ class _PackedTextDataModule(L.LightningDataModule):
         train_stream, val_stream = encode_stream(self.tokenizer, train_docs), encode_stream(self.tokenizer, val_docs)
         self.train_set = PackedSequences(train_stream, self.seq_len, pad)
         self.val_set = PackedSequences(val_stream, self.seq_len, pad)
+        # A packed stream's last row may hold one token; only a part with nothing at all is refused.
+        check_learnable({"training": self.train_set.labels, "held-out": self.val_set.labels}, self.source(),
+                        "give it more text", warn_rows=False)
         # Bits per byte: UTF-8 bytes of the held-out text (with one byte per end-of-sequence) per token.
         val_bytes = sum(len(d.encode("utf-8")) + 1 for d in val_docs)
         self.bytes_per_token = val_bytes / max(1, val_stream.numel())
@@ -280,23 +288,31 @@ class TextFileDataModule(_PackedTextDataModule):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"text path {os.fspath(path)!r} does not exist; point at a .txt file or a folder of them")
-        if not 0.0 < float(val_fraction) < 1.0:
-            raise ValueError(f"val_fraction={val_fraction} must be in (0, 1)")
-        self.val_every, self.val_fraction = max(2, int(val_every)), float(val_fraction)
+        self.val_every, self.val_fraction = max(2, int(val_every)), check_fraction("val_fraction", val_fraction)
+
+    def source(self) -> str:
+        return repr(os.fspath(self.path))
 
     def documents(self) -> Tuple[List[str], List[str]]:
+        train, held = self._split()
+        fix = ("hold out other text (another val_fraction, or distinct files)" if self.path.is_dir()
+               else "give the file text that is not repeated, or another val_fraction")
+        check_held_out_differs(train, held, self.source(), fix)
+        return train, held
+
+    def _split(self) -> Tuple[List[str], List[str]]:
         if self.path.is_dir():
             files = sorted(self.path.rglob("*.txt"))
             if not files:
                 raise ValueError(f"folder {os.fspath(self.path)!r} holds no .txt files; add some or point at a file")
             if len(files) >= 2:
-                docs = {str(f.relative_to(self.path)): f.read_text(encoding="utf-8") for f in files}
+                docs = {str(f.relative_to(self.path)): read_utf8(f) for f in files}
                 train, held = split_by_name(docs, min(self.val_every, len(files)))
                 if train and held:
                     return train, held
-            text = "\n".join(f.read_text(encoding="utf-8") for f in files)
+            text = "\n".join(read_utf8(f) for f in files)
         else:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_utf8(self.path)
         lines = text.splitlines(keepends=True)
         if len(lines) < 2:
             raise ValueError(f"{os.fspath(self.path)!r} has fewer than 2 lines: too little text for a train and "
@@ -390,13 +406,13 @@ class PromptResponseDataModule(_PairsDataModule):
         self.path, self.val_path = Path(path), Path(val_path) if val_path is not None else None
         self.seq_len, self.batch_size, self.num_workers = int(seq_len), int(batch_size), int(num_workers)
         self.prompt_key, self.response_key = prompt_key, response_key
-        self.val_fraction = float(val_fraction)
+        self.val_fraction = check_fraction("val_fraction", val_fraction)
         self.train_set: Optional[PromptResponseDataset] = None
         self.val_set: Optional[PromptResponseDataset] = None
 
     def _read(self, path: Path) -> List[Tuple[str, str]]:
         pairs = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for n, line in enumerate(read_utf8(path).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -408,7 +424,7 @@ class PromptResponseDataModule(_PairsDataModule):
                 have = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise ValueError(f"{os.fspath(path)!r} line {n} has no field {missing[0]!r} (it has {have}); set "
                                  "prompt_key / response_key to the field names of your file")
-            pairs.append((str(obj[self.prompt_key]), str(obj[self.response_key])))
+            pairs.append(tuple(check_string_field(obj[k], path, n, k) for k in (self.prompt_key, self.response_key)))
         if not pairs:
             raise ValueError(f"{os.fspath(path)!r} holds no examples")
         return pairs
@@ -434,10 +450,16 @@ class PromptResponseDataModule(_PairsDataModule):
         else:
             cut = min(len(rows) - 1, max(1, round(len(rows) * (1 - self.val_fraction)))) if len(rows) > 1 else 1
             train, val = rows[:cut], rows[cut:] or rows[-1:]
+        held_from = repr(os.fspath(self.val_path or self.path))
+        check_held_out_differs(train, val, held_from, "hold out other pairs (a val_path with other rows, or more "
+                               "rows in the file)")
         if self.tokenizer is None:
             self.tokenizer = train_bpe_tokenizer([p + r for p, r in train], self.vocab_size, self.cache_dir)
         self.train_set = PromptResponseDataset(self._encode(train))
         self.val_set = PromptResponseDataset(self._encode(val))
+        check_learnable({"training": [y for _, y in self.train_set.rows], "held-out": [y for _, y in self.val_set.rows]},
+                        repr(os.fspath(self.path)), f"prompts longer than seq_len={self.seq_len} leave no response; raise seq_len "
+                        "or shorten the prompts")
 
 
 class PydocPairsDataModule(_PairsDataModule):

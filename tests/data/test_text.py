@@ -140,7 +140,7 @@ def test_one_line_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         PromptResponseDataModule(tmp_path / "missing.jsonl", tok)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n")
+    bad.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n" + json.dumps({"instruction": "z", "output": "w"}) + "\n")
     with pytest.raises(ValueError, match=r"line 1 has no field 'prompt' \(it has \['instruction', 'output'\]\); set "
                                          "prompt_key / response_key"):
         PromptResponseDataModule(bad, tok).setup()
@@ -156,3 +156,105 @@ def test_one_line_errors(tmp_path):
     assert check_context_length(128, Model()) == 128
     with pytest.raises(ValueError, match="seq_len=256 is longer than the model's context of 128 positions"):
         check_context_length(256, Model())
+
+
+# ------------------------------------------------------------------- bad text data (docs/bad-input.md rows)
+def _jsonl(tmp, rows, name="pairs.jsonl"):
+    path = tmp / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+PAIRS = [{"prompt": f"Question {i}:", "response": f" answer {i}."} for i in range(6)]
+
+
+def _pairs(tmp, tok, **kw):
+    return lambda: PromptResponseDataModule(_jsonl(tmp, kw.pop("rows", PAIRS)), tok, **kw).setup()
+
+
+def _latin1(tmp):
+    path = tmp / "notes.txt"
+    path.write_bytes("first line\nsecond line\ncaf\u00e9 au lait\n".encode("latin-1"))
+    return lambda: TextFileDataModule(path, vocab_size=300).setup()
+
+
+def _latin1_jsonl(tmp, tok):
+    path = tmp / "pairs.jsonl"
+    path.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "c"}\n')
+    return lambda: PromptResponseDataModule(path, tok).setup()
+
+
+def _copied_folder(tmp):
+    for name in ("a.txt", "b.txt"):
+        (tmp / name).write_text(TEXT[0])
+    return lambda: TextFileDataModule(tmp, vocab_size=300, val_every=2).setup()
+
+
+def _empty_file_held_out(tmp):
+    (tmp / "a.txt").write_text(TEXT[0])
+    (tmp / "b.txt").write_text("")  # held out: only its end-of-sequence token, nothing to predict
+    return lambda: TextFileDataModule(tmp, vocab_size=300, val_every=2).setup()
+
+
+# input as the docs table writes it -> (build the failing call from tmp_path and a tokenizer, the line expected)
+LM_DATA_BAD = {
+    "PromptResponseDataModule(<pairs whose prompts are longer than seq_len>, seq_len=4)": (
+        lambda tmp, tok: _pairs(tmp, tok, seq_len=4, rows=[{"prompt": "Lists are mutable sequences " * 3,
+                                                            "response": " yes"}] * 3 + PAIRS[:1]),
+        r"'.*pairs.jsonl': the training part has no token to predict \(3 of 3 rows score none\); every model "
+        r"would score a perplexity of 1.00; prompts longer than seq_len=4 leave no response; raise seq_len"),
+    "TextFileDataModule(<a folder whose held-out file is empty>)": (
+        lambda tmp, tok: _empty_file_held_out(tmp),
+        r"test_bad_text_data.*': the held-out part has no token to predict .* perplexity of 1.00; give it more text"),
+    "PromptResponseDataModule(<pairs>, val_path=<the same file>)": (
+        lambda tmp, tok: lambda: PromptResponseDataModule(_jsonl(tmp, PAIRS), tok, val_path=tmp / "pairs.jsonl").setup(),
+        r"pairs.jsonl': every held-out example also appears in the training data \(6 held out\), so the held-out "
+        r"scores would measure memorisation; hold out other pairs"),
+    "PromptResponseDataModule(<a file with one pair>)": (
+        lambda tmp, tok: _pairs(tmp, tok, rows=PAIRS[:1]),
+        r"every held-out example also appears in the training data \(1 held out\)"),
+    "TextFileDataModule(<a folder of two identical files>)": (
+        lambda tmp, tok: _copied_folder(tmp), r"every held-out example also appears in the training data"),
+    "PromptResponseDataModule(<a row whose response is 42>)": (
+        lambda tmp, tok: _pairs(tmp, tok, rows=PAIRS + [{"prompt": "Six times seven:", "response": 42}]),
+        r"pairs.jsonl' line 7 field 'response' is int \(42\), not text; write it as a JSON string"),
+    "PromptResponseDataModule(<a row whose prompt is null>)": (
+        lambda tmp, tok: _pairs(tmp, tok, rows=[{"prompt": None, "response": "x"}] + PAIRS),
+        r"line 1 field 'prompt' is NoneType \(None\), not text"),
+    "PromptResponseDataModule(<pairs>, val_fraction=1.5)": (
+        lambda tmp, tok: _pairs(tmp, tok, val_fraction=1.5),
+        r"^val_fraction=1.5 must be a fraction strictly between 0 and 1 \(the share held out\); set e.g. val_fraction=0.1$"),
+    "TextFileDataModule(<a file>, val_fraction=0)": (
+        lambda tmp, tok: lambda: TextFileDataModule(_jsonl(tmp, PAIRS), val_fraction=0),
+        r"^val_fraction=0 must be a fraction strictly between 0 and 1"),
+    "TextFileDataModule(<a Latin-1 file>)": (
+        lambda tmp, tok: _latin1(tmp),
+        r"notes.txt' line 3 is not UTF-8 \(byte 0xe9 at offset 26\); convert the file to UTF-8"),
+    "PromptResponseDataModule(<a Latin-1 .jsonl>)": (
+        lambda tmp, tok: _latin1_jsonl(tmp, tok), r"pairs.jsonl' line 2 is not UTF-8 \(byte 0xe9"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LM_DATA_BAD))
+def test_bad_text_data_is_one_line_before_training(tmp_path, case):
+    tok = train_bpe_tokenizer(TEXT, vocab_size=300)
+    build, expected = LM_DATA_BAD[case]
+    with pytest.raises(ValueError, match=expected) as info:
+        build(tmp_path, tok)()
+    assert "\n" not in str(info.value)
+
+
+def test_truncation_that_empties_some_rows_is_reported_with_counts(tmp_path):
+    tok = train_bpe_tokenizer(TEXT, vocab_size=300)
+    rows = [{"prompt": "Lists are mutable sequences " * 6, "response": " yes"}] + PAIRS
+    dm = PromptResponseDataModule(_jsonl(tmp_path, rows), tok, seq_len=16, val_fraction=0.3)
+    with pytest.warns(UserWarning, match=r"pairs.jsonl': 1 of 5 training rows have no token to predict"):
+        dm.setup()
+    assert len(dm.train_set) == 5  # it still runs: the other rows are learned
+
+
+def test_held_out_lines_that_also_occur_in_training_are_allowed_when_the_text_differs(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("alpha beta\n" * 5 + "gamma delta\n")
+    train, held = TextFileDataModule(path, vocab_size=300, val_fraction=0.4).documents()
+    assert held == ["alpha beta\ngamma delta\n"] and train == ["alpha beta\n" * 4]
