@@ -70,6 +70,9 @@ def load_causal_lm(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     if name_or_path is None or not str(name_or_path):
         raise ValueError("no model directory given; set name_or_path to a local directory made by save_pretrained "
                          "(config.json + weights)")
+    from .local_files import check_model_dir
+
+    check_model_dir(name_or_path)
     try:
         return transformers.AutoModelForCausalLM.from_pretrained(os.fspath(name_or_path), local_files_only=True, **kwargs)
     except OSError:
