@@ -1,5 +1,11 @@
 """A run owns its directory; a sweep owns its job directories.
 
+A run holds an exclusive ``flock`` on ``<run dir>/.kd_run.lock`` from its claim until the process ends
+(the kernel drops it when the process dies, kill -9 included), so of two processes started at once on
+one directory one runs and the other is refused in one line. Holding it, the run removes the temporary
+files that killed writers left behind there (no live writer can own them). A directory that cannot be
+written, and a disk that fills up later, end the run with one line naming the path.
+
 ``<run dir>/.kd_run.json`` records the fingerprint of the config that writes there (Hydra's
 ``.hydra/config.yaml`` cannot serve: Hydra rewrites it before the task starts). A run refuses a
 directory that already holds outputs of another config; the same config may run there again (with
@@ -8,9 +14,13 @@ id, so the sweep summary lists this sweep's jobs only.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -21,11 +31,24 @@ from omegaconf import DictConfig, OmegaConf
 from .. import io
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 FINGERPRINT = ".kd_run.json"
+LOCK = ".kd_run.lock"
 JOB_STATUS = "job_status.json"
 SWEEP_ID = ".kd_sweep.json"
 # What Hydra and kd-train put into a run directory before the run writes any output.
-_OWN = {".hydra", FINGERPRINT, JOB_STATUS}
+_OWN = {".hydra", FINGERPRINT, LOCK, JOB_STATUS}
+# Temporary files of the atomic writers (kd_lightning.io) and of the exporter.
+LEFTOVER = re.compile(r"^\..+\.(?:[0-9a-f]{12}\.tmp|tmp-\d+)$")
+# Errors that mean "this path cannot be written", reported as one line naming the path.
+WRITE_ERRORS = {errno.ENOSPC: "the disk is full; free space there or set paths.output_dir / paths.cache_dir to "
+                              "another disk",
+                errno.EDQUOT: "the disk quota is used up; free space there or write to another disk",
+                errno.EROFS: "the file system is read-only; choose a writable directory",
+                errno.EACCES: "permission denied; choose a directory you can write to",
+                errno.EPERM: "permission denied; choose a directory you can write to"}
+_HELD: Dict[str, int] = {}  # run directory -> descriptor holding its lock, for the life of this process
 # Config keys that do not make a run another run.
 _NOT_FINGERPRINTED = ("resume",)
 
@@ -72,10 +95,57 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
+def write_error(err: BaseException) -> Optional[str]:
+    """One line for an error that means a path cannot be written (full disk, read-only, no permission),
+    naming the path; None for any other error."""
+    if not isinstance(err, OSError) or err.errno not in WRITE_ERRORS:
+        return None
+    where = os.fspath(err.filename) if err.filename is not None else "the run's files"
+    name = os.path.basename(where)
+    if LEFTOVER.match(name):  # name the file being written, not its temporary twin
+        where = os.path.join(os.path.dirname(where), re.sub(r"\.(?:[0-9a-f]{12}\.tmp|tmp-\d+)$", "", name[1:]))
+    return f"cannot write {where!r} ({err.strerror}): {WRITE_ERRORS[err.errno]}"
+
+
+def hold(out: Path) -> None:
+    """Lock ``out`` for this process (again: nothing to do), or raise :class:`ConfigError` naming the
+    process that holds it, or the reason the directory cannot be written."""
+    key = os.path.abspath(out)
+    if key in _HELD:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ConfigError(f"run directory {str(out)!r} cannot be written ({type(err).__name__}: {err.strerror}); "
+                          "choose a writable directory (hydra.run.dir=... or paths.output_dir=...)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        holder = (read_json(out / FINGERPRINT) or {}).get("pid")
+        who = f" (pid {holder})" if holder else ""
+        raise ConfigError(f"run directory {str(out)!r} is in use by another kd-train process{who}; wait for it to "
+                          "end, or run in a new directory (drop hydra.run.dir, or set another)") from None
+    _HELD[key] = fd
+
+
+def remove_leftovers(out: Path) -> List[Path]:
+    """Delete the temporary files killed writers left under ``out`` (call it holding ``out``'s lock)."""
+    removed = [p for p in out.rglob(".*") if p.is_file() and LEFTOVER.match(p.name)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def claim(cfg: DictConfig) -> bool:
     """Make ``paths.output_dir`` this run's, or raise :class:`ConfigError`; True when it holds this config's
     earlier outputs (what ``resume=true`` continues)."""
     out = Path(cfg.paths.output_dir)
+    hold(out)  # first: the checks below and the fingerprint written after them are this process's alone
+    removed = remove_leftovers(out)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out)
     found = outputs(out)
     stored = read_json(out / FINGERPRINT)
     mine = fingerprint(cfg)

@@ -29,10 +29,12 @@ def _hydra_job() -> Optional[dict]:
 
 
 def interrupted_message(out: Path, in_fit: bool = True) -> str:
-    """The one line a SIGTERM ends kd-train with: what was kept and the command that continues."""
+    """The one line a SIGTERM or Ctrl-C ends kd-train with: what was kept and the command that continues."""
+    from .interrupt import signal_name
+
     kept = ("the running stage saved a resumable checkpoint" if in_fit
             else "finished stages are kept and nothing half-written was left")
-    return (f"kd-train: interrupted by SIGTERM; {kept} in {out}. Continue with the same command plus "
+    return (f"kd-train: interrupted by {signal_name()}; {kept} in {out}. Continue with the same command plus "
             f"hydra.run.dir={out} resume=true")
 
 
@@ -43,7 +45,7 @@ def run_task(cfg: DictConfig) -> Optional[float]:
 
     from ..data.imagefolder import UnreadableImageError
     from . import rundir
-    from .interrupt import Interrupted
+    from .interrupt import Interrupted, signal_name
     from .pipeline import run
     from .report import flatten
 
@@ -66,7 +68,7 @@ def run_task(cfg: DictConfig) -> Optional[float]:
         # Lightning stopped the fit and InterruptCheckpoint saved the stage, or the signal came between
         # fits (SigtermGuard): stop the process (and a sweep), never with status 0.
         if job is not None:
-            rundir.write_job_status(out, "interrupted", sweep, error="SIGTERM", overrides=job["overrides"])
+            rundir.write_job_status(out, "interrupted", sweep, error=signal_name(), overrides=job["overrides"])
         raise SystemExit(interrupted_message(out, in_fit=isinstance(err, SIGTERMException))) from None
     except (ConfigError, UnreadableImageError) as err:
         # One clear line instead of a traceback: the message names the problem and the fix.
@@ -76,10 +78,13 @@ def run_task(cfg: DictConfig) -> Optional[float]:
         rundir.write_job_status(out, "failed", sweep, error=f"kd-train: error: {err}", overrides=job["overrides"])
         return math.nan
     except Exception as err:
+        unwritable = rundir.write_error(err)  # a full disk or a read-only directory: one line naming the path
+        if unwritable and not multirun:
+            raise SystemExit(f"kd-train: error: {unwritable}") from None
         if not multirun:
             raise
         log.exception("job failed")
-        rundir.write_job_status(out, "failed", sweep, error=root_cause(err), overrides=job["overrides"])
+        rundir.write_job_status(out, "failed", sweep, error=unwritable or root_cause(err), overrides=job["overrides"])
         return math.nan
     if job is not None:
         rundir.write_job_status(out, "ok", sweep, overrides=job["overrides"], value=value)
@@ -96,7 +101,7 @@ def main() -> None:
 
     from .checks import renamed_key_in
     from .confdir import unknown_group_choice
-    from .interrupt import Interrupted, SigtermGuard
+    from .interrupt import Interrupted, SigtermGuard, signal_name
 
     bad_choice = unknown_group_choice(sys.argv[1:]) or renamed_key_in(sys.argv[1:])
     if bad_choice:
@@ -107,7 +112,7 @@ def main() -> None:
         try:
             _main()
         except Interrupted:  # between run_task and the end of Hydra's own bookkeeping
-            raise SystemExit("kd-train: interrupted by SIGTERM; run the same command again with resume=true "
+            raise SystemExit(f"kd-train: interrupted by {signal_name()}; run the same command again with resume=true "
                              "(and hydra.run.dir=<its run directory>) to continue") from None
 
 

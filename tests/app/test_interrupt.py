@@ -135,3 +135,43 @@ def test_the_guard_restores_the_previous_handler_and_leaves_trainer_runs_to_ligh
     assert signal.getsignal(signal.SIGTERM) == before
     import kd_lightning.app.train  # noqa: F401  importing the entry point installs nothing
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_middle_of_a_stage_is_handled_as_sigterm(tmp_path):
+    marker = tmp_path / "killed"
+    args = [*FAST, "hydra.run.dir=run", "+callbacks.killer._target_=killer.SigtermAtStep", "+callbacks.killer.sig=SIGINT",
+            "+callbacks.killer.stage=baseline", "+callbacks.killer.step=3", f"+callbacks.killer.marker={marker}"]
+    first = cli(*args, cwd=tmp_path)
+    run = tmp_path / "run"
+    assert first.returncode != 0 and "Traceback" not in first.stderr, first.stderr[-3000:]
+    lines = [line for line in first.stderr.splitlines() if "interrupted by" in line]
+    assert len(lines) == 1 and lines[0].startswith("kd-train: interrupted by SIGINT; the running stage saved a "
+                                                   "resumable checkpoint") and "resume=true" in lines[0], lines
+    ckpt = torch.load(run / "baseline" / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3 and ckpt["optimizer_states"]
+    assert json.loads((run / "job_status.json").read_text())["error"] == "SIGINT"
+    second = cli(*args, "resume=true", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "stage baseline: resuming" in second.stdout + second.stderr
+
+
+def test_sigint_is_handled_as_sigterm_and_a_second_one_stops_at_once():
+    import signal
+
+    from kd_lightning.app.interrupt import Interrupted, SigtermGuard, signal_name
+
+    before = signal.getsignal(signal.SIGINT)
+    with SigtermGuard() as guard:  # outside a Trainer run: stop right here, like SIGTERM
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal_name() == "SIGINT"
+    with SigtermGuard() as guard:  # inside one: the SIGTERM handler in place (Lightning's) gets the signal
+        calls = []
+        lightning_like = signal.signal(signal.SIGTERM, lambda s, f: (calls.append(s), guard.handle(s, f)))
+        os.kill(os.getpid(), signal.SIGINT)
+        assert calls == [signal.SIGTERM] and guard.received and guard.name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):  # the impatient second Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        signal.signal(signal.SIGTERM, lightning_like)
+    assert signal.getsignal(signal.SIGINT) == before and signal_name() == "SIGTERM"

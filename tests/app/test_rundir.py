@@ -117,3 +117,84 @@ def test_sweep_survives_failing_jobs_and_lists_only_its_own(tmp_path):
         assert status["sweep_id"] == rundir.sweep_id(sweep)
     md = (sweep / "sweep_summary.md").read_text()
     assert "failed" in md and "| ok |" in md
+
+
+# --------------------------------------------------------------- one process per directory, leftovers, full disks
+HOLDER = ("import sys; from pathlib import Path; from kd_lightning.app import rundir; rundir.hold(Path(sys.argv[1])); "
+          "print('held', flush=True); sys.stdin.read()")
+
+
+def test_a_directory_held_by_another_process_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"^run directory '{out}' is in use by another kd-train process; wait "
+                                              r"for it to end, or run in a new directory"):
+            rundir.claim(make_cfg(tmp_path))
+        assert not (out / rundir.FINGERPRINT).exists()  # the refused run wrote nothing there
+    finally:
+        holder.communicate("", timeout=60)
+    assert rundir.claim(make_cfg(tmp_path)) is False  # its process ended: the kernel dropped the lock
+    assert rundir.claim(make_cfg(tmp_path)) is False  # and this process may claim it again
+
+
+def test_leftovers_of_killed_writers_are_removed_and_outputs_kept(tmp_path):
+    out = tmp_path / "run"
+    (out / "student" / "checkpoints").mkdir(parents=True)
+    leftovers = [out / ".summary.json.0123456789ab.tmp", out / "student" / "checkpoints" / ".last.ckpt.a1b2c3d4e5f6.tmp",
+                 out / ".student.onnx.tmp-4242"]
+    kept = [out / "student" / "weights.pt", out / ".hidden_note", out / "notes.tmp"]
+    for path in leftovers + kept:
+        path.write_bytes(b"x")
+    (out / rundir.FINGERPRINT).write_text(json.dumps({"fingerprint": rundir.fingerprint(make_cfg(tmp_path))}))
+    assert rundir.claim(make_cfg(tmp_path)) is True
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in kept)
+
+
+def test_unwritable_paths_are_one_line_naming_the_path(tmp_path):
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / ".summary.json.0123456789ab.tmp"))
+    assert rundir.write_error(full) == (f"cannot write '{tmp_path / 'run' / 'summary.json'}' (No space left on device): "
+                                        "the disk is full; free space there or set paths.output_dir / paths.cache_dir "
+                                        "to another disk")
+    assert "read-only" in rundir.write_error(OSError(errno.EROFS, "Read-only file system", "/mnt/x"))
+    assert rundir.write_error(OSError(errno.ENOENT, "No such file", "/x")) is None
+    assert rundir.write_error(ValueError("no")) is None
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    with pytest.raises(ConfigError, match=rf"^run directory '{blocked / 'run'}' cannot be written \(NotADirectoryError: "):
+        rundir.hold(blocked / "run")
+    if os.geteuid() != 0:  # root writes anywhere; everyone else meets the permission
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ConfigError, match=rf"^run directory '{locked}' cannot be written \(PermissionError: "):
+            rundir.hold(locked)
+
+
+@pytest.mark.slow
+def test_two_runs_started_at_once_on_one_directory(tmp_path):
+    procs = [cli("kd-train", *FAST, "baseline.enabled=false", "hydra.run.dir=run", cwd=tmp_path, popen=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, [err[-2000:] for _, err in results]
+    refused = next(err for code, err in results if code != 0)
+    assert "is in use by another kd-train process" in refused and "Traceback" not in refused
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["student"]["acc"] > 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written(tmp_path):
+    env = {**os.environ, "KD_CACHE_DIR": str(tmp_path / "cache"), "KD_LOG_DIR": str(tmp_path / "outputs"),
+           "OMP_NUM_THREADS": "1", "KD_TEST_SIGTERM_AT": "full_disk",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "killer.py"), *FAST, "baseline.enabled=false",
+                           "hydra.run.dir=run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    run = tmp_path / "run"
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"kd-train: error: cannot write '{run.resolve() / 'summary.json'}' (No space left on device): the disk is " \
+           "full" in proc.stderr
+    assert not (run / "summary.json").exists() and not list(run.rglob(".*.tmp"))
