@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .callbacks import FiniteLossCheck, TrainTermLogger
 from .frozen import drop_frozen, restore_frozen
+from .guards import check_materialized
 from .losses.base import CLASSIFIER, check_family
 from .taps import FeatureTaps
 from .signal import NoTeacher, TeacherOutput, TeacherSignal
@@ -68,6 +69,9 @@ class TeacherStudentModule(L.LightningModule):
                  monitor: Optional[str] = None, save_teacher: bool = False, check_finite: bool = True,
                  finite_check_interval: Optional[int] = None):
         super().__init__()
+        check_materialized(student, "student")
+        frozen = signal.network if signal is not None else None
+        check_materialized(frozen.net if frozen is not None else None, "teacher")  # named as the user built it
         if loss is not None:
             check_family(loss, self.family, type(self).__name__)
         if scheduler_interval not in ("step", "epoch"):

@@ -460,6 +460,14 @@ def check_lm(net: Any, datamodule: Any, role: str) -> None:
         raise ConfigError(f"data.seq_len={seq_len} is longer than the {role}'s context of {limit} positions; set "
                           f"data.seq_len<={limit}, or {role}.net.max_position_embeddings>={seq_len} for a preset")
     tokenizer = getattr(datamodule, "tokenizer", None)
+    source = getattr(net, "name_or_path", None)  # a local Hugging Face teacher's directory
+    if role == "teacher" and tokenizer is not None and source:
+        from ..models.local_files import check_teacher_tokenizer
+
+        try:
+            check_teacher_tokenizer(source, tokenizer)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     embeddings = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
     if tokenizer is not None and embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
         raise ConfigError(

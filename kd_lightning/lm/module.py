@@ -17,6 +17,7 @@ from ..losses.base import TOKEN, CompositeLoss, Loss, TokenInputs
 from ..losses.token import IGNORE_INDEX, TokenKD
 from ..signal import teacher_signal
 from ..teacher import build_teacher
+from ..guards import attention_mask_of
 from .generation import OnPolicy, on_policy_batch
 
 VOCAB_ALIGNMENTS = ("strict", "truncate")
@@ -46,14 +47,13 @@ def _tokenizer_name(tok: Any) -> str:
     return f"{getattr(tok, 'name_or_path', '') or type(tok).__name__!r} ({len(tok.get_vocab())} tokens)"
 
 
-def _batch_fields(batch: Any) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+def _batch_fields(batch: Any, pad_token_id: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     if not isinstance(batch, dict) or "input_ids" not in batch:
         got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise ValueError(f"language-model batches must be dicts with input_ids (attention_mask, labels optional); "
                          f"got {got}")
     ids = batch["input_ids"]
-    mask = batch.get("attention_mask")
-    mask = torch.ones_like(ids) if mask is None else mask
+    mask = attention_mask_of(batch, pad_token_id)  # padding is never distilled: no mask is a mask only when provable
     labels = batch.get("labels")
     labels = ids.masked_fill(mask == 0, IGNORE_INDEX) if labels is None else labels
     return ids, mask, labels, batch.get("bytes")
@@ -243,6 +243,11 @@ class CausalLMDistillationModule(TeacherStudentModule):
         return token_part(self.loss)
 
     # ------------------------------------------------------------------------------------ forward
+    @property
+    def pad_token_id(self) -> Optional[int]:
+        """The tokenizer's pad id (None without a tokenizer): what a batch without ``attention_mask`` is checked for."""
+        return getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
+
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return lm_logits(self.student, input_ids, attention_mask, *self.student_signature)
 
@@ -318,7 +323,7 @@ class CausalLMDistillationModule(TeacherStudentModule):
                 batch = on_policy_batch(self.student, batch, self.on_policy)
             if self.attached_trainer() is not None:
                 self.log("train/on_policy", float(generated), on_step=False, on_epoch=True)
-        ids, mask, labels, _ = _batch_fields(batch)
+        ids, mask, labels, _ = _batch_fields(batch, self.pad_token_id)
         teacher = self.teacher_output(batch, ids, mask, required=train)
         student: Dict[str, Any] = {}
         if train and self.hparams.get("fused_head", False):
@@ -366,7 +371,7 @@ class CausalLMDistillationModule(TeacherStudentModule):
 
     # -------------------------------------------------------------------------------- evaluation
     def eval_step(self, batch: Any, stage: str) -> None:
-        ids, mask, labels, nbytes = _batch_fields(batch)
+        ids, mask, labels, nbytes = _batch_fields(batch, self.pad_token_id)
         student_logits, teacher_logits = self.run_models(ids, mask, labels, self.teacher_output(batch, ids, mask).logits)
         s_taps = self.feature_taps()[0]
         if s_taps is not None:

@@ -1,4 +1,5 @@
-"""Two misuses of the language-model module caught in one line each, before a step runs.
+"""Two misuses caught in one line each, before a step runs (both model families: a network on the meta device;
+language models: a batch without attention_mask).
 
 - A network on the meta device (built with ``device_map="meta"``, ``torch.device("meta")`` or
   ``init_empty_weights`` and never loaded) has shapes but no values; torch's own error names no network.
