@@ -46,13 +46,17 @@ class Stages:
         callbacks.append(resume.InterruptCheckpoint(str(stage_dir / "checkpoints")))  # SIGTERM: resumable
         return instantiate(self.trainer_cfg, **overrides)
 
+    def finished(self, name: str, net: nn.Module) -> Optional[StageResult]:
+        """With ``resume=true``: the stage ``name`` as this run finished it earlier (its record verified and
+        its weights loaded into ``net``), or None."""
+        return resume.finished_stage(self.out_dir / name, net) if self.resume else None
+
     def fit(self, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, net: nn.Module,
             max_epochs: Optional[int] = None, max_steps: Optional[int] = None) -> StageResult:
         stage_dir = self.out_dir / name
-        if self.resume:
-            done = resume.finished_stage(stage_dir, net)
-            if done is not None:
-                return done
+        done = self.finished(name, net)
+        if done is not None:
+            return done
         ckpt = resume.interrupted_checkpoint(stage_dir) if self.resume else None
         log.info("stage %s: %s %s (%s parameters)", name, "resuming" if ckpt else "training", type(net).__name__,
                  f"{count_params(net):,}")

@@ -56,6 +56,9 @@ def obtain_trained(plan: TeacherPlan, task: Any, datamodule: L.LightningDataModu
                              time.perf_counter() - t0, "checkpoint" if plan.given else "pretrained")
         result.ckpt_path = plan.given or plan.pretrained or None
         return net, result
+    done = stages.finished(role, net)  # resume=true: this run's own finished stage comes first
+    if done is not None:
+        return net, done
     if plan.entry is None:
         result = stages.fit(role, task.labels_only_module(make_module, net), datamodule, net, **plan.budget)
         result.source = "trained"

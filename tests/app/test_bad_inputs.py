@@ -133,7 +133,7 @@ def test_an_unwritable_cache_dir_is_refused(tmp_path, monkeypatch):
 
 # Command-line group choices: checked by the entry points before Hydra composes anything.
 CHOICES = {
-    "distill=nope": r"^distill=nope is not an option of the distill config group; choose one of at, cc, .*kd,",
+    "distill=nope": r"^distill=nope is not an option of the distill config group; choose one of ab, at, cc, .*kd,",
     "data=nope": r"^data=nope is not an option of the data config group; choose one of cifar10, .*mnist1d",
     "student=resnet9": r"^student=resnet9 is not an option of the student config group; .*resnet8, resnet8x4",
 }

@@ -13,7 +13,7 @@ from omegaconf import open_dict
 METHODS = ["reviewkd", "ft", "ab", "fsp", "ickd"]
 # What each method logs beside the KD terms (FT's first stage logs the paraphraser's reconstruction).
 TERMS = {"reviewkd": "reviewkd", "ft": "ft_reconstruction", "ab": "ab", "fsp": "fsp", "ickd": "ickd"}
-SHRINK = ["debug=limit", "teacher_fit.max_epochs=2", "teacher_fit.use_cache=true", "trainer=cpu",
+SHRINK = ["debug=limit", "teacher_fit.max_epochs=2", "teacher_fit.use_store=true", "trainer=cpu",
           "trainer.precision=32-true", "trainer.enable_progress_bar=false",
           "trainer.num_sanity_val_steps=0", "logger=csv", "callbacks=none"]
 

@@ -71,7 +71,7 @@ def test_joblib_launcher_runs_two_jobs_side_by_side_and_trains_the_teacher_once(
     assert claims["0"]["started"] < status["1"]["finished"] and claims["1"]["started"] < status["0"]["finished"]
     # The store's lock let one job train the teacher; the other read it from the cache.
     sources = sorted(json.loads((sweep / j / "summary.json").read_text())["teacher"]["source"] for j in ("0", "1"))
-    assert sources == ["cache", "trained"]
+    assert sources == ["store", "trained"]
     assert len((sweep / "sweep_summary.csv").read_text().strip().splitlines()) == 3
 
 
@@ -88,4 +88,4 @@ def test_joblib_language_model_sweep_trains_its_teacher_once(tmp_path):
     pids = {json.loads((sweep / j / ".kd_run.json").read_text())["pid"] for j in ("0", "1")}
     assert len(pids) == 2
     sources = sorted(json.loads((sweep / j / "summary.json").read_text())["teacher"]["source"] for j in ("0", "1"))
-    assert sources == ["cache", "trained"]
+    assert sources == ["store", "trained"]

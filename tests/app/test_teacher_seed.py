@@ -13,9 +13,9 @@ def test_teacher_seed_replaces_the_run_seed_in_the_teacher_key(compose):
 def test_shared_teacher_trains_once_with_its_own_seed(compose):
     from kd_lightning.app.pipeline import run
 
-    first = run(compose("seed=1", "data.seed=0", "teacher_fit.seed=0", "debug=limit", "teacher_fit.use_cache=true",
+    first = run(compose("seed=1", "data.seed=0", "teacher_fit.seed=0", "debug=limit", "teacher_fit.use_store=true",
                         "baseline.enabled=false", "trainer.enable_progress_bar=false", "logger=none", out="a"))
-    second = run(compose("seed=2", "data.seed=0", "teacher_fit.seed=0", "debug=limit", "teacher_fit.use_cache=true",
+    second = run(compose("seed=2", "data.seed=0", "teacher_fit.seed=0", "debug=limit", "teacher_fit.use_store=true",
                          "baseline.enabled=false", "trainer.enable_progress_bar=false", "logger=none", out="b"))
     assert first["teacher"]["source"] == "trained" and second["teacher"]["source"] == "cache"
     assert first["teacher"]["acc"] == second["teacher"]["acc"]

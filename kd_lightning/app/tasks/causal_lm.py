@@ -345,8 +345,8 @@ def teacher_ppl_of_samples(net: nn.Module, teacher: nn.Module, datamodule: L.Lig
     including the first end-of-sequence token: exp(Σ −log p_teacher(token | prefix) / number of tokens).
     A low value means the model writes what the teacher finds likely. None when nothing was sampled.
     """
-    from ...lm import lm_logits, on_policy_batch
-    from ...lm.module import call_signature
+    from ...forward import call_signature, lm_logits
+    from ...lm import on_policy_batch
 
     device = next(net.parameters()).device
     teacher_device = next(teacher.parameters()).device
