@@ -38,6 +38,7 @@ def start_peak_window(device: torch.device) -> Optional[float]:
     """Begin a peak-memory window; the bytes in use now, or None where peaks cannot be measured."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()  # so the window's peak includes the workspaces its kernels allocate
         torch.cuda.reset_peak_memory_stats(device)
         return float(torch.cuda.memory_allocated(device))
     gc.collect()

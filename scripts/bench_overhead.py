@@ -43,14 +43,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
 import functools
-import gc
 import io
 import json
 import logging
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -413,44 +410,10 @@ def loss_delta_ms(pair: Pair, device: torch.device, clock: Clock, n: int = 300) 
 
 
 # ---------------------------------------------------------------------------------------- memory
-_LIBC = None
+# One peak-memory window per configuration, measured as kd-train's StepCost measures a stage.
+from kd_lightning.step_cost import peak_since, start_peak_window  # noqa: E402
 
 
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(key + r":\s+(\d+)", f.read()).group(1))
-
-
-def reset_peak(device: torch.device) -> Optional[float]:
-    """Start a peak-memory window; returns the baseline (bytes) or None when unsupported."""
-    global _LIBC
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        return float(torch.cuda.memory_allocated(device))
-    try:
-        if _LIBC is None:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        _LIBC.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status_kb("VmRSS") * 1024.0
-    except OSError:
-        return None
-
-
-def peak_since(device: torch.device, base: Optional[float]) -> Optional[float]:
-    if base is None:
-        return None
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return max(0.0, _status_kb("VmHWM") * 1024.0 - base) / 2**20
-
-
-# ----------------------------------------------------------------------------------------- bench
 def run_config(pair, config, steps, ticker, device, cached_dm, log_dir) -> None:
     if config.startswith("plain"):
         mode = {"plain": "online", "plain_student": "student", "plain_cached": "cached"}[config]
@@ -500,7 +463,7 @@ def bench_pair(pair: Pair, args, clock: Clock, device: torch.device, work: str) 
             for config in ("online", "cached"):
                 run_config(pair, config, 2, None, device, cached_dm, log_dir)
         for config in CONFIGS:
-            base = reset_peak(device)
+            base = start_peak_window(device)
             with contextlib.redirect_stdout(io.StringIO()):
                 run_config(pair, config, max(2, min(pair.steps, 5)), None, device, cached_dm, log_dir)
             memory[config] = peak_since(device, base)

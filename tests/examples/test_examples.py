@@ -39,6 +39,15 @@ def run_example(name: str, *args: str, timeout: int = 300) -> dict:
         pytest.fail(f"{name}: the last line of its output is not JSON: {lines[-1]!r}")
 
 
+def assert_teacher_guarantees(r: dict) -> None:
+    """The teacher guarantees, observed from outside the module by an example."""
+    assert r["teacher_frozen"] is True
+    assert r["teacher_eval"] is True
+    assert r["teacher_unchanged"] is True
+    assert r["teacher_in_optimizer"] is False
+    assert r["teacher_keys_in_ckpt"] == 0
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_example_uses_public_imports_and_has_fast_flag(name):
     source = (EXAMPLES / name).read_text()
@@ -67,12 +76,7 @@ def test_drop_in_lightning():
     assert r["student_acc"] > 0.5
     assert r["baseline_acc"] > 0.5
     assert r["student_params"] < r["teacher_params"] / 10
-    # The teacher guarantees, observed from outside the module.
-    assert r["teacher_frozen"] is True
-    assert r["teacher_eval"] is True
-    assert r["teacher_unchanged"] is True
-    assert r["teacher_in_optimizer"] is False
-    assert r["teacher_keys_in_ckpt"] == 0
+    assert_teacher_guarantees(r)
     assert r["reload_matches"] is True
 
 
@@ -121,9 +125,4 @@ def test_distill_causal_lm():
         assert r[name] < r["untrained_ppl"] / 3, (name, r[name], r["untrained_ppl"])
     assert r["agreement"] > 0.2
     assert r["student_params"] < r["teacher_params"] / 5
-    # The teacher guarantees, observed from outside the module.
-    assert r["teacher_frozen"] is True
-    assert r["teacher_eval"] is True
-    assert r["teacher_unchanged"] is True
-    assert r["teacher_in_optimizer"] is False
-    assert r["teacher_keys_in_ckpt"] == 0
+    assert_teacher_guarantees(r)
