@@ -58,6 +58,7 @@ def obtain_trained(plan: TeacherPlan, task: Any, datamodule: L.LightningDataModu
         return net, result
     done = stages.finished(role, net)  # resume=true: this run's own finished stage comes first
     if done is not None:
+        done.source = done.source or "resumed"
         return net, done
     if plan.entry is None:
         result = stages.fit(role, task.labels_only_module(make_module, net), datamodule, net, **plan.budget)

@@ -17,5 +17,5 @@ def test_shared_teacher_trains_once_with_its_own_seed(compose):
                         "baseline.enabled=false", "trainer.enable_progress_bar=false", "logger=none", out="a"))
     second = run(compose("seed=2", "data.seed=0", "teacher_fit.seed=0", "debug=limit", "teacher_fit.use_store=true",
                          "baseline.enabled=false", "trainer.enable_progress_bar=false", "logger=none", out="b"))
-    assert first["teacher"]["source"] == "trained" and second["teacher"]["source"] == "cache"
+    assert first["teacher"]["source"] == "trained" and second["teacher"]["source"] == "store"
     assert first["teacher"]["acc"] == second["teacher"]["acc"]
