@@ -225,7 +225,7 @@ def test_kd_eval_and_kd_export_read_an_lm_run_s_student(tmp_path, cache_dir, cap
     from kd_lightning.app.eval import evaluate
     from kd_lightning.app.export import export
 
-    summary = run(make_cfg(tmp_path, "baseline.enabled=false", "samples.prompts=[]"))
+    summary = run(make_cfg(tmp_path, cache_dir, "baseline.enabled=false", "samples.prompts=[]"))
     ckpt = Path(summary["student"]["ckpt_path"])
     capsys.readouterr()
     # The run tested on two batches (TINY): so does kd-eval here.
