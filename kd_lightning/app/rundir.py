@@ -142,10 +142,13 @@ def claim(cfg: DictConfig) -> bool:
     """Make ``paths.output_dir`` this run's, or raise :class:`ConfigError`; True when it holds this config's
     earlier outputs (what ``resume=true`` continues)."""
     out = Path(cfg.paths.output_dir)
-    hold(out)  # first: the checks below and the fingerprint written after them are this process's alone
-    removed = remove_leftovers(out)
-    if removed:
-        log.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out)
+    # A DDP rank that Lightning started (LOCAL_RANK > 0) joins the directory its launching process holds.
+    launcher = os.environ.get("LOCAL_RANK", "0") in ("", "0")
+    if launcher:
+        hold(out)  # first: the checks below and the fingerprint written after them are this process's alone
+        removed = remove_leftovers(out)
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), out)
     found = outputs(out)
     stored = read_json(out / FINGERPRINT)
     mine = fingerprint(cfg)
