@@ -5,6 +5,13 @@ _package = Path(__file__).resolve().parent.parent
 _checkout = _package.parent / "conf"
 CONFIG_DIR = _checkout if (_checkout / "train.yaml").is_file() else _package / "conf"
 
+def ddp_child() -> bool:
+    """True in a DDP rank that Lightning started (LOCAL_RANK > 0): it joins its launching process's run."""
+    import os
+
+    return os.environ.get("LOCAL_RANK", "0") not in ("", "0")
+
+
 def set_run_id() -> None:
     """Give this process its own default run/sweep directory: ``KD_RUN_ID`` (read by conf/hydra/default.yaml
     as ``${oc.env:KD_RUN_ID,}``) becomes ``_<pid>-<4 random hex digits>``. Called by the entry points, never
@@ -13,7 +20,7 @@ def set_run_id() -> None:
     import os
     import secrets
 
-    if os.environ.get("LOCAL_RANK", "0") in ("", "0") or "KD_RUN_ID" not in os.environ:
+    if not ddp_child() or "KD_RUN_ID" not in os.environ:
         os.environ["KD_RUN_ID"] = f"_{os.getpid()}-{secrets.token_hex(2)}"
 
 

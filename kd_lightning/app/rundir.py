@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from .. import io
+from .confdir import ddp_child
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,7 @@ def claim(cfg: DictConfig) -> bool:
     """Make ``paths.output_dir`` this run's, or raise :class:`ConfigError`; True when it holds this config's
     earlier outputs (what ``resume=true`` continues)."""
     out = Path(cfg.paths.output_dir)
-    # A DDP rank that Lightning started (LOCAL_RANK > 0) joins the directory its launching process holds.
-    launcher = os.environ.get("LOCAL_RANK", "0") in ("", "0")
-    if launcher:
+    if not ddp_child():  # a DDP rank Lightning started joins the directory its launching process holds
         hold(out)  # first: the checks below and the fingerprint written after them are this process's alone
         removed = remove_leftovers(out)
         if removed:
