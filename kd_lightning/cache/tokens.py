@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from .. import io as kd_io
-from ..batch import TOPK_KEYS
 from ..data.wrapper import WrappedDataModule
 from ..forward import call_signature, lm_logits
 from .fingerprint import FORMAT_VERSION, fingerprint_dataset, fingerprint_module, fingerprint_tokenizer
