@@ -156,6 +156,24 @@ class TeacherStudentModule(L.LightningModule):
             if taps is not None:
                 taps.remove()
         self.taps = None
+        self.settle_teacher()
+
+    # ------------------------------------------------------------------------------ the teacher's mode
+    def on_fit_start(self) -> None:
+        # Lightning's fit loop warns about every module whose ``training`` flag is off when training begins
+        # (named_modules(), just before the on_train_start hooks). The teacher's eval mode is deliberate, so
+        # its flags read "train" from here to on_train_start: the warning then counts only modules the user
+        # left in eval mode (a student loaded with from_pretrained, say), as it should. In that span the
+        # teacher runs only in the sanity check, under Lightning's own eval mode, and FrozenTeacher puts
+        # itself back in eval mode before any forward.
+        if self.teacher is not None:
+            for module in self.teacher.modules():
+                module.training = True
+
+    def settle_teacher(self) -> None:
+        """Put the teacher back in eval mode (its flags are lifted only between on_fit_start and on_train_start)."""
+        if self.teacher is not None:
+            self.teacher.train(False)
 
     # --------------------------------------------------------------------- loss adapters (dry run)
     def setup(self, stage: str) -> None:
@@ -176,6 +194,7 @@ class TeacherStudentModule(L.LightningModule):
         return next(iter(datamodule.train_dataloader())) if datamodule is not None else None
 
     def on_train_start(self) -> None:
+        self.settle_teacher()  # see on_fit_start
         # Loaders given to fit() exist only now, after the optimizer was made: build the adapters from the
         # first batch and make the optimizer again, so that it holds them.
         if self.loss is None or not self.loss.needs_build:

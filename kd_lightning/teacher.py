@@ -157,13 +157,21 @@ class FrozenTeacher(nn.Module):
         super().train(False)
         return self
 
+    def settle(self) -> None:
+        # Whatever flags it was given (TeacherStudentModule.on_fit_start lifts them for Lightning's check, a
+        # failed fit may leave them so), the teacher never runs in train mode.
+        if self.training:
+            self.train(False)
+
     def forward(self, x: Inputs) -> Tensor:
         """The teacher's logits for ``x`` (a tensor or keyword inputs), without a graph."""
+        self.settle()
         with torch.no_grad():
             return logits_of(call(self.net, x), "teacher")
 
     def token_logits(self, input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
         """A causal-LM teacher's next-token logits ``[B, T, V]``, without a graph."""
+        self.settle()
         with torch.no_grad():
             return lm_logits(self.net, input_ids, attention_mask, *self.signature)
 

@@ -1,10 +1,12 @@
 """kd_lightning/base.py: what every family module shares — one definition of the checkpoint hooks and the
 optimizer, the loss-family refusal, trainable parameters, total steps for the scheduler, loss adapters
-built through public hooks only (also when fitting on plain loaders), and the finite-loss check for LMs."""
+built through public hooks only (also when fitting on plain loaders), the finite-loss check for LMs, and a
+drop-in fit that draws no warning about the frozen teacher's eval mode."""
 from __future__ import annotations
 
 import functools
 import re
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from helpers import MLP, loader, make_data
+from helpers import MLP, loader, make_data, state_hash, warmed_teacher
 from kd_lightning import CausalLMDistillationModule, DistillationModule
 from kd_lightning.base import TeacherStudentModule
 from kd_lightning.losses import KD, Compose, FitNet, HiddenStates, TokenKD
@@ -156,3 +158,68 @@ def test_mutual_learning_checkpoints_and_logs_through_the_base(make_trainer, tmp
     restored = MutualLearningModule.load_from_checkpoint(path, students=[MLP(), MLP()])
     for a, b in zip(module.students.parameters(), restored.students.parameters()):
         torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------- a drop-in fit and the teacher's mode
+class TeacherModes(L.Callback):
+    """Whether any teacher module is in train mode at each training and validation step."""
+
+    def __init__(self):
+        self.train, self.val = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.train.append(any(m.training for m in pl_module.teacher.modules()))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.val.append(any(m.training for m in pl_module.teacher.modules()))
+
+
+class PlainData(L.LightningDataModule):
+    def __init__(self, rows_):
+        super().__init__()
+        self.rows = rows_
+
+    def train_dataloader(self):
+        return DataLoader(self.rows, batch_size=8)
+
+    def val_dataloader(self):
+        return DataLoader(self.rows, batch_size=8)
+
+
+def drop_in_modules():
+    x, y = make_data()
+    yield "classifier", DistillationModule(MLP(), warmed_teacher(), loss=KD()), list(zip(x, y))
+    lm = rows(ragged_batch([12, 10, 8, 12, 11, 9, 12, 7]))
+    yield "causal_lm", CausalLMDistillationModule(TinyLM(seed=1), TinyLM(seed=2), loss=TokenKD()), lm
+
+
+def drop_in_fit(module, rows_, tmp_path, probe):
+    """A user's plain Trainer (sanity check on), quiet only where the test does not look."""
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", default_root_dir=str(tmp_path), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[probe])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer.fit(module, PlainData(rows_))
+    return [w for w in seen if "eval mode" in str(w.message) or "kd_lightning" in w.filename]
+
+
+@pytest.mark.parametrize("family", ["classifier", "causal_lm"])
+def test_a_drop_in_fit_warns_nothing_about_the_frozen_teacher(family, tmp_path):
+    name, module, rows_ = next(m for m in drop_in_modules() if m[0] == family)
+    teacher_state, probe = state_hash(module.teacher), TeacherModes()
+    caused = drop_in_fit(module, rows_, tmp_path, probe)
+    assert caused == [], [str(w.message) for w in caused]
+    # ...and the teacher was in eval mode at every step, validation included, and after the fit, and unchanged
+    assert len(probe.train) == 3 and not any(probe.train) and probe.val and not any(probe.val)
+    assert not any(m.training for m in module.teacher.modules())
+    assert state_hash(module.teacher) == teacher_state
+    assert all(not p.requires_grad and p.grad is None for p in module.teacher.parameters())
+
+
+def test_a_student_left_in_eval_mode_is_still_reported_and_only_it(tmp_path):
+    x, y = make_data()
+    student = MLP().eval()  # e.g. a model fresh from from_pretrained
+    module = DistillationModule(student, warmed_teacher(), loss=KD())
+    caused = drop_in_fit(module, list(zip(x, y)), tmp_path, TeacherModes())
+    assert [str(w.message).split(" module")[0] for w in caused] == [f"Found {len(list(student.modules()))}"]

@@ -28,6 +28,19 @@ def test_frozen_teacher_wrapper_itself_is_in_eval_mode(make_trainer, data):
     assert not any(m.training for m in module.teacher.modules())
 
 
+def test_a_teacher_whose_flags_were_lifted_still_runs_in_eval_mode(data):
+    """Flags left on by someone else (a fit that failed before on_train_start) do not reach the forward."""
+    x, _ = data
+    teacher = warmed_teacher()
+    module = DistillationModule(MLP(hidden=16), teacher, optimizer=sgd())
+    expected, before = teacher(x), state_hash(teacher)
+    for m in module.teacher.modules():
+        m.training = True
+    assert torch.equal(module.teacher(x), expected) and torch.equal(module.teacher(x), expected)  # no dropout
+    assert state_hash(teacher) == before  # BatchNorm statistics unmoved
+    assert not any(m.training for m in module.teacher.modules())
+
+
 def test_teacher_outputs_are_deterministic_inside_training_step(make_trainer, data):
     """Dropout in the teacher would make two forwards of the same batch differ."""
     x, y = data

@@ -20,8 +20,6 @@ class _DropNoise(logging.Filter):
 
 
 def quiet_known_noise() -> None:
-    # The frozen teacher is in eval mode on purpose; Lightning notes it at every fit.
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     # Deprecations inside torch/Lightning that a kd-train user can do nothing about.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|lightning|lightning_fabric)\b.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(torch|lightning|lightning_fabric)\b.*")
