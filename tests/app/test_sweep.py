@@ -89,3 +89,68 @@ def test_joblib_language_model_sweep_trains_its_teacher_once(tmp_path):
     assert len(pids) == 2
     sources = sorted(json.loads((sweep / j / "summary.json").read_text())["teacher"]["source"] for j in ("0", "1"))
     assert sources == ["store", "trained"]
+
+
+# ------------------------------------------------------------------------------ the sweep plot
+def _rows(metric, students, teacher, baseline):
+    leaf = metric.split("/")[1]
+    return [{"job": str(i), "status": "ok", "distill.temperature": t, metric: v, f"teacher/{leaf}": teacher,
+             f"baseline/{leaf}": baseline} for i, (t, v) in enumerate(students)]
+
+
+def _references(ax):
+    """The horizontal lines of an axes: ``label -> y``."""
+    return {line.get_label(): float(line.get_ydata()[0]) for line in ax.get_lines()
+            if len(set(map(float, line.get_ydata()))) == 1}
+
+
+@pytest.mark.parametrize("family", ["classifier", "causal_lm"])
+def test_sweep_plot_draws_teacher_and_baseline_and_an_axis_that_does_not_zoom(family):
+    import matplotlib.pyplot as plt
+
+    from kd_lightning.app.sweep import sweep_figure
+
+    if family == "classifier":  # three students 0.3 points apart, teacher and baseline just outside them
+        metric, students, teacher, baseline = "student/acc", [(1, 0.912), (2, 0.915), (4, 0.914)], 0.921, 0.910
+    else:  # perplexity: lower is better
+        metric, students, teacher, baseline = "student/ppl", [(1, 121.0), (2, 119.5), (4, 120.2)], 112.2, 122.0
+    fig = sweep_figure(_rows(metric, students, teacher, baseline), ["distill.temperature"], metric)
+    try:
+        (ax,) = fig.axes
+        refs = _references(ax)
+        assert {label.split(" ")[0] for label in refs} == {"teacher", "labels-only"}
+        assert refs[next(k for k in refs if k.startswith("teacher"))] == pytest.approx(teacher)
+        assert refs[next(k for k in refs if k.startswith("labels-only"))] == pytest.approx(baseline)
+        bottom, top = ax.get_ylim()
+        values = [v for _, v in students] + [teacher, baseline]
+        assert bottom <= min(values) and max(values) <= top
+        if family == "classifier":
+            assert top - bottom >= 0.10 and 0.0 <= bottom and top <= 1.0  # ten points at least, inside [0, 1]
+            assert "higher is better" in ax.get_ylabel()
+        else:
+            assert top - bottom >= 0.2 * max(values) and bottom >= 0
+            assert "lower is better" in ax.get_ylabel()
+        # the students are the scatter, at their own values
+        (points,) = ax.collections
+        assert sorted(points.get_offsets()[:, 1].tolist()) == pytest.approx(sorted(v for _, v in students))
+    finally:
+        plt.close(fig)
+
+
+def test_sweep_plot_limits_stay_inside_zero_and_one_and_without_references_draw_no_lines():
+    import matplotlib.pyplot as plt
+
+    from kd_lightning.app.sweep import honest_limits, sweep_figure
+
+    bottom, top = honest_limits([0.995, 0.999], "student/acc")
+    assert top == 1.0 and top - bottom >= 0.10 - 1e-12
+    bottom, top = honest_limits([0.001, 0.004], "student/acc")
+    assert bottom == 0.0 and top >= 0.10
+    bottom, top = honest_limits([-0.02, 0.01], "kd_gain")  # a difference of accuracies may go below 0
+    assert bottom < -0.02 and top - bottom >= 0.10
+    rows = [{"job": "0", "status": "ok", "speedup": 2.5}, {"job": "1", "status": "ok", "speedup": 2.6}]
+    fig = sweep_figure(rows, [], "speedup")
+    try:
+        assert _references(fig.axes[0]) == {}
+    finally:
+        plt.close(fig)
