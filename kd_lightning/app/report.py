@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import io
 from .stage import StageResult
@@ -53,47 +53,114 @@ def build_summary(teacher: StageResult, baseline: Optional[StageResult], student
     return {k: v for k, v in summary.items() if v is not None or k in keep}
 
 
-def markdown_table(summary: Dict[str, Any]) -> str:
-    lines = [
-        "| model | acc | params | MACs/sample | size (KiB) | CPU latency, batch 1 (ms, median ± IQR) | wall (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for stage in STAGES:
-        s = summary.get(stage)
-        if not s:
-            continue
-        label = stage if stage != "teacher" else f"teacher ({s.get('source', '')})"
-        macs = f"{s['macs_per_sample']:,}" if s.get("macs_per_sample") else "—"
-        spread = f" ± {s['latency_iqr_ms']:.3f}" if s.get("latency_iqr_ms") is not None else ""
-        lines.append(f"| {label} | {100 * s['acc']:.2f}% | {s['params']:,} | {macs} | {s['size_bytes'] / 1024:.1f} | "
-                     f"{s['latency_ms']:.3f}{spread} | {s['wall_s']:.1f} |")
-    lines.append("")
-    lines.append(f"Compression {summary['compression']:.1f}x in parameters"
-                 + (f", {summary['mac_ratio']:.1f}x in multiply-accumulates" if summary.get("mac_ratio") else "")
-                 + ", "
-                 f"accuracy retained {100 * (summary['acc_retained'] or 0):.1f}%"
-                 + (f", gain over the labels-only baseline {100 * summary['kd_gain']:+.2f} points."
-                    if summary.get("kd_gain") is not None else "."))
-    return "\n".join(lines) + "\n"
+# ------------------------------------------------------------------------ the table, for both families
+def _num(v: Any, fmt: str) -> str:
+    return "—" if v is None else format(v, fmt)
 
 
-def print_table(summary: Dict[str, Any]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # pragma: no cover - rich is a dependency
-        print(markdown_table(summary))
-        return
-    table = Table(title=f"kd-lightning: {summary['distill']['name']} on {summary['data']}")
-    for col in ("model", "acc", "params", "MACs", "size KiB", "ms/sample", "wall s"):
-        table.add_column(col, justify="right" if col != "model" else "left")
+def _latency(s: Dict[str, Any]) -> str:
+    spread = f" ± {s['latency_iqr_ms']:.3f}" if s.get("latency_iqr_ms") is not None else ""
+    return f"{s['latency_ms']:.3f}{spread}"
+
+
+# Each family's columns: header -> the cell of one stage's summary. One renderer (report_table) serves both.
+CLASSIFIER_COLUMNS = (
+    ("acc", lambda s: f"{100 * s['acc']:.2f}%"),
+    ("params", lambda s: f"{s['params']:,}"),
+    ("MACs/sample", lambda s: _num(s.get("macs_per_sample"), ",")),
+    ("size (KiB)", lambda s: f"{s['size_bytes'] / 1024:.1f}"),
+    ("batch-1 CPU ms (median ± IQR)", _latency),
+    ("wall (s)", lambda s: f"{s['wall_s']:.1f}"),
+)
+LM_COLUMNS = (
+    ("perplexity", lambda s: _num(s.get("ppl"), ".2f")),
+    ("bits/byte", lambda s: _num(s.get("bpb"), ".3f")),
+    ("agreement", lambda s: _num(s.get("agreement"), ".3f")),
+    ("params", lambda s: f"{s['params']:,}"),
+    ("size (KiB)", lambda s: f"{s['size_bytes'] / 1024:.1f}"),
+    ("tokens/s (CPU)", lambda s: _num(s.get("tokens_per_s"), ",.0f")),
+    ("wall (s)", lambda s: f"{s['wall_s']:.1f}"),
+)
+
+
+def report_table(summary: Dict[str, Any], lm: bool = False) -> Tuple[List[str], List[List[str]], List[str]]:
+    """The run's table as text cells: ``(header, one row per stage, the sentences under it)``, for a
+    classifier (accuracy) or a language model (perplexity, bits per byte). Both the printed table and
+    summary.md are drawn from it."""
+    columns = LM_COLUMNS if lm else CLASSIFIER_COLUMNS
+    header = ["model"] + [name for name, _ in columns]
+    rows = []
     for stage in STAGES:
         s = summary.get(stage)
         if s:
-            table.add_row(stage, f"{100 * s['acc']:.2f}%", f"{s['params']:,}", f"{s.get('macs_per_sample') or 0:,}",
-                          f"{s['size_bytes'] / 1024:.1f}", f"{s['latency_ms']:.3f}", f"{s['wall_s']:.1f}")
-    Console().print(table)
-    Console().print(markdown_table(summary).strip().splitlines()[-1])
+            label = stage if stage != "teacher" else f"teacher ({s.get('source', '')})"
+            rows.append([label] + [cell(s) for _, cell in columns])
+    return header, rows, (lm_notes if lm else classifier_notes)(summary)
+
+
+def classifier_notes(summary: Dict[str, Any]) -> List[str]:
+    return [f"Compression {summary['compression']:.1f}x in parameters"
+            + (f", {summary['mac_ratio']:.1f}x in multiply-accumulates" if summary.get("mac_ratio") else "")
+            + f", accuracy retained {100 * (summary['acc_retained'] or 0):.1f}%"
+            + (f", gain over the labels-only baseline {100 * summary['kd_gain']:+.2f} points."
+               if summary.get("kd_gain") is not None else ".")]
+
+
+def lm_notes(summary: Dict[str, Any]) -> List[str]:
+    notes = []
+    own = [(stage, (summary.get(stage) or {}).get("teacher_ppl_of_samples")) for stage in STAGES]
+    if any(v is not None for _, v in own):
+        notes.append("Teacher perplexity of each model's own samples from the held-out prompts (lower: closer to "
+                     "what the teacher would write): " + ", ".join(f"{stage} {v:.2f}" for stage, v in own
+                                                                     if v is not None) + ".")
+    gap = summary.get("gap_closed")
+    notes.append(f"Compression {summary['compression']:.1f}x in parameters"
+                 + (f"; distillation changes the student's perplexity by {-summary['ppl_gain']:+.2f} against the "
+                    f"labels-only baseline and closes {100 * gap:.1f}% of the baseline-teacher gap (in cross-entropy)."
+                    if gap is not None else "."))
+    stored = (summary.get("student") or {}).get("teacher_outputs")
+    if stored:
+        notes.append(f"The student trained on the teacher's stored top-{stored['top_k']} next-token distributions "
+                     f"({stored['bytes_per_token']:.0f} bytes per token on disk, against "
+                     f"{stored['dense_fp32_bytes_per_token']:,} for dense fp32 logits); no teacher ran in its stage.")
+    return notes
+
+
+def report_markdown(summary: Dict[str, Any], lm: bool = False) -> str:
+    """summary.md: the table of :func:`report_table` in Markdown, its sentences, and (language models) the
+    sampled continuations."""
+    header, rows, notes = report_table(summary, lm)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    for note in notes:
+        lines += ["", note]
+    if lm:
+        lines += lm_samples(summary)
+    return "\n".join(lines) + "\n"
+
+
+def print_report(summary: Dict[str, Any], lm: bool = False) -> None:
+    """The table of :func:`report_table` on the console (a rich table as wide as it needs), then its sentences."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    header, rows, notes = report_table(summary, lm)
+    distill = (summary.get("distill") or {}).get("name")
+    table = Table(title=f"kd-lightning: {distill} on {summary.get('data')}" if distill else "kd-lightning")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    # rich squeezes a table wider than the console into ellipses ("12,3…"); a narrow console (or a captured
+    # stream, 80 columns) gets the table whole instead, and its lines run on.
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if natural > console.width:
+        console = Console(width=natural)
+    console.print(table)
+    for note in notes:
+        console.print(note, soft_wrap=True)
 
 
 def plot_summary(summary: Dict[str, Any], path: Path, lm: bool = False) -> None:
@@ -144,15 +211,12 @@ def write_report(out: Path, teacher: StageResult, baseline: Optional[StageResult
     if not write:
         return summary
     io.write_json(out / "summary.json", summary)
-    io.write_text(out / "summary.md", (lm_markdown if lm else markdown_table)(summary))
+    io.write_text(out / "summary.md", report_markdown(summary, lm))
     try:
         plot_summary(summary, out / "summary.png", lm)
     except Exception as err:  # a plotting problem must not lose a finished run
         log.warning("could not draw summary.png: %s", err)
-    if lm:
-        print(lm_markdown(summary, samples=False))
-    else:
-        print_table(summary)
+    print_report(summary, lm)
     return summary
 
 
@@ -171,50 +235,20 @@ def build_lm_summary(teacher: StageResult, baseline: Optional[StageResult], stud
     return summary
 
 
-def _num(v: Any, fmt: str) -> str:
-    return "" if v is None else format(v, fmt)
-
-
-def lm_markdown(summary: Dict[str, Any], samples: bool = True) -> str:
-    lines = ["| model | perplexity | bits/byte | agreement | params | size (KiB) | tokens/s (CPU) | wall (s) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for stage in STAGES:
-        s = summary.get(stage)
-        if not s:
-            continue
-        label = stage if stage != "teacher" else f"teacher ({s.get('source', '')})"
-        lines.append(f"| {label} | {_num(s.get('ppl'), '.2f')} | {_num(s.get('bpb'), '.3f')} | "
-                     f"{_num(s.get('agreement'), '.3f')} | {s['params']:,} | {s['size_bytes'] / 1024:.1f} | "
-                     f"{_num(s.get('tokens_per_s'), ',.0f')} | {s['wall_s']:.1f} |")
-    own = [(stage, (summary.get(stage) or {}).get("teacher_ppl_of_samples")) for stage in STAGES]
-    if any(v is not None for _, v in own):
-        lines += ["", "Teacher perplexity of each model's own samples from the held-out prompts (lower: closer to "
-                  "what the teacher would write): " + ", ".join(f"{stage} {v:.2f}" for stage, v in own if v is not None)
-                  + "."]
-    lines.append("")
-    gap = summary.get("gap_closed")
-    lines.append(f"Compression {summary['compression']:.1f}x in parameters"
-                 + (f"; distillation changes the student's perplexity by {-summary['ppl_gain']:+.2f} against the "
-                    f"labels-only baseline and closes {100 * gap:.1f}% of the baseline-teacher gap (in cross-entropy)."
-                    if gap is not None else "."))
-    stored = (summary.get("student") or {}).get("teacher_outputs")
-    if stored:
-        lines.append(f"The student trained on the teacher's stored top-{stored['top_k']} next-token distributions "
-                     f"({stored['bytes_per_token']:.0f} bytes per token on disk, against "
-                     f"{stored['dense_fp32_bytes_per_token']:,} for dense fp32 logits); no teacher ran in its stage.")
+def lm_samples(summary: Dict[str, Any]) -> List[str]:
+    """summary.md's section of sampled continuations (none without prompts)."""
     prompts = summary.get("prompts") or []
-    if samples and prompts:
-        lines += ["", "## Sampled continuations", ""]
-        for i, prompt in enumerate(prompts):
-            lines.append(f"**{prompt}**")
-            lines.append("")
-            for stage in STAGES:
-                s = summary.get(stage) or {}
-                texts = s.get("samples") or []
-                if i < len(texts):
-                    lines.append(f"- {stage}: `{prompt}`{_inline(texts[i])}")
-            lines.append("")
-    return "\n".join(lines) + "\n"
+    if not prompts:
+        return []
+    lines = ["", "## Sampled continuations", ""]
+    for i, prompt in enumerate(prompts):
+        lines += [f"**{prompt}**", ""]
+        for stage in STAGES:
+            texts = (summary.get(stage) or {}).get("samples") or []
+            if i < len(texts):
+                lines.append(f"- {stage}: `{prompt}`{_inline(texts[i])}")
+        lines.append("")
+    return lines
 
 
 def _inline(text: str) -> str:
