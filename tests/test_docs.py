@@ -213,6 +213,34 @@ def test_every_skipped_snippet_says_why_and_is_expected():
     assert skipped == EXPECTED_SKIPS
 
 
+SKIPPED = [(page, line, reason) for page in PAGES for line, _, reason in snippets(page) if reason]
+
+
+@pytest.mark.parametrize("page,line,reason", SKIPPED, ids=[f"{p}:{n}" for p, n, _ in SKIPPED])
+def test_a_snippet_that_cannot_run_here_is_reported_as_skipped(page, line, reason):
+    """One skip per snippet that needs what this machine lacks, so the run's summary counts them with why."""
+    pytest.skip(f"{page}:{line}: {reason}")
+
+
+INCLUDE = re.compile(r'^\s*--8<-- "([^"]+)"\s*$')
+
+
+def test_every_python_block_is_run_skipped_with_a_reason_or_an_example_script_the_tests_run():
+    """No Python block escapes: an indented fence (inside an admonition) is the inclusion of a whole script of
+    examples/, which tests/examples runs; every other block is one of the snippets above."""
+    from examples.test_examples import SCRIPTS
+
+    for page in PAGES:
+        text = (ROOT / page).read_text()
+        blocks = re.findall(r"^([ \t]*)```python\n(.*?)^[ \t]*```", text, re.S | re.M)
+        top_level = [code for indent, code in blocks if not indent]
+        assert len(top_level) == len(snippets(page)), page
+        for indent, code in blocks:
+            if indent:
+                (included,) = [INCLUDE.match(line).group(1) for line in code.splitlines() if line.strip()]
+                assert included.startswith("examples/") and Path(included).name in SCRIPTS, (page, included)
+
+
 RUNNABLE = [p for p in PAGES if any(reason is None for _, _, reason in snippets(p))]
 
 
