@@ -93,18 +93,51 @@ def test_the_site_works_offline(site):
 
 
 # ------------------------------------------------------------------------------------- generated tables
-def test_the_config_group_table_is_generated_from_conf():
+def config_groups_table():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import config_groups_table
     finally:
         sys.path.remove(str(ROOT / "scripts"))
+    return config_groups_table
+
+
+def test_the_config_group_table_is_generated_from_conf():
+    config_groups_table = globals()["config_groups_table"]()
     page = config_groups_table.page_table((DOCS / "configs.md").read_text())
     assert page == config_groups_table.table(), \
         "docs/configs.md's group table differs from conf/: run python scripts/config_groups_table.py --write"
     groups = config_groups_table.group_options()
     assert {"data", "teacher", "student", "distill", "trainer", "experiment"} <= set(groups)
     assert "lm_pydoc" in groups["experiment"] and "cnn1d_16" in groups["student"]
+
+
+def test_the_config_group_table_walks_groups_at_every_depth_as_hydra_help_does(tmp_path):
+    """A group inside a group (``distill/extra``) is listed; a directory that holds only groups is not."""
+    for name in ("train.yaml", "distill/kd.yaml", "distill/extra/one.yaml", "wrappers/inner/x.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    groups = config_groups_table().group_options(tmp_path)
+    assert groups["distill"] == ["kd"] and groups["distill/extra"] == ["one"] and groups["wrappers/inner"] == ["x"]
+    assert "wrappers" not in groups and not any(g.startswith("hydra") for g in groups)
+
+
+@pytest.mark.slow
+def test_the_config_group_table_lists_what_kd_train_help_lists(tmp_path):
+    from app.helpers import cli
+
+    proc = cli("kd-train", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    section = proc.stdout[proc.stdout.index("== Config groups"):proc.stdout.index("== Examples")]
+    listed = {}
+    for line in section.splitlines()[1:]:
+        if line.strip():
+            group, _, options = line.partition(": ")
+            listed[group] = sorted(options.split(", "), key=str.lower)
+    assert len(listed) >= 15
+    assert listed == config_groups_table().group_options()
+    table = config_groups_table().page_table((DOCS / "configs.md").read_text())
+    assert re.findall(r"^\| `([^`]+)` \|", table, re.M) == sorted(listed)
 
 
 def bad_input_rows():
