@@ -190,8 +190,9 @@ def check_module(cfg: DictConfig) -> None:
     module = cfg.get("module") or {}
     interval = module.get("finite_check_interval")
     if interval is not None and (_int(interval) is None or interval < 1):
-        raise ConfigError(f"module.finite_check_interval={interval!r} must be a positive number of steps, or null (every "
-                          "step on the CPU, every logging step on accelerators); set module.finite_check_interval=null")
+        raise ConfigError(f"module.finite_check_interval={interval!r} must be a positive number of steps, or null "
+                          "(every step on the CPU, every logging step on accelerators); set "
+                          "module.finite_check_interval=null")
     mode = module.get("ensemble_mode")
     if mode is not None and mode not in ("probs", "logits"):
         raise ConfigError(f"module.ensemble_mode={mode!r} is not known; use module.ensemble_mode=probs (average the "
