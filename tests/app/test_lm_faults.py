@@ -217,6 +217,58 @@ def test_an_intact_lm_student_checkpoint_carries_its_digest(lm_run):
     assert blob["weights_sha256"] == kd_io.state_dict_sha256(blob["state_dict"])
 
 
+@pytest.mark.parametrize("how", ["flip_bit", "truncate", "checksums garbage"])
+def test_a_damaged_exported_lm_directory_is_one_line_naming_the_file(lm_run, tmp_path, how):
+    """The exported student_hf/ read back as a teacher (teacher=hf_local): kd-train wrote checksums.sha256 beside
+    the weights, so a flipped bit in a tensor is named like a cut file."""
+    hf = tmp_path / "student_hf"
+    shutil.copytree(lm_run[0] / "run" / "student_hf", hf)
+    weights = hf / "model.safetensors"
+    if how == "checksums garbage":
+        (hf / "checksums.sha256").write_text("not a digest\n")
+        named, why = hf / "checksums.sha256", "line 1 is not '<sha256>  <file name>'"
+    else:
+        {"flip_bit": flip_bit, "truncate": truncate}[how](weights)
+        named, why = weights, ("does not match its SHA-256 in checksums.sha256" if how == "flip_bit"
+                               else "is truncated or damaged")
+    with pytest.raises(ConfigError, match=r"^could not build the teacher network from teacher.net \(hf_local\)") as info:
+        run(make_cfg(tmp_path, tmp_path / "cache", "teacher=hf_local", f"teacher.name_or_path={hf}",
+                     f"data.tokenizer={hf}", "baseline.enabled=false"))
+    assert f"'{named}'" in str(info.value) and why in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "teacher").exists()
+
+
+def test_the_exported_lm_directory_lists_its_digests(lm_run):
+    from kd_lightning.models.local_files import check_model_dir
+
+    hf = lm_run[0] / "run" / "student_hf"
+    listed = {line.split("  ")[1] for line in (hf / "checksums.sha256").read_text().splitlines()}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= listed
+    assert check_model_dir(hf)  # intact: accepted
+
+
+# ------------------------------------------------------------------------ stage records on resume
+@pytest.mark.parametrize("fault", ["stage.json garbage", "stage.json json_list", "stage.json empty",
+                                   "weights.pt flip_bit", "weights.pt truncate", "stage.json drop weights_sha256"])
+def test_a_damaged_stage_record_runs_the_stage_again(lm_run, tmp_path, caplog, fault):
+    from hydra.utils import instantiate
+
+    from kd_lightning.app import resume
+
+    stage = tmp_path / "teacher"
+    shutil.copytree(lm_run[0] / "run" / "teacher", stage)
+    net = instantiate(make_cfg(tmp_path, tmp_path / "cache").teacher.net)
+    assert resume.finished_stage(stage, net) is not None  # intact: read back
+    name, how = fault.split(" ", 1)
+    damage = {"garbage": garbage, "json_list": json_list, "empty": empty, "flip_bit": flip_bit, "truncate": truncate,
+              "drop weights_sha256": drop_key("weights_sha256")}[how]
+    damage(stage / name)
+    with caplog.at_level(logging.WARNING):
+        assert resume.finished_stage(stage, net) is None
+    assert any(m.startswith("stage teacher: ") and "running the stage again" in m
+               for m in (r.getMessage() for r in caplog.records))
+
+
 # ------------------------------------------------------------------------------ SIGTERM and Ctrl-C
 def interrupted_then_resumed(tmp_path: Path, cache: Path, stage: str, step: int, sig: str):
     """kd-train's job function under the entry point's guard, a signal at ``step`` of ``stage``; then the
@@ -258,6 +310,41 @@ def test_a_signal_in_each_lm_stage_leaves_a_resumable_run(lm_run, tmp_path, capl
         assert summary[stage]["source"] == "trained"
         entry = only(cache, ("teachers" if stage == "teacher" else "baselines") + "/*")
         assert teacher_store.check_entry(entry) == (True, "")  # stored once finished, digest and all
+
+
+@pytest.mark.slow
+def test_sigterm_while_teacher_outputs_are_stored_leaves_nothing_a_later_run_trusts(lm_run, tmp_path, monkeypatch):
+    """Outside a fit (the teacher runs over the training set): one line, no meta.json, resume builds it."""
+    import signal
+
+    from kd_lightning.app.interrupt import SigtermGuard
+    from kd_lightning.app.train import run_task
+    from kd_lightning.cache import tokens
+
+    cache = copy_cache(lm_run, tmp_path)
+    shutil.rmtree(cache / "teacher_outputs")
+    plain, calls = tokens.lm_logits, []
+
+    def logits_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "lm_logits", logits_then_sigterm)
+    with SigtermGuard(), pytest.raises(SystemExit) as stopped:
+        run_task(make_cfg(tmp_path, cache, *STORED))
+    assert str(stopped.value).startswith("kd-train: interrupted by SIGTERM; finished stages are kept and nothing "
+                                         "half-written was left")
+    outputs = cache / "teacher_outputs"
+    assert not list(outputs.rglob("meta.json")) and not list(outputs.rglob(".*.tmp"))
+    monkeypatch.setattr(tokens, "lm_logits", plain)
+    with SigtermGuard():
+        run_task(make_cfg(tmp_path, cache, *STORED, "resume=true"))
+    assert list(outputs.rglob("meta.json"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["teacher"]["source"] == summary["baseline"]["source"] == "store"  # as in the stopped run
+    assert summary["student"]["ppl"] == pytest.approx(lm_run[1]["student"]["ppl"], rel=1e-6)
 
 
 @pytest.mark.slow
