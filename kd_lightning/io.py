@@ -106,3 +106,21 @@ def file_sha256(path: PathLike, chunk: int = 4 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def state_dict_sha256(state: Any) -> str:
+    """SHA-256 of a ``state_dict``'s names, dtypes, shapes and bytes: recorded inside a checkpoint, it shows
+    whether the weights read back are the ones written (a flipped bit in a tensor otherwise loads silently)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        h.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{t.dtype}{tuple(value.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .forward import Inputs, call, call_signature, lm_logits, logits_of
+from .io import state_dict_sha256
 
 TeacherSource = Union[nn.Module, Sequence[nn.Module], str, os.PathLike]
 
@@ -54,11 +55,17 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> object:
         raise ValueError(f"checkpoint {path!r} is empty (0 bytes): it was not written completely; "
                          "point at a complete .ckpt/.pt file (or train it again)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise ValueError(f"checkpoint {path!r} ({size} bytes) cannot be read, it is truncated or not a torch "
                          f"checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                          "point at a complete .ckpt/.pt file (or train it again)") from None
+    recorded = blob.get("weights_sha256") if isinstance(blob, dict) else None
+    if recorded and isinstance(blob.get("state_dict"), dict) and state_dict_sha256(blob["state_dict"]) != recorded:
+        raise ValueError(f"checkpoint {path!r} holds weights that differ from the digest written with them (the "
+                         "file changed after it was saved: a damaged copy or disk); copy it again from its source "
+                         "(or train it again)")
+    return blob
 
 
 def describe_mismatch(architecture: nn.Module, state: dict, limit: int = 4) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Iterable, Optional, Set
 
@@ -155,8 +156,74 @@ def check_train_config(cfg: DictConfig) -> None:
     resume = cfg.get("resume", False)
     if not isinstance(resume, bool):
         raise ConfigError(f"resume={resume!r} must be true or false")
-    for key in ("output_dir", "cache_dir"):
-        check_writable_dir(cfg, f"paths.{key}")
+    check_flags(cfg)
+    check_module(cfg)
+    if cfg.get("task") == "causal_lm":
+        check_lm_teacher_budget(cfg)
+        check_samples(cfg.get("samples") or {})  # here too: the task reads them when it is built
+    teacher_seed = cfg.teacher_fit.get("seed")
+    if teacher_seed is not None and (_int(teacher_seed) is None or not 0 <= teacher_seed < 2 ** 32):
+        raise ConfigError(f"teacher_fit.seed={teacher_seed!r} must be an integer from 0 to 2**32-1, or null for the "
+                          "run's seed; set e.g. teacher_fit.seed=0")
+    for key in ("paths.output_dir", "paths.cache_dir", "data.cache_dir"):
+        check_writable_dir(cfg, key)
+    outputs = teacher_outputs_root(cfg)
+    if outputs is not None:
+        check_dir_path("distill.teacher_outputs", outputs)
+
+
+# Switches read as booleans: a string such as "maybe" would be truthy and silently switch them on.
+FLAGS = ("module.check_finite", "module.save_teacher", "module.fused_head", "module.channels_last",
+         "distill.teacher_outputs_tail", "distill.teacher_outputs_fp16", "baseline.enabled", "baseline.use_store",
+         "teacher_fit.use_store")
+
+
+def check_flags(cfg: DictConfig) -> None:
+    for key in FLAGS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+
+
+def check_module(cfg: DictConfig) -> None:
+    """``module`` keys the LightningModule would only refuse when the first stage builds it."""
+    module = cfg.get("module") or {}
+    interval = module.get("finite_check_interval")
+    if interval is not None and (_int(interval) is None or interval < 1):
+        raise ConfigError(f"module.finite_check_interval={interval!r} must be a positive number of steps, or null "
+                          "(every step on the CPU, every logging step on accelerators); set "
+                          "module.finite_check_interval=null")
+    mode = module.get("ensemble_mode")
+    if mode is not None and mode not in ("probs", "logits"):
+        raise ConfigError(f"module.ensemble_mode={mode!r} is not known; use module.ensemble_mode=probs (average the "
+                          "teachers' probabilities) or logits")
+    if "vocab_alignment" in module:
+        from ..lm.module import VOCAB_ALIGNMENTS
+
+        alignment = module.get("vocab_alignment")
+        if alignment not in VOCAB_ALIGNMENTS:
+            raise ConfigError(f"module.vocab_alignment={alignment!r} is not known; use module.vocab_alignment=strict "
+                              "(the same vocabulary size) or truncate (compare the first min(V_t, V_s) logits)")
+    per_token = module.get("bytes_per_token")
+    if per_token is not None and (not _number(per_token) or not per_token > 0):
+        raise ConfigError(f"module.bytes_per_token={per_token!r} must be a positive number of UTF-8 bytes per token, "
+                          "or null to count them from the data; set module.bytes_per_token=null")
+
+
+def check_lm_teacher_budget(cfg: DictConfig) -> None:
+    """``teacher_fit.max_steps``, a language-model teacher's budget (0: test pretrained weights as they are)."""
+    if cfg.teacher.get("ckpt_path"):
+        return
+    steps = cfg.teacher_fit.get("max_steps")
+    if steps is not None and (_int(steps) is None or steps < 0):
+        raise ConfigError(f"teacher_fit.max_steps={steps!r} is not a number of training steps; set it to a positive "
+                          "integer, e.g. teacher_fit.max_steps=500 (or 0 to test a teacher with pretrained weights)")
+    pretrained = (cfg.teacher.get("net") or {}).get("model_name") == "hf_local" or teacher_has_weights(cfg)
+    if not steps and not pretrained:
+        raise ConfigError(f"teacher_fit.max_steps={steps!r} would test an untrained teacher: teacher.ckpt_path is "
+                          "unset and the teacher network has no pretrained weights; give it a budget (e.g. "
+                          "teacher_fit.max_steps=500) or weights (teacher.ckpt_path=<file>, or teacher=hf_local "
+                          "teacher.name_or_path=DIR)")
 
 
 def check_given_teacher(cfg: DictConfig) -> None:
@@ -191,6 +258,11 @@ def check_extras(cfg: DictConfig) -> None:
 
 def check_samples(samples: Any) -> None:
     """``samples``: the continuations a language-model report shows (sampled after each stage trains)."""
+    prompts = samples.get("prompts")
+    if prompts is not None and (not OmegaConf.is_list(prompts) and not isinstance(prompts, list)
+                                or not all(isinstance(p, str) for p in prompts)):
+        raise ConfigError(f"samples.prompts={prompts!r} must be a list of texts to continue, e.g. "
+                          "samples.prompts='[The for statement]' (or [] for no samples)")
     new_tokens = samples.get("max_new_tokens", 24)
     if _int(new_tokens) is None or new_tokens < 1:
         raise ConfigError(f"samples.max_new_tokens={new_tokens!r} must be a positive number of tokens to generate; "
@@ -208,15 +280,21 @@ def check_samples(samples: Any) -> None:
 def check_writable_dir(cfg: DictConfig, key: str) -> None:
     """``key`` names a directory this run creates or writes into: its nearest existing ancestor must be a
     writable directory (not a file), or the run would fail after its first stage trained."""
-    import os
-
     try:
         value = OmegaConf.select(cfg, key)
     except Exception:  # e.g. ${hydra:...} outside a Hydra run: nothing to check here
         return
     if not value:
         return
-    path = Path(str(value)).expanduser().absolute()
+    check_dir_path(key, Path(str(value)))
+
+
+def check_dir_path(key: str, path: Path, shown: Optional[str] = None) -> None:
+    """``path`` (the value of ``key``) is a directory this run creates or writes into."""
+    import os
+
+    value = shown if shown is not None else str(path)
+    path = path.expanduser().absolute()
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -245,8 +323,39 @@ def runs_on_cpu(trainer_cfg: DictConfig) -> bool:
     return not torch.cuda.is_available() and not torch.backends.mps.is_available()
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """``trainer.accelerator`` must be one Lightning knows, and present on this machine."""
+    import importlib.util
+
+    import torch
+
+    accelerator = trainer_cfg.get("accelerator")
+    if accelerator is None or not isinstance(accelerator, str):
+        return
+    name = accelerator.lower()
+    if name not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={accelerator!r} is not an accelerator Lightning knows; use one of "
+                          f"{', '.join(ACCELERATORS)}")
+    missing = {"gpu": not torch.cuda.is_available() and not torch.backends.mps.is_available(),
+               "cuda": not torch.cuda.is_available(), "mps": not torch.backends.mps.is_available(),
+               "tpu": importlib.util.find_spec("torch_xla") is None}
+    if missing.get(name):
+        raise ConfigError(f"trainer.accelerator={accelerator!r}{' (trainer=gpu sets it)' if name == 'gpu' else ''} "
+                          f"needs a {'TPU' if name == 'tpu' else name.upper() if name == 'mps' else 'GPU'}, and torch "
+                          "sees none on this machine; run on the CPU with trainer=cpu (or trainer.accelerator=cpu), "
+                          "or use a machine with one")
+    devices = trainer_cfg.get("devices")
+    if isinstance(devices, str) and devices != "auto" and not re.fullmatch(r"\s*-?\d+\s*(,\s*\d+\s*)*,?\s*", devices):
+        raise ConfigError(f"trainer.devices={devices!r} is not a number of devices; set trainer.devices=1 (a number, "
+                          "-1 for all of them, a list of indices such as [0,1], or auto)")
+
+
 def check_trainer(trainer_cfg: DictConfig) -> None:
     """The ``trainer`` keys whose wrong values Lightning would only reject when a stage builds its Trainer."""
+    check_accelerator(trainer_cfg)
     precision = trainer_cfg.get("precision")
     if precision is not None:
         name = str(precision).lower()

@@ -118,7 +118,9 @@ def with_transfer_set(datamodule: L.LightningDataModule, loss: Loss) -> L.Lightn
 def save_student(cfg: DictConfig, net: nn.Module, name: str) -> str:
     """The deployable student alone (no teacher, no adapters) plus the config that rebuilds it."""
     path = Path(cfg.paths.output_dir) / f"{name}.ckpt"
-    io.torch_save({"state_dict": {f"student.{k}": v for k, v in net.state_dict().items()},
+    state = {f"student.{k}": v for k, v in net.state_dict().items()}
+    # The digest travels with the weights: kd-eval, kd-export and teacher.ckpt_path refuse a changed copy.
+    io.torch_save({"state_dict": state, "weights_sha256": io.state_dict_sha256(state),
                    "kd_config": OmegaConf.to_container(cfg, resolve=True)}, path)
     return str(path)
 

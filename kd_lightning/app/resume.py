@@ -77,8 +77,20 @@ class InterruptCheckpoint(L.Callback):
 
 
 def interrupted_checkpoint(stage_dir: Path) -> Optional[str]:
+    """The stage's resumable checkpoint, or None; one that cannot be read (cut, emptied) is set aside with a
+    warning and the stage starts again, since Lightning would fail on it with a traceback."""
+    from ..teacher import read_checkpoint
+
     path = stage_dir / "checkpoints" / INTERRUPTED
-    return str(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        read_checkpoint(path)
+    except ValueError as err:
+        log.warning("stage %s: %s; training the stage from its start", stage_dir.name, err)
+        path.unlink()
+        return None
+    return str(path)
 
 
 def record_stage(stage_dir: Path, net: nn.Module, result: StageResult) -> None:

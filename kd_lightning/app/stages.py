@@ -61,8 +61,11 @@ class Stages:
         log.info("stage %s: %s %s (%s parameters)", name, "resuming" if ckpt else "training", type(net).__name__,
                  f"{count_params(net):,}")
         with keep_dtype(net):
-            result = fit_and_test(name, self.trainer(name, max_epochs, max_steps), module, datamodule, net,
-                                  self.test_ckpt, self.measure, self.curve_key, ckpt_path=ckpt)
+            try:
+                result = fit_and_test(name, self.trainer(name, max_epochs, max_steps), module, datamodule, net,
+                                      self.test_ckpt, self.measure, self.curve_key, ckpt_path=ckpt)
+            except FloatingPointError as err:  # a diverging loss (FiniteLossCheck): say which stage it was
+                raise FloatingPointError(f"stage {name}: {err}") from None
         if primary_process():  # every DDP rank runs the process; one writes
             resume.record_stage(stage_dir, net, result)
         stop_if_received()

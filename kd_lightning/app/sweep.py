@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -34,12 +33,14 @@ def collect(sweep_dir: Path, sweep_id: Optional[str] = None) -> List[Dict[str, A
             continue
         summary_path = job_dir / "summary.json"
         row: Dict[str, Any] = {"job": job_dir.name, **job_overrides(job_dir)}
-        ok = (status or {}).get("status", "ok") == "ok" and summary_path.is_file()
+        summary = read_json(summary_path)  # None: missing or damaged, a failed job here rather than a crash
+        ok = (status or {}).get("status", "ok") == "ok" and summary is not None
         row["status"] = "ok" if ok else "failed"
         if not ok:
-            row["error"] = (status or {}).get("error") or "no summary.json"
+            row["error"] = (status or {}).get("error") or ("no summary.json" if not summary_path.exists()
+                                                          else f"{summary_path} is not readable JSON")
         else:
-            row.update(flatten(json.loads(summary_path.read_text())))
+            row.update(flatten(summary))
         rows.append(row)
     return rows
 

@@ -70,8 +70,9 @@ def run_task(cfg: DictConfig) -> Optional[float]:
         if job is not None:
             rundir.write_job_status(out, "interrupted", sweep, error=signal_name(), overrides=job["overrides"])
         raise SystemExit(interrupted_message(out, in_fit=isinstance(err, SIGTERMException))) from None
-    except (ConfigError, UnreadableImageError) as err:
-        # One clear line instead of a traceback: the message names the problem and the fix.
+    except (ConfigError, UnreadableImageError, FloatingPointError) as err:
+        # One clear line instead of a traceback: the message names the problem and the fix (a diverging
+        # stage: FiniteLossCheck names the term and the step).
         log.error("%s", err)
         if not multirun:
             raise SystemExit(f"kd-train: error: {err}") from None

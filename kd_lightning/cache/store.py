@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -81,6 +81,8 @@ class OutputStore:
 
     #: ``meta["kind"]`` of this store's directories.
     kind: str = ""
+    #: The keys of ``meta.json`` that reading the store needs.
+    meta_keys: Tuple[str, ...] = ("count", "files")
 
     def __init__(self, directory: Union[str, os.PathLike], meta: Dict[str, Any]):
         self.directory = Path(directory)
@@ -111,10 +113,20 @@ class OutputStore:
         except (OSError, ValueError) as err:
             raise TeacherOutputsError(f"unreadable {str(meta_path)!r} ({err}); delete {str(directory)!r} to rebuild "
                                       "it") from None
+        if not isinstance(meta, dict):  # valid JSON, yet not the record this store writes
+            raise TeacherOutputsError(f"{str(meta_path)!r} holds a JSON {type(meta).__name__}, not a record of stored "
+                                      f"teacher outputs; delete {str(directory)!r} to rebuild it")
         if meta.get("format") != FORMAT_VERSION or meta.get("kind", "") != cls.kind:
             raise TeacherOutputsError(
                 f"{str(meta_path)!r} holds format {meta.get('format')!r} of kind {meta.get('kind', '')!r}, expected "
                 f"format {FORMAT_VERSION} of kind {cls.kind!r}; delete {str(directory)!r} to rebuild it")
+        files = meta.get("files")
+        missing = [k for k in cls.meta_keys if k not in meta]
+        if missing or not isinstance(files, dict) or not all(
+                isinstance(f, dict) and {"shape", "dtype"} <= set(f) for f in files.values()):
+            what = f"has no {', '.join(missing)}" if missing else "describes its arrays wrongly"
+            raise TeacherOutputsError(f"{str(meta_path)!r} {what} (an edited or damaged record); delete "
+                                      f"{str(directory)!r} to rebuild it")
         return meta
 
     def arrays(self) -> Dict[str, np.ndarray]:
@@ -181,6 +193,7 @@ class TeacherOutputs(OutputStore):
     open with :meth:`open`, make with :meth:`build` (or :meth:`get_or_build`)."""
 
     kind = "logits"
+    meta_keys = ("count", "files", "num_classes")
 
     # ----- properties
     @property

@@ -62,6 +62,7 @@ class TokenTeacherOutputs(OutputStore):
     """Stored top-k teacher distributions of one tokenized data set; row ``i`` = sequence ``i``."""
 
     kind = KIND
+    meta_keys = ("count", "files", "tokens", "top_k", "temperature", "vocab_size")
 
     @property
     def top_k(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -27,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..io import atomic_path, write_json
 from .text_checks import check_fraction, check_held_out_differs, check_learnable, check_string_field, read_utf8
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 PAD_TOKEN, EOS_TOKEN = "<pad>", "<eos>"
@@ -122,16 +125,30 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 2048, cache_dir:
 
 
 def _load_cached_tokenizer(directory: Path, key: str) -> Any:
+    """The cached tokenizer of ``key``, or None: absent, or damaged (then retrained and overwritten, with a
+    warning naming the file; never used)."""
     from tokenizers import Tokenizer
 
-    try:
-        meta = json.loads((directory / "meta.json").read_text())
-        blob = (directory / "tokenizer.json").read_bytes()
-    except (OSError, ValueError):
+    meta_path, blob_path = directory / "meta.json", directory / "tokenizer.json"
+    if not meta_path.exists() and not blob_path.exists():
         return None
-    if meta.get("key") != key or meta.get("sha256") != _sha256_bytes(blob):
-        return None  # stale or damaged: retrain and overwrite, never use
-    return Tokenizer.from_str(blob.decode("utf-8"))
+    why = ""
+    try:
+        meta = json.loads(meta_path.read_text())
+        blob = blob_path.read_bytes()
+    except (OSError, ValueError) as err:
+        meta, blob, why = None, b"", f"{type(err).__name__}: {err}"
+    if not why and not isinstance(meta, dict):
+        why = f"{meta_path} holds a JSON {type(meta).__name__}, not its record"
+    elif not why and (meta.get("key") != key or meta.get("sha256") != _sha256_bytes(blob)):
+        why = f"{blob_path} does not match the digest in {meta_path.name}"
+    if not why:
+        try:
+            return Tokenizer.from_str(blob.decode("utf-8"))
+        except Exception as err:  # matches its digest yet does not parse: written by another version
+            why = f"{blob_path} does not load ({type(err).__name__})"
+    log.warning("cached tokenizer %s is damaged (%s): training it again", directory, why)
+    return None
 
 
 def _train(texts: Sequence[str], settings: Dict[str, Any]) -> Any:

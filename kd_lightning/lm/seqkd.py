@@ -67,10 +67,18 @@ class SequenceKDDataModule(WrappedDataModule):
         directory = self.cache_dir / f"seqkd-{self.key(dataset)}"
         data, meta = directory / "completions.pt", directory / "meta.json"
         if data.is_file() and meta.is_file():
-            expected = json.loads(meta.read_text()).get("sha256")
-            if expected == io.file_sha256(data):
-                return torch.load(data, map_location="cpu", weights_only=True)
-            log.warning("sequence-KD completions %s do not match their digest; generating them again", data)
+            try:
+                record = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                record = None  # a damaged record is a cache miss, never a crash
+            expected = record.get("sha256") if isinstance(record, dict) else None
+            if expected and expected == io.file_sha256(data):
+                try:
+                    return torch.load(data, map_location="cpu", weights_only=True)
+                except Exception:  # matches its digest yet does not load: written by another version
+                    pass
+            why = "do not match their digest" if expected else f"have an unreadable record {meta}"
+            log.warning("sequence-KD completions %s %s; generating them again", data, why)
         completions = self.generate(dataset, loader.collate_fn)
         io.torch_save(completions, data)
         io.write_json(meta, {"sha256": io.file_sha256(data), "rows": int(completions["input_ids"].shape[0]),

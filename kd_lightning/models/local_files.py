@@ -18,12 +18,15 @@ from typing import Any, List, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["check_model_dir", "check_weights_file", "check_teacher_tokenizer"]
+__all__ = ["check_model_dir", "check_weights_file", "check_teacher_tokenizer", "write_checksums", "check_checksums"]
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 SAVE_HINT = "save the model again with model.save_pretrained(dir)"
+# Written beside the weights by kd-train and kd-export (``sha256sum -c checksums.sha256`` reads it too): a
+# flipped bit inside a tensor leaves a file that loads, so only a digest shows the copy is not what was saved.
+CHECKSUMS = "checksums.sha256"
 
 
 def check_model_dir(directory: PathLike) -> List[Path]:
@@ -43,7 +46,46 @@ def check_model_dir(directory: PathLike) -> List[Path]:
                          f"shard index); copy the weight files next to config.json, or {SAVE_HINT}")
     for path in files:
         check_weights_file(path)
+    check_checksums(root)
     return files
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(4 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(directory: PathLike) -> Path:
+    """``checksums.sha256`` in ``directory``: the SHA-256 of every file in it (``sha256sum`` format)."""
+    root = Path(directory)
+    names = sorted(p.name for p in root.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    path = root / CHECKSUMS
+    path.write_text("".join(f"{_sha256(root / n)}  {n}\n" for n in names))
+    return path
+
+
+def check_checksums(directory: PathLike) -> None:
+    """Every file ``checksums.sha256`` lists (when the directory has one) must still have its digest."""
+    root = Path(directory)
+    listing = root / CHECKSUMS
+    if not listing.is_file():
+        return
+    for number, line in enumerate(listing.read_text(errors="replace").splitlines(), 1):
+        digest, _, name = line.partition("  ")
+        if not line.strip():
+            continue
+        if len(digest) != 64 or not name or "/" in name:
+            raise ValueError(f"{os.fspath(listing)!r} line {number} is not '<sha256>  <file name>'; delete it, or "
+                             f"{SAVE_HINT}")
+        path = root / name
+        if path.is_file() and _sha256(path) != digest:
+            raise ValueError(f"file {os.fspath(path)!r} does not match its SHA-256 in {CHECKSUMS} (it changed after "
+                             f"it was saved: a damaged copy or disk); copy it again, or {SAVE_HINT}")
 
 
 def _shards(index: Path) -> List[Path]:

@@ -394,6 +394,7 @@ def save_student_hf(net: nn.Module, tokenizer: Any, path: Path, merged: bool = F
     student writes its adapter, or with ``merged`` the model with the adapters merged in), written beside
     ``path`` and renamed into place, so a reader never sees half a directory."""
     from ...lm import CausalLMDistillationModule
+    from ...models.local_files import write_checksums
 
     if not hasattr(net, "save_pretrained"):
         log.warning("the student is a %s, not a Hugging Face model: no %s written", type(net).__name__, path)
@@ -402,6 +403,7 @@ def save_student_hf(net: nn.Module, tokenizer: Any, path: Path, merged: bool = F
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     CausalLMDistillationModule(student=net, tokenizer=tokenizer).save_student_pretrained(tmp, merged=merged)
+    write_checksums(tmp)  # a teacher=hf_local run, or check_model_dir, refuses a changed copy
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return str(path)
