@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from ..exact_resume import ExactResume
 from . import resume
 from .build import build_callbacks, build_loggers
 from .interrupt import stop_if_received
@@ -44,6 +45,7 @@ class Stages:
         if not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
             overrides["enable_checkpointing"] = False
         callbacks.append(resume.InterruptCheckpoint(str(stage_dir / "checkpoints")))  # SIGTERM: resumable
+        callbacks.append(ExactResume())  # ... and resumed exactly: random states and data order in checkpoints
         return instantiate(self.trainer_cfg, **overrides)
 
     def finished(self, name: str, net: nn.Module) -> Optional[StageResult]:
