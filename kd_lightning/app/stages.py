@@ -15,7 +15,7 @@ from ..exact_resume import ExactResume
 from . import resume
 from .build import build_callbacks, build_loggers
 from .interrupt import stop_if_received
-from .stage import Measure, StageResult, count_params, fit_and_test, measure, test_only
+from .stage import Measure, StageResult, ValidationCurve, count_params, fit_and_test, measure, test_only
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class Stages:
             overrides["enable_checkpointing"] = False
         callbacks.append(resume.InterruptCheckpoint(str(stage_dir / "checkpoints")))  # SIGTERM: resumable
         callbacks.append(ExactResume())  # ... and resumed exactly: random states and data order in checkpoints
+        callbacks.append(ValidationCurve(self.curve_key))  # the stage's curve, kept across a resume
         return instantiate(self.trainer_cfg, **overrides)
 
     def finished(self, name: str, net: nn.Module) -> Optional[StageResult]:
