@@ -185,6 +185,9 @@ class ExactResume(L.Callback):
         first = True
         for (loader, sampler), position in zip(self.samplers, positions):
             if sampler is None:
+                if self.taken:  # mid-epoch (Lightning says so too, in its own words)
+                    log.warning("exact resume: the training loader (%s) draws from no ResumableSampler; the rest of "
+                                "this epoch comes in a new order", type(getattr(loader, "sampler", loader)).__name__)
                 continue
             if sampler.passes:  # worker processes asked for indices already
                 log.warning("exact resume: the training loader (num_workers=%s) began its pass before the "
