@@ -10,9 +10,12 @@ Two pieces, both needed:
 * :class:`ExactResume`, a callback. Each checkpoint gets the global random states (torch's CPU generator,
   the CUDA ones when CUDA is in use, numpy's and Python's ``random``) and, for each training loader drawing
   from a :class:`ResumableSampler`, the seed of the epoch under way and the number of batches the fit
-  took from it. On resume it puts them back when training starts (``on_train_start``): after Lightning
-  has built the loaders and before the first batch is drawn, so the rest of the epoch comes in the same
-  order and every later random draw (dropout, augmentation, sampling) is the one of the unbroken run.
+  took from it. On resume it puts them back when training starts (``on_train_start``, after Lightning has
+  built the loaders), and the sampler puts the random states back once more as its pass begins, right
+  before the first batch is drawn: whatever the resumed fit drew in between (building the loaders, a
+  sanity check) is undone, the rest of the epoch comes in the same order, and every later random draw
+  (dropout, augmentation, sampling) is the one of the unbroken run. A checkpoint written at an epoch's
+  end resumes with the next epoch's order drawn as the unbroken run drew it.
 
 Loaders without a :class:`ResumableSampler` resume as Lightning resumes them (a new order for the rest of
 the epoch); the random states come back for them too. The order is exact for loaders that load in the
@@ -30,7 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 
-__all__ = ["ResumableSampler", "ExactResume", "train_sampler", "sampler_like", "rng_state", "set_rng_state"]
+__all__ = ["ResumableSampler", "ResumeAt", "ExactResume", "train_sampler", "sampler_like", "rng_state",
+           "set_rng_state"]
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +189,7 @@ class ExactResume(L.Callback):
         first = True
         for (loader, sampler), position in zip(self.samplers, positions):
             if sampler is None:
-                if self.taken:  # mid-epoch (Lightning says so too, in its own words)
+                if 0 < self.taken < self.epoch_batches:  # mid-epoch (Lightning says so too, in its own words)
                     log.warning("exact resume: the training loader (%s) draws from no ResumableSampler; the rest of "
                                 "this epoch comes in a new order", type(getattr(loader, "sampler", loader)).__name__)
                 continue
