@@ -116,6 +116,7 @@ class DistillationModule(TeacherStudentModule):
                 setattr(self, f"_{stage}_{name}", MeanMetric(nan_strategy="disable"))
         self._check_networks()
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints: a resumed fit logs the same running best
         # Validation accuracy after each epoch (the run report plots it).
         self.val_history: list = []
 
@@ -270,6 +271,11 @@ class DistillationModule(TeacherStudentModule):
             self.val_acc_best.update(acc)
             self.val_history.append(float(acc))
             self.log("val/acc_best", self.val_acc_best.compute())
+
+    def on_load_checkpoint(self, checkpoint: Any) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # Checkpoints written before the running best was saved still load strictly (as "none seen yet").
+        checkpoint["state_dict"].setdefault("val_acc_best.max_value", self.val_acc_best.max_value.detach().clone())
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test")

@@ -227,6 +227,24 @@ def test_resume_from_checkpoint(tmp_path, make_trainer, data):
     assert "val/acc" in trainer2.callback_metrics
 
 
+def test_the_running_best_travels_in_checkpoints_and_older_ones_still_load(tmp_path, make_trainer, data):
+    x, y = data
+    module = DistillationModule(MLP(hidden=16), warmed_teacher(), optimizer=sgd())
+    trainer = make_trainer(max_epochs=1, max_steps=-1)
+    trainer.fit(module, loader(x, y), loader(x, y))
+    best = float(module.val_acc_best.compute())
+    path = tmp_path / "epoch1.ckpt"
+    trainer.save_checkpoint(str(path))
+    restored = DistillationModule.load_from_checkpoint(str(path), student=MLP(hidden=16), teacher=warmed_teacher())
+    assert float(restored.val_acc_best.max_value) == best  # a resumed fit logs the same val/acc_best
+    # A checkpoint written before the running best was kept loads strictly, with none seen yet.
+    blob = torch.load(path, weights_only=False)
+    del blob["state_dict"]["val_acc_best.max_value"]
+    torch.save(blob, path)
+    older = DistillationModule.load_from_checkpoint(str(path), student=MLP(hidden=16), teacher=warmed_teacher())
+    assert float(older.val_acc_best.max_value) == float("-inf")
+
+
 def test_logged_metrics_and_their_values(make_trainer, data):
     x, y = data
     xv, yv = make_data(n=40, seed=3)

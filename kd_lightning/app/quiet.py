@@ -24,5 +24,8 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|lightning|lightning_fabric)\b.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(torch|lightning|lightning_fabric)\b.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # kd-train's training loaders resume mid-epoch exactly; kd_lightning.exact_resume.ExactResume warns, in
+    # its own words, about a loader that does not.
+    warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropNoise())
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # kd-train logs its seed

@@ -2,22 +2,22 @@
 
 * On SIGTERM (what SLURM and ``docker stop`` send) Lightning stops the running fit at the end of the
   current step; :class:`InterruptCheckpoint` then writes ``<stage>/checkpoints/interrupted.ckpt``
-  (weights, optimizer, scheduler, loop progress and the RNG states) and kd-train exits non-zero.
+  (weights, optimizer, scheduler, loop progress and, from :class:`~kd_lightning.exact_resume.ExactResume`,
+  the random states and the place in the epoch's data order) and kd-train exits non-zero.
 * Every finished stage leaves ``<stage>/stage.json`` (its result and the SHA-256 of ``<stage>/weights.pt``).
 * ``resume=true`` reads finished stages back (the weights must match their digest, else the stage runs
-  again) and continues the interrupted stage from its checkpoint through ``Trainer.fit(ckpt_path=...)``.
+  again) and continues the interrupted stage from its checkpoint through ``Trainer.fit(ckpt_path=...)``;
+  the stage then ends as it would have unbroken (the same weights and metrics).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import random
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
@@ -30,33 +30,11 @@ INTERRUPTED = "interrupted.ckpt"
 
 
 class InterruptCheckpoint(L.Callback):
-    """Saves a resumable checkpoint when the fit stops on SIGTERM; carries the RNG states in checkpoints."""
+    """Saves a resumable checkpoint when the fit stops on SIGTERM."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
         self.saved: Optional[Path] = None
-
-    @property
-    def state_key(self) -> str:
-        return "kd_rng"
-
-    def state_dict(self) -> Dict[str, Any]:
-        # Tensors and plain Python values only, so Lightning's weights-only checkpoint loading accepts them.
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                 "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                           "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"])
-        n = state_dict["numpy"]
-        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-        random.setstate(state_dict["python"])
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):

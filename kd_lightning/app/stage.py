@@ -95,6 +95,27 @@ def load_student_weights(net: nn.Module, state: Dict[str, Any], prefix: str = "s
     return net
 
 
+class ValidationCurve(L.Callback):
+    """The value of ``key`` after each validation of the fit (sanity checks left out). It travels in
+    checkpoints, so a stage resumed from one reports the whole curve, as if never stopped (the module's own
+    history and the CSV log start again at the resume)."""
+
+    def __init__(self, key: str = "val/acc"):
+        self.key, self.values = key, []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.key)
+        if value is not None and not trainer.sanity_checking:
+            self.values.append(float(value))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"key": self.key, "values": list(self.values)}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if state_dict.get("key") == self.key:
+            self.values = list(state_dict["values"])
+
+
 def fit_and_test(name: str, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
                  net: nn.Module, test_ckpt: str = "best", measure: Measure = measure,
                  curve_key: str = "val/acc", ckpt_path: Optional[str] = None) -> StageResult:
@@ -120,7 +141,9 @@ def fit_and_test(name: str, trainer: L.Trainer, module: L.LightningModule, datam
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     if sharded:
         load_student_weights(net, trainer.strategy.broadcast(trainer.strategy.lightning_module_state_dict(), src=0))
-    curve = list(getattr(module, "val_history", [])) or _csv_curve(trainer, curve_key)
+    recorded = [c.values for c in trainer.callbacks if isinstance(c, ValidationCurve) and c.key == curve_key]
+    curve = (recorded[0] if recorded and recorded[0] else list(getattr(module, "val_history", []))
+             or _csv_curve(trainer, curve_key))
     return measure(name, net, datamodule, test, wall, val_curve=curve, ckpt_path=best or None)
 
 

@@ -11,10 +11,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from ..exact_resume import ExactResume
 from . import resume
 from .build import build_callbacks, build_loggers
 from .interrupt import stop_if_received
-from .stage import Measure, StageResult, count_params, fit_and_test, measure, test_only
+from .stage import Measure, StageResult, ValidationCurve, count_params, fit_and_test, measure, test_only
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class Stages:
         if not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
             overrides["enable_checkpointing"] = False
         callbacks.append(resume.InterruptCheckpoint(str(stage_dir / "checkpoints")))  # SIGTERM: resumable
+        callbacks.append(ExactResume())  # ... and resumed exactly: random states and data order in checkpoints
+        callbacks.append(ValidationCurve(self.curve_key))  # the stage's curve, kept across a resume
         return instantiate(self.trainer_cfg, **overrides)
 
     def finished(self, name: str, net: nn.Module) -> Optional[StageResult]:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from ..batch import unpack
+from ..exact_resume import ResumableSampler
 from ..data.wrapper import WrappedDataModule
 from .store import TeacherOutputsError, TeacherOutputs
 from .transforms import check_transform, dataset_transform
@@ -157,7 +158,8 @@ class TeacherOutputsDataModule(WrappedDataModule):
         s = dict(self._settings[split])
         shuffle = s.pop("shuffle")
         ds = _BatchedTeacherOutputsDataset(self._datasets[split], self.outputs[split], self._collate[split])
-        return DataLoader(ds, shuffle=shuffle, collate_fn=_passthrough, **s)
+        # Shuffled as the wrapped loader is, and resumable mid-epoch exactly (kd_lightning.exact_resume).
+        return DataLoader(ds, sampler=ResumableSampler(ds) if shuffle else None, collate_fn=_passthrough, **s)
 
     def train_dataloader(self) -> DataLoader:
         return self.outputs_dataloader("train")

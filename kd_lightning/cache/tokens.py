@@ -32,10 +32,11 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .. import io as kd_io
 from ..data.wrapper import WrappedDataModule
+from ..exact_resume import sampler_like
 from ..forward import call_signature, lm_logits
 from .fingerprint import FORMAT_VERSION, fingerprint_dataset, fingerprint_module, fingerprint_tokenizer
 from .store import OutputStore, TeacherOutputsError
@@ -322,6 +323,6 @@ class TeacherOutputsTokenDataModule(WrappedDataModule):
         if self.outputs is None:
             self.prepare_outputs()
         base = self.datamodule.train_dataloader()
-        return DataLoader(TeacherOutputsTokenDataset(base.dataset, self.outputs), batch_size=base.batch_size,
-                          shuffle=isinstance(base.sampler, RandomSampler), num_workers=base.num_workers,
+        ds = TeacherOutputsTokenDataset(base.dataset, self.outputs)
+        return DataLoader(ds, batch_size=base.batch_size, sampler=sampler_like(base, ds), num_workers=base.num_workers,
                           drop_last=base.drop_last, collate_fn=TopKCollate(base.collate_fn))

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ..exact_resume import train_sampler
+
 
 class IndexedTensorDataset(Dataset):
     """(x, y, index) triples over tensors, for losses that key a memory bank by sample index."""
@@ -78,7 +80,9 @@ class ArrayDataModule(L.LightningDataModule):
 
     def _loader(self, x, y, shuffle: bool, indexed: bool = False) -> DataLoader:
         ds = IndexedTensorDataset(x, y) if indexed else TensorDataset(x, y)
-        return DataLoader(ds, batch_size=self.batch_size if shuffle else self.eval_batch_size, shuffle=shuffle,
+        # The training order resumes mid-epoch exactly (kd_lightning.exact_resume) and is shuffle=True's.
+        return DataLoader(ds, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          sampler=train_sampler(ds, shuffle),
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..exact_resume import train_sampler
+
 
 def loader_kwargs(num_workers: int, pin_memory: bool, persistent_workers: bool) -> dict:
     """DataLoader options that are valid on this machine (no pinning without CUDA, no persistent
@@ -17,7 +19,9 @@ class SplitLoaders:
     ``eval_batch_size`` and the loader options; ``test_dataloader`` stays the subclass's own."""
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+        # The training order resumes mid-epoch exactly (kd_lightning.exact_resume) and is shuffle=True's.
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
+                          sampler=train_sampler(dataset, train),
                           **loader_kwargs(self.num_workers, self.pin_memory, self.persistent_workers))
 
     def train_dataloader(self) -> DataLoader:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..exact_resume import ResumableSampler, train_sampler
 from ..io import atomic_path, write_json
 from .text_checks import check_fraction, check_held_out_differs, check_learnable, check_string_field, read_utf8
 
@@ -259,7 +260,8 @@ class _PackedTextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=ResumableSampler(self.train_set),
+                          num_workers=self.num_workers)  # shuffled; resumes mid-epoch exactly
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
@@ -385,7 +387,7 @@ class _PairsDataModule(L.LightningDataModule):
     val_set: Optional[PromptResponseDataset] = None
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        return DataLoader(ds, batch_size=self.batch_size, sampler=train_sampler(ds, shuffle), num_workers=self.num_workers,
                           collate_fn=PadCollate(self.tokenizer.pad_token_id))
 
     def train_dataloader(self) -> DataLoader:

@@ -23,9 +23,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from ..batch import unpack
+from ..exact_resume import sampler_like
 from .wrapper import WrappedDataModule
 
 
@@ -135,7 +136,7 @@ class TransferDataModule(WrappedDataModule):
         default = base.collate_fn in (None, default_collate)
         # With the default collation whole batches are gathered at once (no per-sample Python work).
         ds = (_BatchedTransferSetDataset if default else TransferSetDataset)(base.dataset, self.transfer_set())
-        return DataLoader(ds, batch_size=base.batch_size, shuffle=isinstance(base.sampler, RandomSampler),
+        return DataLoader(ds, batch_size=base.batch_size, sampler=sampler_like(base, ds),
                           num_workers=base.num_workers, pin_memory=base.pin_memory, drop_last=base.drop_last,
                           persistent_workers=base.persistent_workers,
                           collate_fn=_passthrough if default else base.collate_fn)

@@ -19,11 +19,12 @@ from typing import Callable, Dict, Optional
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from .. import io
 from ..cache.fingerprint import fingerprint_dataset, fingerprint_module
 from ..data.wrapper import WrappedDataModule
+from ..exact_resume import sampler_like
 from .generation import Sampling, on_policy_batch
 
 log = logging.getLogger(__name__)
@@ -110,5 +111,5 @@ class SequenceKDDataModule(WrappedDataModule):
         if self.completions is None:
             self.setup("fit")
         base = self.datamodule.train_dataloader()
-        return DataLoader(_Rows(self.completions), batch_size=base.batch_size,
-                          shuffle=isinstance(base.sampler, RandomSampler), num_workers=base.num_workers)
+        rows = _Rows(self.completions)
+        return DataLoader(rows, batch_size=base.batch_size, sampler=sampler_like(base, rows), num_workers=base.num_workers)

@@ -13,6 +13,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from kd_lightning import DistillationModule
 from kd_lightning.cache import TeacherOutputsDataModule
+from kd_lightning.exact_resume import ResumableSampler
 from kd_lightning.losses import KD
 
 from .helpers import C, D, N, Arrays, exact_logits, make_teacher
@@ -35,6 +36,9 @@ def test_datamodule_serves_cached_rows_to_shuffled_and_distributed_loaders(tmp_p
             assert torch.allclose(batch["teacher_logits"], expected[i], atol=1e-6)
     # two DDP ranks: each reads the rows of exactly the samples its sampler gives it
     train = cached.train_dataloader()
+    # shuffled as the wrapped loader is, in the order a resumed fit can continue (kd_lightning.exact_resume)
+    assert isinstance(dm.train_dataloader().sampler, ResumableSampler) and isinstance(train.sampler, ResumableSampler)
+    assert not isinstance(cached.val_dataloader().sampler, ResumableSampler)
     expected = exact_logits(teacher, dm.x_train)
     covered = []
     for rank in range(2):

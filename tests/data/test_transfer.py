@@ -12,6 +12,7 @@ from kd_lightning import DistillationModule
 from kd_lightning.data import MNIST1DDataModule
 from kd_lightning.data.arrays import ArrayDataModule
 from kd_lightning.data.transfer import TransferDataModule, TransferSetDataset, has_transfer_set
+from kd_lightning.exact_resume import ResumableSampler
 from kd_lightning.losses import KD
 from kd_lightning.losses import functional as KF
 
@@ -89,6 +90,8 @@ def test_mnist1d_transfer_samples_and_the_baseline_never_sees_them(tmp_path):
     # ... and the student's wrapper adds the transfer set
     wrapped = TransferDataModule(dm)
     assert len(wrapped.train_dataloader().dataset) == len(dm.y_train) + 250
+    # both shuffle in an order a resumed fit can continue (kd_lightning.exact_resume)
+    assert all(isinstance(m.train_dataloader().sampler, ResumableSampler) for m in (dm, wrapped))
     assert wrapped.num_classes == 10
     assert torch.equal(wrapped.val_dataloader().dataset.tensors[0], dm.x_val)
     with pytest.raises(ValueError, match="transfer_seed"):

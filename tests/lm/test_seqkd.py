@@ -5,6 +5,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from kd_lightning.exact_resume import ResumableSampler
 from kd_lightning.lm.generation import Sampling
 from kd_lightning.lm.seqkd import SequenceKDDataModule
 
@@ -36,6 +37,7 @@ def test_completions_continue_the_prompts_and_label_only_generated_tokens(tmp_pa
     assert data["input_ids"].shape == (6, 12) and torch.equal(data["input_ids"][:, :4], original[:, :4])
     assert (data["labels"][:, :4] == -100).all() and torch.equal(data["labels"][:, 4:], data["input_ids"][:, 4:])
     batch = next(iter(dm.train_dataloader()))
+    assert isinstance(dm.train_dataloader().sampler, ResumableSampler)  # shuffle=True's draw, resumable
     assert set(batch) == {"input_ids", "attention_mask", "labels"} and batch["input_ids"].shape == (2, 12)
     assert dm.val_dataloader().dataset is dm.datamodule.rows  # held-out text unchanged
 
