@@ -216,6 +216,9 @@ class DigitsImages(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=64)
 
 
+QUICK_LATENCY = {"warmup": 1, "min_repeats": 2, "min_seconds": 0.0}
+
+
 def compose_config(tmp_path, *overrides: str, name: str = "train", hydra: bool = False, out: str = "run"):
     """A config from conf/ whose outputs go under ``tmp_path`` (the ``compose`` fixture, and its plain form)."""
     from hydra import compose as hydra_compose
@@ -226,6 +229,10 @@ def compose_config(tmp_path, *overrides: str, name: str = "train", hydra: bool =
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose(name, overrides=list(overrides), return_hydra_config=hydra)
+    if "latency" in cfg and not any(o.lstrip("+~").startswith("latency") for o in overrides):
+        # The report's latency is a smoke test here (a second per model otherwise: most of a tiny run).
+        with open_dict(cfg):
+            cfg.latency = {**QUICK_LATENCY}
     if "paths" in cfg:
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Iterable, Optional, Set
+from typing import Any, Dict, Iterable, Optional, Set
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -467,6 +467,25 @@ def check_task_name(name: Any, known: Iterable[str]) -> None:
     if name not in known:
         raise ConfigError(f"task={name!r} is not known; use one of {', '.join(known)} "
                           "(experiment=lm_pydoc sets causal_lm)")
+
+
+def latency_timing(cfg: DictConfig) -> Dict[str, Any]:
+    """The report's latency settings (``latency.warmup``, ``latency.min_repeats``, ``latency.min_seconds``),
+    checked: one line naming the value otherwise."""
+    given = cfg.get("latency") or {}
+    timing = {"warmup": given.get("warmup", 10), "min_repeats": given.get("min_repeats", 30),
+              "min_seconds": given.get("min_seconds", 0.5)}
+    warmup, repeats, seconds = _int(timing["warmup"]), _int(timing["min_repeats"]), timing["min_seconds"]
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ConfigError(f"latency.warmup={timing['warmup']!r} must be a number of untimed passes >= 0; "
+                          "set e.g. latency.warmup=10")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 2:
+        raise ConfigError(f"latency.min_repeats={timing['min_repeats']!r} must be an integer >= 2 (the median and "
+                          "its interquartile range need two timed passes); set e.g. latency.min_repeats=30")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ConfigError(f"latency.min_seconds={seconds!r} must be a number of seconds >= 0; "
+                          "set e.g. latency.min_seconds=0.5")
+    return {"warmup": warmup, "min_repeats": repeats, "min_seconds": float(seconds)}
 
 
 def check_classification_config(cfg: DictConfig, loss: Any) -> None:

@@ -78,13 +78,15 @@ def latency_ms(net: nn.Module, example: Any, batch: int = 1, warmup: int = 10, m
     return {"median": statistics.median(times), "iqr": q[2] - q[0], "repeats": len(times), "batch": batch}
 
 
-def serving_cost(net: nn.Module, example: Any, serving_batch: int = 64, threads: int = 1) -> Dict[str, Any]:
-    """The deterministic figures and the two latencies of ``net`` on samples like ``example``."""
+def serving_cost(net: nn.Module, example: Any, serving_batch: int = 64, threads: int = 1,
+                 **timing: Any) -> Dict[str, Any]:
+    """The deterministic figures and the two latencies of ``net`` on samples like ``example``; ``timing``
+    (warmup, min_repeats, min_seconds) goes to :func:`latency_ms`."""
     available = head(example, serving_batch)
     first = next(iter(available.values())) if isinstance(available, dict) else available
     batch = min(serving_batch, first.shape[0])
-    one = latency_ms(net, example, 1, threads=threads)
-    many = latency_ms(net, example, batch, threads=threads)
+    one = latency_ms(net, example, 1, threads=threads, **timing)
+    many = latency_ms(net, example, batch, threads=threads, **timing)
     return {"macs_per_sample": macs_per_sample(net, example), "weight_bytes": weight_bytes(net),
             "latency_ms": round(one["median"], 4), "latency_iqr_ms": round(one["iqr"], 4),
             "latency_serving_ms_per_sample": round(many["median"] / batch, 5),

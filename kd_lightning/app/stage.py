@@ -62,11 +62,12 @@ def state_dict_bytes(net: nn.Module) -> int:
 
 
 def measure(name: str, net: nn.Module, datamodule: L.LightningDataModule, test: Dict[str, Any],
-            wall_s: float, **extra: Any) -> StageResult:
+            wall_s: float, timing: Optional[Dict[str, Any]] = None, **extra: Any) -> StageResult:
     """A :class:`StageResult` from Lightning's test metrics plus the network's size and serving cost
-    (:mod:`.cost`: multiply-accumulates, and latency with warm-up, repeats and its spread)."""
+    (:mod:`.cost`: multiply-accumulates, and latency with warm-up, repeats and its spread; ``timing``
+    sets those, the config's ``latency`` group)."""
     example = unpack(next(iter(datamodule.test_dataloader()))).x  # tuple or dict batches
-    cost = serving_cost(net, example)
+    cost = serving_cost(net, example, **(timing or {}))
     return StageResult(
         name=name, acc=float(test["test/acc"]), acc_top5=_maybe(test, "test/acc_top5"),
         agreement=_maybe(test, "test/agreement"), params=count_params(net), size_bytes=state_dict_bytes(net),

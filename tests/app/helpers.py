@@ -13,7 +13,9 @@ from kd_lightning.app.confdir import CONFIG_DIR
 
 # Tiny but real budgets: enough steps that every stage trains, validates and tests.
 FAST = ["trainer.max_epochs=2", "teacher_fit.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
-        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
+        # the report's latency as a smoke test (timing each model properly is most of a tiny run)
+        "latency.warmup=1", "latency.min_repeats=2", "latency.min_seconds=0"]
 
 
 def cli(tool: str, *args: str, cwd: Path, env_extra=None, timeout=600) -> subprocess.CompletedProcess:

@@ -2,6 +2,8 @@
 before anything runs."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from helpers import compose_config
 
@@ -52,3 +54,19 @@ def test_the_console_scripts_answer_an_old_key_with_one_line(tmp_path, tool, old
     assert line.startswith(f"{tool}: error: {old.lstrip('+').split('=')[0]} was renamed") and line.endswith(
         f"write {new} instead")
     assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
+def test_the_latency_settings_default_shrink_under_debug_and_refuse_bad_values(tmp_path):
+    from kd_lightning.app.checks import latency_timing
+
+    full = compose_config(tmp_path, "latency.warmup=10", "latency.min_repeats=30", "latency.min_seconds=0.5")
+    assert latency_timing(full) == {"warmup": 10, "min_repeats": 30, "min_seconds": 0.5}
+    # the debug configs make the report's timing a smoke test (they set it themselves, not the tests' helper)
+    for debug in ("limit", "fast_dev_run"):
+        cfg = compose_config(tmp_path, f"debug={debug}", "latency.warmup=1")
+        assert latency_timing(cfg)["min_repeats"] == 2 and latency_timing(cfg)["min_seconds"] == 0.0
+    for bad, named in (("latency.min_repeats=1", "latency.min_repeats=1"), ("latency.warmup=-1", "latency.warmup=-1"),
+                       ("latency.min_seconds=abc", "latency.min_seconds='abc'"),
+                       ("latency.warmup=true", "latency.warmup=True")):
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            latency_timing(compose_config(tmp_path, bad))

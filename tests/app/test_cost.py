@@ -55,3 +55,11 @@ def test_keep_dtype_gives_the_network_back_its_dtype():
     with keep_dtype(net):
         net.double()  # what Lightning's 64-true plugin does to the module it fits
     assert net.weight.dtype == torch.float32
+
+
+def test_serving_cost_passes_the_timing_settings_to_both_latencies():
+    net = nn.Linear(4, 2)
+    cost = serving_cost(net, torch.randn(8, 4), warmup=0, min_repeats=3, min_seconds=0.0)
+    quick = latency_ms(net, torch.randn(8, 4), 1, warmup=0, min_repeats=3, min_seconds=0.0)
+    # a linear layer runs in microseconds: with min_seconds=0 exactly min_repeats passes are timed
+    assert quick["repeats"] == 3 and cost["latency_ms"] > 0 and cost["serving_batch"] == 8

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 FAST = ["trainer.max_epochs=3", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
-        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
+        # the report's latency as a smoke test (timing each model properly is most of a tiny run)
+        "latency.warmup=1", "latency.min_repeats=2", "latency.min_seconds=0"]
 
 
 def cli(*args, cwd):

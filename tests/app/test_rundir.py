@@ -16,7 +16,9 @@ from kd_lightning.app import rundir
 from kd_lightning.app.errors import ConfigError
 
 FAST = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
-        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
+        # the report's latency as a smoke test (timing each model properly is most of a tiny run)
+        "latency.warmup=1", "latency.min_repeats=2", "latency.min_seconds=0"]
 
 
 def make_cfg(tmp_path: Path, *overrides: str):

@@ -2,6 +2,7 @@
 teacher logits, ONNX or TorchScript export."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ...losses import CE, Loss
-from ..checks import check_classes, check_classification_config, check_export_format, teacher_outputs_root
+from ..checks import (check_classes, check_classification_config, check_export_format, latency_timing,
+                      teacher_outputs_root)
 from ..errors import ConfigError
 from ..stage import Measure, StageResult, measure
 from .base import Task
@@ -33,6 +35,7 @@ class Classification(Task):
         classes = cfg.data.get("num_classes") if cfg is not None else None
         self.num_classes = int(classes) if classes is not None else None
         self.outputs_root = teacher_outputs_root(cfg) if cfg is not None else None
+        self.timing = latency_timing(cfg) if cfg is not None else None
         if self.outputs_root is not None:
             top_k = cfg.distill.get("teacher_outputs_top_k")
             self.outputs_args = dict(
@@ -58,7 +61,7 @@ class Classification(Task):
         return "" if cfg.teacher_fit.max_epochs == 0 else None
 
     def measure(self, datamodule: L.LightningDataModule) -> Measure:
-        return measure
+        return functools.partial(measure, timing=self.timing)
 
     def teacher_outputs(self, teacher: nn.Module, loss: Loss,
                         datamodule: L.LightningDataModule) -> Optional[L.LightningDataModule]:
