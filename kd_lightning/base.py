@@ -317,12 +317,19 @@ class TeacherStudentModule(L.LightningModule):
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
                 del state[key]
 
+    def state_defaults(self) -> Dict[str, Tensor]:
+        """State entries a family module added after checkpoints were written, with a fresh module's values:
+        an older checkpoint lacking them still loads strictly (every other missing key is still an error)."""
+        return {}
+
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # Checkpoints normally carry no teacher: take its weights from the live teacher, so strict loading
         # still catches every missing or unexpected student key. Frozen student weights come back the same way,
         # after a digest check that they are the ones the checkpoint was trained on.
         restore_frozen(checkpoint, self.student, STUDENT_PREFIX)
         state = checkpoint["state_dict"]
+        for key, value in self.state_defaults().items():
+            state.setdefault(key, value)
         if self.teacher is None:  # saved with its teacher, loaded into a module without one
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
                 del state[key]

@@ -1,7 +1,7 @@
 """DistillationModule: a drop-in LightningModule that distills a frozen teacher into a student."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -272,10 +272,9 @@ class DistillationModule(TeacherStudentModule):
             self.val_history.append(float(acc))
             self.log("val/acc_best", self.val_acc_best.compute())
 
-    def on_load_checkpoint(self, checkpoint: Any) -> None:
-        super().on_load_checkpoint(checkpoint)
+    def state_defaults(self) -> Dict[str, Tensor]:
         # Checkpoints written before the running best was saved still load strictly (as "none seen yet").
-        checkpoint["state_dict"].setdefault("val_acc_best.max_value", self.val_acc_best.max_value.detach().clone())
+        return {"val_acc_best.max_value": self.val_acc_best.max_value.detach().clone()}
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test")
