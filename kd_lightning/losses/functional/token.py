@@ -372,6 +372,8 @@ class _ChunkedRows(_GradientsInForward):
             for buffer, g in zip(grads, chunk_grads):
                 if buffer is not None:
                     _put(buffer, start, stop, index, g.mul_(scale))
+            # gone before the next chunk's work starts, which they would otherwise add to
+            del chunk, chunk_grads, g
         ctx.needs = needs
         ctx.save_for_backward(*[g for g in grads if g is not None])
         return value * scale
@@ -418,6 +420,8 @@ class _FusedHead(_GradientsInForward):
             for buffer, go in zip(grad_o, chunk_grads[1:]):
                 if buffer is not None:
                     _put(buffer, start, stop, index, go.mul_(scale))
+            # this chunk's fp32 gradient and its cast would otherwise live on into the next chunk's peak
+            del g, chunk_grads
         ctx.needs = (need_h, need_w, need_b) + need_others
         ctx.save_for_backward(*[g for g in [grad_h, grad_w, grad_b] + grad_o if g is not None])
         return value * scale
