@@ -133,10 +133,12 @@ class TeacherStudentModule(L.LightningModule):
             return None
 
     def teacher_output(self, batch: Any, inputs: Any, attention_mask: Optional[Tensor] = None,
-                       required: bool = False) -> TeacherOutput:
-        """The teacher's signal for ``batch`` with its tapped features (see :mod:`kd_lightning.signal`); called
-        before the student runs, so the student's forward and backward follow each other on warm caches."""
-        return self.teacher_signal(batch, inputs, attention_mask, taps=self.feature_taps()[1], required=required)
+                       required: bool = False, fused_head: bool = False) -> TeacherOutput:
+        """The teacher's signal for ``batch`` with its tapped features (see :mod:`kd_lightning.signal`;
+        ``fused_head`` asks for hidden states and output layer instead of logits); called before the student
+        runs, so the student's forward and backward follow each other on warm caches."""
+        return self.teacher_signal(batch, inputs, attention_mask, taps=self.feature_taps()[1], required=required,
+                                   fused_head=fused_head)
 
     # ------------------------------------------------------------------------------ feature taps
     def feature_taps(self) -> Tuple[Optional[FeatureTaps], Optional[FeatureTaps]]:

@@ -71,3 +71,34 @@ def head(x: Inputs, n: int) -> Inputs:
     if isinstance(x, Mapping):
         return {k: v[:n] if isinstance(v, Tensor) else v for k, v in x.items()}
     return x[:n]
+
+
+def fused_head_problem(net: nn.Module) -> Optional[Tuple[type, str]]:
+    """Why ``net``'s output layer cannot be fused into a loss, as ``(exception type, message)``; None when it
+    can: it needs ``base_model`` (the final hidden states) and a linear ``get_output_embeddings()`` whose output
+    is the logits as they are (no scaling or soft-capping after it)."""
+    name = type(net).__name__
+    base = getattr(net, "base_model", None)
+    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    if not isinstance(base, nn.Module) or base is net or not isinstance(head, nn.Linear):
+        return TypeError, (f"needs a Hugging Face-style causal LM (base_model giving the final hidden states, "
+                           f"get_output_embeddings() an nn.Linear); {name} is not one")
+    config = getattr(net, "config", None)
+    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        value = getattr(config, attr, None)
+        if value not in (None, 1, 1.0, 0, 0.0):
+            return ValueError, (f"{name} post-processes its logits ({attr}={value}); the fused loss takes "
+                                "hidden @ Wᵀ as the logits")
+    return None
+
+
+def final_hidden(net: nn.Module, input_ids: Tensor,
+                 attention_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """A causal LM's final hidden states ``[B, T, H]`` (its ``base_model``, no key-value cache) with its output
+    layer's weight ``[V, H]`` and bias (None without one): the logits are ``hidden @ weightᵀ + bias``, for a
+    model that :func:`fused_head_problem` accepts."""
+    out = net.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = getattr(out, "last_hidden_state", None)
+    hidden = hidden if isinstance(hidden, Tensor) else out[0]
+    head = net.get_output_embeddings()
+    return hidden, head.weight, getattr(head, "bias", None)

@@ -11,6 +11,9 @@ Kinds:
 * :class:`LiveTeacher` — a :class:`~kd_lightning.teacher.FrozenTeacher` (one network, or a weighted
   :class:`~kd_lightning.teacher.TeacherEnsemble`) run on ``inputs``: classifier logits ``[B, C]``, or
   next-token logits ``[B, T, V]`` when the family is the token one, plus the teacher's tapped features.
+  Asked with ``fused_head=True``, a token teacher that is one Hugging Face-style network
+  (:attr:`LiveTeacher.fuses_head`) runs its base model only and gives its final hidden states and output
+  layer instead of its logits, for a loss that computes the logits chunk by chunk.
 * :class:`StoredOutputs` — what the batch carries from the output store (:mod:`kd_lightning.cache`):
   dense ``teacher_logits``, or top-k rows (:data:`~kd_lightning.batch.TOPK_KEYS`: ids, log-probabilities
   at the stored temperature, the rest of the mass, the temperature).
@@ -42,18 +45,22 @@ class TeacherOutput:
     """The teacher's signal for one batch.
 
     ``logits``: dense logits (``[B, C]`` or ``[B, T, V]``); ``topk``: ``(ids [..., k], logprobs [..., k],
-    rest [...])`` with the log-probabilities taken at ``temperature``; at most one of the two is set (none:
-    no teacher). ``features``: the teacher's tapped activations.
+    rest [...])`` with the log-probabilities taken at ``temperature``; ``hidden`` with ``head``: the final
+    hidden states ``[B, T, H]`` and the output layer ``(weight [V, H], bias [V] or None)`` whose product
+    would be the logits (a fused head). At most one of the three is set (none: no teacher). ``features``:
+    the teacher's tapped activations.
     """
 
     logits: Optional[Tensor] = None
     topk: Optional[TopK] = None
     temperature: Optional[Tensor] = None
     features: Dict[str, Tensor] = field(default_factory=dict)
+    hidden: Optional[Tensor] = None
+    head: Optional[Tuple[Tensor, Optional[Tensor]]] = None
 
     @property
     def present(self) -> bool:
-        return self.logits is not None or self.topk is not None
+        return self.logits is not None or self.topk is not None or self.hidden is not None
 
     def dense(self, width: int) -> Optional[Tensor]:
         """Logits over ``width`` classes: the dense ones, or logits rebuilt from the top-k rows whose softmax at
@@ -103,14 +110,22 @@ class TeacherSignal:
         self.checked = False
 
     def __call__(self, batch: Any, inputs: Any, attention_mask: Optional[Tensor] = None,
-                 taps: Optional[FeatureTaps] = None, required: bool = False) -> TeacherOutput:
+                 taps: Optional[FeatureTaps] = None, required: bool = False,
+                 fused_head: bool = False) -> TeacherOutput:
         """The teacher's output for ``batch``, whose network inputs are ``inputs`` (``attention_mask`` for
         causal LMs); ``taps`` collects the teacher's features; ``required`` refuses a batch without
-        stored outputs where they are the signal."""
-        return self.read(batch, inputs, attention_mask, taps, required)
+        stored outputs where they are the signal; ``fused_head`` asks for the final hidden states and the
+        output layer instead of the logits, which only a signal that :attr:`fuses_head` gives (the others
+        answer as without it)."""
+        return self.read(batch, inputs, attention_mask, taps, required, fused_head)
+
+    @property
+    def fuses_head(self) -> bool:
+        """Whether ``fused_head=True`` gets hidden states and an output layer from this signal."""
+        return False
 
     def read(self, batch: Any, inputs: Any, attention_mask: Optional[Tensor], taps: Optional[FeatureTaps],
-             required: bool) -> TeacherOutput:  # pragma: no cover - abstract
+             required: bool, fused_head: bool = False) -> TeacherOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def check(self, output: TeacherOutput, width: int, temperature: float) -> None:
@@ -137,7 +152,7 @@ class TeacherSignal:
 class NoTeacher(TeacherSignal):
     """No teacher: labels-only training (the loss must not need one)."""
 
-    def read(self, batch, inputs, attention_mask, taps, required) -> TeacherOutput:
+    def read(self, batch, inputs, attention_mask, taps, required, fused_head=False) -> TeacherOutput:
         return TeacherOutput()
 
 
@@ -149,7 +164,7 @@ class StoredOutputs(TeacherSignal):
         super().__init__()
         self.hint = hint
 
-    def read(self, batch, inputs, attention_mask, taps, required) -> TeacherOutput:
+    def read(self, batch, inputs, attention_mask, taps, required, fused_head=False) -> TeacherOutput:
         out = stored_output(batch)
         if required and not out.present:
             keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
@@ -167,16 +182,26 @@ class LiveTeacher(TeacherSignal):
             raise TypeError(f"a live teacher signal takes a FrozenTeacher, got {type(network).__name__}")
         self.network, self.family = network, family
 
-    def read(self, batch, inputs, attention_mask, taps, required) -> TeacherOutput:
+    @property
+    def fuses_head(self) -> bool:
+        """True for a token teacher that is one Hugging Face-style network (not an ensemble)."""
+        return self.family == TOKEN and self.network.head_problem() is None
+
+    def read(self, batch, inputs, attention_mask, taps, required, fused_head=False) -> TeacherOutput:
         if taps is None:
             out = stored_output(batch)
             if out.present:
                 return out
-        if self.family == TOKEN:
-            logits = self.network.token_logits(inputs, attention_mask)
+        if fused_head and self.fuses_head:
+            hidden, weight, bias = self.network.token_hidden(inputs, attention_mask)
+            out = TeacherOutput(hidden=hidden, head=(weight, bias))
+        elif self.family == TOKEN:
+            out = TeacherOutput(logits=self.network.token_logits(inputs, attention_mask))
         else:
-            logits = self.network(inputs)
-        return TeacherOutput(logits=logits, features=taps.pop() if taps is not None else {})
+            out = TeacherOutput(logits=self.network(inputs))
+        if taps is not None:
+            out.features = taps.pop()
+        return out
 
     def __repr__(self) -> str:
         return f"LiveTeacher({type(self.network.net).__name__}, family={self.family!r})"

@@ -10,13 +10,13 @@ from — this network, or stored outputs that the batches carry — is :mod:`kd_
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .forward import Inputs, call, call_signature, lm_logits, logits_of
+from .forward import Inputs, call, call_signature, final_hidden, fused_head_problem, lm_logits, logits_of
 from .io import state_dict_sha256
 
 TeacherSource = Union[nn.Module, Sequence[nn.Module], str, os.PathLike]
@@ -181,6 +181,20 @@ class FrozenTeacher(nn.Module):
         self.settle()
         with torch.no_grad():
             return lm_logits(self.net, input_ids, attention_mask, *self.signature)
+
+    def head_problem(self) -> Optional[Tuple[type, str]]:
+        """Why this teacher's output layer cannot be fused into a token loss (None: it can); see
+        :func:`~kd_lightning.forward.fused_head_problem`."""
+        if isinstance(self.net, TeacherEnsemble):
+            # its target is a weighted mix of the members' distributions, which no one output layer gives
+            return TypeError, "a teacher ensemble averages its members' outputs, which no single output layer gives"
+        return fused_head_problem(self.net)
+
+    def token_hidden(self, input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """A causal-LM teacher's final hidden states ``[B, T, H]`` with its output layer's weight ``[V, H]`` and
+        bias, without a graph (:func:`~kd_lightning.forward.final_hidden`): its logits, left uncomputed."""
+        with torch.no_grad():
+            return final_hidden(self.net, input_ids, attention_mask)
 
 
 def build_teacher(source: Optional[TeacherSource], architecture: Optional[nn.Module] = None,

@@ -266,3 +266,53 @@ def test_a_causal_lm_trains_one_step_from_each_signal_kind(make_trainer, kind):
     assert math.isfinite(float(trainer.callback_metrics["train/kd"]))
     assert float(trainer.callback_metrics["train/kd"]) == pytest.approx(float(expected_kd), rel=1e-4)
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
+# ------------------------------------------------------------------------------ fused teacher head
+class _Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(13, 4)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return (torch.tanh(self.emb(input_ids)),)
+
+
+class HeadLM(nn.Module):
+    """Hugging Face-style: ``base_model`` gives the final hidden states, ``get_output_embeddings()`` the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = _Base()
+        self.lm_head = nn.Linear(4, 13)
+
+    @property
+    def base_model(self):
+        return self.base
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.lm_head(self.base(input_ids)[0])
+
+
+def test_live_teacher_gives_hidden_states_and_head_when_asked_and_it_can():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 13, (2, 5))
+    mask = torch.ones_like(ids)
+    signal = LiveTeacher(FrozenTeacher(HeadLM()), TOKEN)
+    assert signal.fuses_head
+    fused = signal({"input_ids": ids}, ids, mask, fused_head=True)
+    plain = signal({"input_ids": ids}, ids, mask)
+    assert fused.logits is None and fused.present and fused.hidden.shape == (2, 5, 4)
+    assert fused.head[0] is signal.network.net.lm_head.weight and not fused.hidden.requires_grad
+    torch.testing.assert_close(F.linear(fused.hidden, *fused.head), plain.logits)
+    # an ensemble, a plain module and stored outputs answer with logits, asked or not
+    ensemble = LiveTeacher(FrozenTeacher(TeacherEnsemble([HeadLM(), HeadLM()])), TOKEN)
+    for other in (ensemble, LiveTeacher(FrozenTeacher(TinyLM()), TOKEN)):
+        assert not other.fuses_head
+        out = other({"input_ids": ids}, ids, mask, fused_head=True)
+        assert out.hidden is None and out.logits.shape == (2, 5, 13)
+    stored = {"input_ids": ids, "teacher_logits": plain.logits}
+    assert signal(stored, ids, mask, fused_head=True).logits is plain.logits

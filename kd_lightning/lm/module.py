@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from ..base import TeacherStudentModule
-from ..forward import call_signature, lm_logits
+from ..forward import call_signature, final_hidden, fused_head_problem, lm_logits
 from ..losses.base import TOKEN, CompositeLoss, Loss, TokenInputs
 from ..losses.token import IGNORE_INDEX, TokenKD
-from ..signal import teacher_signal
+from ..signal import TeacherOutput, teacher_signal
 from ..teacher import build_teacher
 from ..guards import attention_mask_of
 from .generation import OnPolicy, on_policy_batch
@@ -29,18 +29,10 @@ _STAT_NAMES = ("ce", "teacher_ce", "kd", "agree", "tokens", "kd_tokens", "bytes"
 def check_fused_head(net: nn.Module) -> None:
     """``fused_head=True`` needs ``base_model`` (final hidden states) and a linear ``get_output_embeddings()``
     whose output is the logits as they are (no scaling or soft-capping after it)."""
-    name = type(net).__name__
-    base = getattr(net, "base_model", None)
-    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
-    if not isinstance(base, nn.Module) or base is net or not isinstance(head, nn.Linear):
-        raise TypeError(f"fused_head=True needs a Hugging Face-style causal LM (base_model giving the final hidden "
-                        f"states, get_output_embeddings() an nn.Linear); {name} is not one — use fused_head=False")
-    config = getattr(net, "config", None)
-    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-        value = getattr(config, attr, None)
-        if value not in (None, 1, 1.0, 0, 0.0):
-            raise ValueError(f"fused_head=True: {name} post-processes its logits ({attr}={value}); the fused loss "
-                             "takes hidden @ Wᵀ as the logits, so use fused_head=False")
+    problem = fused_head_problem(net)
+    if problem is not None:
+        error, why = problem
+        raise error(f"fused_head=True {why} — use fused_head=False")
 
 
 def _tokenizer_name(tok: Any) -> str:
@@ -137,7 +129,10 @@ class CausalLMDistillationModule(TeacherStudentModule):
             materializes the student's ``[B, T, V]`` logits (:func:`~kd_lightning.losses.functional.
             token_divergence_fused`). Needs a Hugging Face-style causal LM (``base_model`` returning the final
             hidden states, a linear output layer, no logit scaling or soft-capping); evaluation still uses
-            the full logits.
+            the full logits. A live teacher of that kind is fused the same way (it runs its base model only
+            and the loss computes its logits chunk by chunk, so neither model's ``[B, T, V]`` logits exist);
+            other teachers, an ensemble (a weighted mix of distributions, which no one output layer gives)
+            and stored outputs still give their logits.
         teacher_outputs: train on stored teacher outputs instead of a live teacher (``teacher=None``): every
             training batch carries the teacher's top-k next-token ids, log-probabilities and rest mass
             (:class:`~kd_lightning.cache.tokens.TeacherOutputsTokenDataModule` adds them), and KD is the
@@ -296,22 +291,27 @@ class CausalLMDistillationModule(TeacherStudentModule):
 
     # ---------------------------------------------------------------------------------- training
     def run_models_fused(self, ids: Tensor, mask: Tensor, labels: Tensor,
-                         teacher_logits: Optional[Tensor]) -> Tuple[Dict[str, Any], Optional[Tensor]]:
-        """The student's final hidden states with its output layer (fused_head), and ``teacher_logits`` cut
-        to the compared vocabulary."""
-        out = self.student.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
-        hidden = getattr(out, "last_hidden_state", None)
-        hidden = hidden if isinstance(hidden, Tensor) else out[0]
-        head = self.student.get_output_embeddings()
-        weight, bias = head.weight, getattr(head, "bias", None)
-        if not self.vocab_checked:  # the logits' shape without the logits
-            self.check_vocab(torch.empty((*hidden.shape[:-1], weight.shape[0]), device="meta"), teacher_logits,
-                             ids, labels)
-        if teacher_logits is not None and teacher_logits.shape[-1] != weight.shape[0]:
-            width = self.vocab_size
-            teacher_logits, weight = teacher_logits[..., :width], weight[:width]
-            bias = None if bias is None else bias[:width]
-        return {"student_hidden": hidden, "lm_head_weight": weight, "lm_head_bias": bias}, teacher_logits
+                         teacher: TeacherOutput) -> Tuple[Dict[str, Any], Optional[Tensor]]:
+        """The student's final hidden states with its output layer (fused_head), the teacher's too when its
+        signal gave them (else its logits, returned apart), each cut to the compared vocabulary."""
+        hidden, weight, bias = final_hidden(self.student, ids, mask)
+        fields: Dict[str, Any] = {"student_hidden": hidden, "lm_head_weight": weight, "lm_head_bias": bias}
+        teacher_logits = teacher.logits
+        t_weight, t_bias = teacher.head if teacher.head is not None else (None, None)
+        if not self.vocab_checked:  # the logits' shapes without the logits
+            lead = hidden.shape[:-1]
+            teacher_shape = teacher_logits if t_weight is None else torch.empty((*lead, t_weight.shape[0]),
+                                                                                device="meta")
+            self.check_vocab(torch.empty((*lead, weight.shape[0]), device="meta"), teacher_shape, ids, labels)
+        width = self.vocab_size
+        if weight.shape[0] != width:
+            fields.update(lm_head_weight=weight[:width], lm_head_bias=None if bias is None else bias[:width])
+        if teacher_logits is not None and teacher_logits.shape[-1] != width:
+            teacher_logits = teacher_logits[..., :width]
+        if t_weight is not None:  # vocab_alignment="truncate" cuts the teacher's weight rows, not its logits
+            fields.update(teacher_hidden=teacher.hidden, teacher_lm_head_weight=t_weight[:width],
+                          teacher_lm_head_bias=None if t_bias is None else t_bias[:width])
+        return fields, teacher_logits
 
     def loss_inputs(self, batch: Any, stage: str) -> TokenInputs:
         """The token loss's inputs; in training, the divisor is the step-global token count
@@ -324,10 +324,11 @@ class CausalLMDistillationModule(TeacherStudentModule):
             if self.attached_trainer() is not None:
                 self.log("train/on_policy", float(generated), on_step=False, on_epoch=True)
         ids, mask, labels, _ = _batch_fields(batch, self.pad_token_id)
-        teacher = self.teacher_output(batch, ids, mask, required=train)
+        fused = train and self.hparams.get("fused_head", False)
+        teacher = self.teacher_output(batch, ids, mask, required=train, fused_head=fused)
         student: Dict[str, Any] = {}
-        if train and self.hparams.get("fused_head", False):
-            student, teacher_logits = self.run_models_fused(ids, mask, labels, teacher.logits)
+        if fused:
+            student, teacher_logits = self.run_models_fused(ids, mask, labels, teacher)
             student_logits = None
         else:
             student_logits, teacher_logits = self.run_models(ids, mask, labels, teacher.logits)

@@ -49,9 +49,11 @@ class TokenInputs:
 
     ``student_logits`` is ``[B, L, V]`` (None with the fused head: ``student_hidden [B, L, H]`` and the
     output layer's ``lm_head_weight [V, H]`` / ``lm_head_bias`` instead). The teacher's signal is either its
-    logits ``[B, L, V]`` (a live teacher or an ensemble) or ``teacher_topk = (ids [B,L,k], logprobs [B,L,k],
-    rest [B,L])`` (stored top-k outputs). ``num_tokens`` is the divisor of the sums (None: each term's own
-    count). Features are the tapped activations, as for classifiers.
+    logits ``[B, L, V]`` (a live teacher or an ensemble), ``teacher_topk = (ids [B,L,k], logprobs [B,L,k],
+    rest [B,L])`` (stored top-k outputs), or, with the fused student head, its final hidden states
+    ``teacher_hidden [B, L, H_t]`` with ``teacher_lm_head_weight [V, H_t]`` / ``teacher_lm_head_bias`` (its
+    head fused too). ``num_tokens`` is the divisor of the sums (None: each term's own count). Features are
+    the tapped activations, as for classifiers.
     """
 
     student_logits: Optional[Tensor]
@@ -63,6 +65,9 @@ class TokenInputs:
     lm_head_weight: Optional[Tensor] = None
     lm_head_bias: Optional[Tensor] = None
     teacher_topk: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+    teacher_hidden: Optional[Tensor] = None
+    teacher_lm_head_weight: Optional[Tensor] = None
+    teacher_lm_head_bias: Optional[Tensor] = None
     student_features: Dict[str, Tensor] = field(default_factory=dict)
     teacher_features: Dict[str, Tensor] = field(default_factory=dict)
     epoch: float = 0.0

@@ -46,7 +46,10 @@ class TokenKD(Loss):
     copy). **Fused student head:** pass ``student_logits=None`` and ``student_hidden [B,L,H]``,
     ``lm_head_weight [V,H]`` (and ``lm_head_bias``) instead: the student's logits are then computed chunk by
     chunk and never exist in full (:func:`~kd_lightning.losses.functional.token_divergence_fused`); with
-    both terms on, each term makes its own pass over the output layer.
+    both terms on, each term makes its own pass over the output layer. **Teacher head fused too:** with the
+    fused student head, pass ``teacher_logits=None`` and ``teacher_hidden [B,L,H_t]``,
+    ``teacher_lm_head_weight [V,H_t]`` (and ``teacher_lm_head_bias``): the teacher's logits are then computed
+    chunk by chunk as well, without a graph, so neither model's ``[B, L, V]`` logits exist.
 
     **Stored teacher signal:** pass ``teacher_logits=None`` and ``teacher_topk=(ids [B,L,k],
     logprobs [B,L,k], rest [B,L])`` (the batch keys of stored top-k teacher outputs): KD is
@@ -108,7 +111,8 @@ class TokenKD(Loss):
                 num_tokens: Optional[Union[int, float, Tensor]] = None, **fields: Any) -> Dict[str, Tensor]:
         """Terms of one batch: the module passes a :class:`~kd_lightning.losses.base.TokenInputs`; by hand,
         pass its fields (``student_logits, teacher_logits, labels, attention_mask, num_tokens``, and the
-        keyword-only ``student_hidden``, ``lm_head_weight``, ``lm_head_bias``, ``teacher_topk``)."""
+        keyword-only ``student_hidden``, ``lm_head_weight``, ``lm_head_bias``, ``teacher_topk``,
+        ``teacher_hidden``, ``teacher_lm_head_weight``, ``teacher_lm_head_bias``)."""
         if not isinstance(inputs, TokenInputs):
             if labels is None:
                 raise ValueError("TokenKD: labels [batch, length] are required")
@@ -150,14 +154,22 @@ class TokenKD(Loss):
         if self.kd_weight > 0:
             if teacher_topk is not None:
                 return self.combine(ce, self.topk_kd(student_logits, teacher_topk, kd_full, num_tokens, fused))
-            if teacher_logits is None:
+            teacher_head = {}
+            if inputs.teacher_hidden is not None:
+                if not fused:
+                    raise ValueError("TokenKD: teacher_hidden (the teacher's head fused) needs the fused student "
+                                     "head too (student_hidden and lm_head_weight, student_logits=None)")
+                teacher_head = dict(teacher_hidden=inputs.teacher_hidden,
+                                    teacher_lm_head_weight=inputs.teacher_lm_head_weight,
+                                    teacher_lm_head_bias=inputs.teacher_lm_head_bias)
+            elif teacher_logits is None:
                 raise ValueError("TokenKD: kd_weight > 0 needs teacher logits, got None; pass a teacher to the "
                                  "module or set kd_weight=0 (with ce_weight > 0) for labels-only training")
             kw = dict(divergence=self.divergence, temperature=self.temperature, beta=self.beta, alpha=self.alpha,
                       num_valid=num_tokens, chunk_size=self.chunk_size)
             if fused:
                 kd = token_divergence_fused(student_hidden, lm_head_weight, teacher_logits, kd_full,
-                                            lm_head_bias=lm_head_bias, **kw)
+                                            lm_head_bias=lm_head_bias, **teacher_head, **kw)
             else:
                 kd = token_divergence(student_logits, teacher_logits, kd_full, **kw)
         return self.combine(ce, kd)

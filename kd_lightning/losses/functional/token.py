@@ -22,7 +22,9 @@ fp32 peak is one chunk's ``[chunk, V]`` temporaries instead of the whole batch's
 recomputed in backward. Values and gradients equal the straightforward unchunked form (kept as
 ``_unchunked_token_divergence`` for tests and the benchmark) to float rounding, whatever the chunk size.
 :func:`token_divergence_fused` goes one step further and takes the student's final hidden states and
-output-embedding weight instead of its logits, so the student's ``[tokens, V]`` logits never exist.
+output-embedding weight instead of its logits, so the student's ``[tokens, V]`` logits never exist; given the
+teacher's final hidden states and output layer in place of its logits, it computes the teacher's logits
+chunk by chunk too, so neither model's ``[tokens, V]`` logits exist.
 
 A gradient for teacher logits that require one is computed too (by autograd, one chunk at a time);
 teachers run under ``no_grad`` never pay for it. The gradient is computed in the forward pass, so the
@@ -370,6 +372,8 @@ class _ChunkedRows(_GradientsInForward):
             for buffer, g in zip(grads, chunk_grads):
                 if buffer is not None:
                     _put(buffer, start, stop, index, g.mul_(scale))
+            # gone before the next chunk's work starts, which they would otherwise add to
+            del chunk, chunk_grads, g
         ctx.needs = needs
         ctx.save_for_backward(*[g for g in grads if g is not None])
         return value * scale
@@ -416,6 +420,8 @@ class _FusedHead(_GradientsInForward):
             for buffer, go in zip(grad_o, chunk_grads[1:]):
                 if buffer is not None:
                     _put(buffer, start, stop, index, go.mul_(scale))
+            # this chunk's fp32 gradient and its cast would otherwise live on into the next chunk's peak
+            del g, chunk_grads
         ctx.needs = (need_h, need_w, need_b) + need_others
         ctx.save_for_backward(*[g for g in [grad_h, grad_w, grad_b] + grad_o if g is not None])
         return value * scale
@@ -475,11 +481,13 @@ def token_divergence(student_logits: Tensor, teacher_logits: Tensor, mask: Optio
     return _ChunkedRows.apply(kernel, rows, chunk, scale, dtype, student_logits, teacher_logits)
 
 
-def token_divergence_fused(hidden: Tensor, lm_head_weight: Tensor, teacher_logits: Tensor,
+def token_divergence_fused(hidden: Tensor, lm_head_weight: Tensor, teacher_logits: Optional[Tensor] = None,
                            mask: Optional[Tensor] = None, *, divergence: str = "forward",
                            temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1,
                            lm_head_bias: Optional[Tensor] = None, chunk_size: Optional[int] = None,
-                           num_valid: Optional[Number] = None) -> Tensor:
+                           num_valid: Optional[Number] = None, teacher_hidden: Optional[Tensor] = None,
+                           teacher_lm_head_weight: Optional[Tensor] = None,
+                           teacher_lm_head_bias: Optional[Tensor] = None) -> Tensor:
     """:func:`token_divergence` of the student logits ``hidden @ lm_head_weightᵀ (+ lm_head_bias)``, fused.
 
     The student's logits are computed ``chunk_size`` rows at a time (in ``hidden``'s dtype, as the
@@ -489,38 +497,83 @@ def token_divergence_fused(hidden: Tensor, lm_head_weight: Tensor, teacher_logit
     and their fp32 copies never exist; the value and gradients equal
     ``token_divergence(F.linear(hidden, W, b), teacher_logits, ...)``.
 
+    **Teacher head fused too:** pass ``teacher_logits=None`` and the teacher's ``teacher_hidden`` with its
+    ``teacher_lm_head_weight`` (and ``teacher_lm_head_bias``) instead: each chunk's teacher logits are then
+    computed the same way, without a graph, and dropped with the student's, so neither model's
+    ``[tokens, V]`` logits ever exist. The result equals ``token_divergence(F.linear(hidden, W, b),
+    F.linear(teacher_hidden, W_t, b_t), ...)``; the teacher's tensors are constants (a frozen teacher), no
+    gradient reaches them.
+
     Args:
         hidden: ``[..., H]`` the student's final hidden states (after its final norm).
         lm_head_weight: ``[V, H]`` its output-embedding weight (``model.get_output_embeddings().weight``).
         teacher_logits: ``[..., V]``; ``mask``, ``num_valid``, ``divergence``, ``temperature``, ``beta``,
             ``alpha``, ``chunk_size`` as in :func:`token_divergence`.
         lm_head_bias: ``[V]`` or None.
+        teacher_hidden, teacher_lm_head_weight, teacher_lm_head_bias: ``[..., H_t]``, ``[V, H_t]``, ``[V]``
+            or None: the teacher's final hidden states and output layer, in place of ``teacher_logits``.
     """
     name = "token_divergence_fused"
     temperature, beta, alpha = _check_divergence_args(name, divergence, temperature, beta, alpha)
-    _check_head(name, hidden, lm_head_weight, lm_head_bias, teacher_logits.shape[:-1])
-    if teacher_logits.shape[-1] != lm_head_weight.shape[0]:
-        raise ValueError(f"{name}: teacher logits {tuple(teacher_logits.shape)} and lm_head_weight "
-                         f"{tuple(lm_head_weight.shape)} disagree on the vocabulary")
+    lead = hidden.shape[:-1]
+    if teacher_hidden is None:
+        if teacher_logits is None or teacher_lm_head_weight is not None or teacher_lm_head_bias is not None:
+            raise ValueError(f"{name}: give the teacher as teacher_logits [..., V], or as teacher_hidden [..., H_t] "
+                             "with teacher_lm_head_weight [V, H_t] (teacher_logits=None)")
+        _check_head(name, hidden, lm_head_weight, lm_head_bias, teacher_logits.shape[:-1])
+        if teacher_logits.shape[-1] != lm_head_weight.shape[0]:
+            raise ValueError(f"{name}: teacher logits {tuple(teacher_logits.shape)} and lm_head_weight "
+                             f"{tuple(lm_head_weight.shape)} disagree on the vocabulary")
+        teacher = [teacher_logits]
+    else:
+        if teacher_logits is not None:
+            raise ValueError(f"{name}: got both teacher_logits and teacher_hidden; give one of them (the teacher's "
+                             "hidden states with teacher_lm_head_weight, teacher_logits=None)")
+        if teacher_lm_head_weight is None:
+            raise ValueError(f"{name}: teacher_hidden needs teacher_lm_head_weight [V, H_t], the teacher's "
+                             "output-embedding weight")
+        _check_head(name, hidden, lm_head_weight, lm_head_bias, lead)
+        _check_head(name, teacher_hidden, teacher_lm_head_weight, teacher_lm_head_bias, lead, who="teacher_")
+        if teacher_lm_head_weight.shape[0] != lm_head_weight.shape[0]:
+            raise ValueError(f"{name}: teacher_lm_head_weight {tuple(teacher_lm_head_weight.shape)} and lm_head_weight "
+                             f"{tuple(lm_head_weight.shape)} disagree on the vocabulary (rows); cut the longer one "
+                             "to the shared rows when only padding rows differ")
+        teacher = [teacher_hidden.detach()]
     chunk = _check_chunk_size(chunk_size, lm_head_weight.shape[0])
-    rows = _counted_rows(mask, hidden.shape[:-1], hidden.device, name)
-    count = hidden.shape[:-1].numel() if rows is None else rows.numel()
-    dtype = _float_dtype(hidden, lm_head_weight, teacher_logits)
+    rows = _counted_rows(mask, lead, hidden.device, name)
+    count = lead.numel() if rows is None else rows.numel()
+    dtype = _float_dtype(hidden, lm_head_weight, teacher[0],
+                         *([teacher_lm_head_weight] if teacher_lm_head_weight is not None else []))
     scale = _scale(count, num_valid, temperature, dtype, hidden.device)
     kernel = _divergence_kernel(dtype, temperature, divergence, beta, alpha)
-    return _FusedHead.apply(kernel, rows, chunk, scale, dtype, hidden, lm_head_weight, lm_head_bias,
-                            teacher_logits)
+    if teacher_hidden is not None:
+        kernel = _teacher_head_kernel(kernel, teacher_lm_head_weight.detach(),
+                                      None if teacher_lm_head_bias is None else teacher_lm_head_bias.detach())
+    return _FusedHead.apply(kernel, rows, chunk, scale, dtype, hidden, lm_head_weight, lm_head_bias, *teacher)
 
 
-def _check_head(name: str, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], lead: torch.Size) -> None:
+def _teacher_head_kernel(kernel: Kernel, weight: Tensor, bias: Optional[Tensor]) -> Kernel:
+    """``kernel`` over (student logits, teacher hidden rows): the chunk's teacher logits are made here, without
+    a graph, and freed when the chunk is done, so only one chunk of them ever exists."""
+
+    def with_teacher_head(chunk: Sequence[Tensor], needs: Tuple[bool, ...]):
+        with torch.no_grad():
+            teacher_logits = F.linear(chunk[1], weight, bias)
+        return kernel([chunk[0], teacher_logits], needs)
+
+    return with_teacher_head
+
+
+def _check_head(name: str, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], lead: torch.Size,
+                who: str = "") -> None:
     if hidden.ndim < 1 or weight.ndim != 2 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"{name}: hidden {tuple(hidden.shape)} must be [..., H] and lm_head_weight "
+        raise ValueError(f"{name}: {who}hidden {tuple(hidden.shape)} must be [..., H] and {who}lm_head_weight "
                          f"{tuple(weight.shape)} [V, H] with the same H")
     if tuple(hidden.shape[:-1]) != tuple(lead):
-        raise ValueError(f"{name}: hidden {tuple(hidden.shape)} and the other per-position inputs (leading shape "
-                         f"{tuple(lead)}) must share their leading shape")
+        raise ValueError(f"{name}: {who}hidden {tuple(hidden.shape)} and the other per-position inputs (leading "
+                         f"shape {tuple(lead)}) must share their leading shape")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{name}: lm_head_bias {tuple(bias.shape)} must be [V] = ({weight.shape[0]},)")
+        raise ValueError(f"{name}: {who}lm_head_bias {tuple(bias.shape)} must be [V] = ({weight.shape[0]},)")
 
 
 def _unchunked_token_divergence(student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None, *,

@@ -276,6 +276,91 @@ def test_fused_shape_errors():
         token_divergence_fused(h[:, :-1], w, t)
 
 
+# ------------------------------------------------------------------------------- teacher head fused
+def _teacher_head(n=(2, 7), hidden=9, vocab=29, dtype=torch.float32, seed=20, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    th = torch.randn(*n, hidden, generator=g, dtype=dtype)
+    tw = torch.randn(vocab, hidden, generator=g, dtype=dtype) * 0.7
+    tb = torch.randn(vocab, generator=g, dtype=dtype) if bias else None
+    return th, tw, tb
+
+
+@pytest.mark.parametrize("divergence", TOKEN_DIVERGENCES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_teacher_head_equals_unfused(divergence, masked):
+    h, w, b, _ = _head()
+    th, tw, tb = _teacher_head()
+    mask = (torch.rand(2, 7, generator=torch.Generator().manual_seed(5)) > 0.4) if masked else None
+    kw = dict(divergence=divergence, temperature=1.5, num_valid=20, **PARAMS)
+    t = F.linear(th, tw, tb)
+    want, want_g = _value_and_grads(lambda a, c, d: reference(F.linear(a, c, d), t, mask, **kw), h, w, b)
+    for chunk in (1, 3, None):
+        got, got_g = _value_and_grads(lambda a, c, d: token_divergence_fused(
+            a, c, None, mask, lm_head_bias=d, chunk_size=chunk, teacher_hidden=th, teacher_lm_head_weight=tw,
+            teacher_lm_head_bias=tb, **kw), h, w, b)
+        assert_close_rel(got, want)
+        for x, y in zip(got_g, want_g):
+            assert_close_rel(x, y)
+
+
+class _LinearShapes(torch.overrides.TorchFunctionMode):
+    """Records the output shape of every F.linear call."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is F.linear:
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+def test_fused_teacher_head_makes_chunk_logits_only_and_gives_the_teacher_no_gradient():
+    h, w, _, _ = _head(dtype=torch.float64)
+    th, tw, _ = _teacher_head(dtype=torch.float64, bias=False)
+    th.requires_grad_()
+    tw.requires_grad_()  # a teacher that is not frozen still gets no gradient here
+    h.requires_grad_()
+    with _LinearShapes() as mode:
+        loss = token_divergence_fused(h, w, teacher_hidden=th, teacher_lm_head_weight=tw, divergence="jsd",
+                                      chunk_size=4)
+    assert mode.shapes and max(s[0] for s in mode.shapes) == 4  # 14 rows, never all of them at once
+    assert len(mode.shapes) == 2 * 4  # student and teacher, 4 chunks each
+    loss.backward()
+    assert h.grad is not None and th.grad is None and tw.grad is None
+    want = reference(h.detach() @ w.T, th.detach() @ tw.detach().T, divergence="jsd")
+    assert_close_rel(loss.detach(), want, rel=1e-12)
+
+
+def test_fused_teacher_head_gradcheck_float64():
+    h, w, b, _ = _head(n=(2, 3), hidden=4, vocab=5, dtype=torch.float64, seed=11)
+    th, tw, tb = _teacher_head(n=(2, 3), hidden=3, vocab=5, dtype=torch.float64)
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    fn = lambda a, c, d: token_divergence_fused(a, c, None, mask, lm_head_bias=d, divergence="skew_forward",
+                                                temperature=1.3, chunk_size=2, teacher_hidden=th,
+                                                teacher_lm_head_weight=tw, teacher_lm_head_bias=tb, **PARAMS)
+    assert torch.autograd.gradcheck(fn, (h.requires_grad_(), w.requires_grad_(), b.requires_grad_()))
+
+
+def test_fused_teacher_head_errors():
+    h, w, b, t = _head()
+    th, tw, tb = _teacher_head()
+    with pytest.raises(ValueError, match="both teacher_logits and teacher_hidden"):
+        token_divergence_fused(h, w, t, teacher_hidden=th, teacher_lm_head_weight=tw)
+    with pytest.raises(ValueError, match="needs teacher_lm_head_weight"):
+        token_divergence_fused(h, w, teacher_hidden=th)
+    with pytest.raises(ValueError, match="give the teacher as teacher_logits"):
+        token_divergence_fused(h, w)
+    with pytest.raises(ValueError, match="disagree on the vocabulary"):
+        token_divergence_fused(h, w, teacher_hidden=th, teacher_lm_head_weight=tw[:-1])
+    with pytest.raises(ValueError, match="teacher_hidden .* leading shape"):
+        token_divergence_fused(h, w, teacher_hidden=th[:, :-1], teacher_lm_head_weight=tw)
+    with pytest.raises(ValueError, match="teacher_lm_head_bias"):
+        token_divergence_fused(h, w, teacher_hidden=th, teacher_lm_head_weight=tw, teacher_lm_head_bias=tb[:-1])
+
+
 # ------------------------------------------------------------------------------------ cross-entropy
 def test_cross_entropy_chunked_and_fused_equal_f_cross_entropy():
     h, w, b, _ = _head(seed=13)
