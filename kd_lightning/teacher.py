@@ -193,6 +193,7 @@ class FrozenTeacher(nn.Module):
     def token_hidden(self, input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """A causal-LM teacher's final hidden states ``[B, T, H]`` with its output layer's weight ``[V, H]`` and
         bias, without a graph (:func:`~kd_lightning.forward.final_hidden`): its logits, left uncomputed."""
+        self.settle()
         with torch.no_grad():
             return final_hidden(self.net, input_ids, attention_mask)
 
