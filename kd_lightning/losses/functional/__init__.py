@@ -3,7 +3,7 @@ from .response import dist_loss, dist_terms, dkd_loss, dkd_terms, kd_ce_terms, k
 from .feature import (at_loss, attention_map, attention_map_loss, fitnet_loss, hidden_state_loss, match_spatial,
                       nst_loss, ofd_loss, ofd_margin_from_bn, ofd_margin_from_samples, sp_loss, vid_loss)
 from .relation import cc_loss, crd_nce_loss, pairwise_distances, pkt_loss, rkd_loss, rkd_terms
-from .token import (TOKEN_DIVERGENCES, default_chunk_size, token_cross_entropy, token_cross_entropy_fused,
+from .token import (TOKEN_DIVERGENCES, default_chunk_size, fused_chunk_size, token_cross_entropy, token_cross_entropy_fused,
                     token_divergence, token_divergence_fused, token_divergence_topk)
 
 from .response import (SKD_MODES, ctkd_kd_loss, ctkd_lambda, dist_plus_feature_terms, dist_plus_loss,

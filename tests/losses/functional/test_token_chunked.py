@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd_lightning.losses.functional import (TOKEN_DIVERGENCES, default_chunk_size, token_cross_entropy,
+from kd_lightning.losses.functional import (TOKEN_DIVERGENCES, default_chunk_size, fused_chunk_size, token_cross_entropy,
                                             token_cross_entropy_fused, token_divergence, token_divergence_fused,
                                             token_divergence_topk)
 from kd_lightning.losses.functional.token import _unchunked_token_divergence as reference
@@ -138,6 +138,8 @@ def test_default_chunk_size_bounds_the_chunk():
     assert default_chunk_size(32_000) == 131
     assert default_chunk_size(128_256) == 32
     assert default_chunk_size(10 ** 9) == 1
+    # a fused output layer keeps at least 128 rows a chunk (its passes over W and W's gradient, one per chunk)
+    assert fused_chunk_size(32_000) == 131 and fused_chunk_size(128_256) == 128 and fused_chunk_size(1000) == 1024
     with pytest.raises(ValueError, match="chunk_size must be a positive"):
         token_divergence(torch.randn(2, 3), torch.randn(2, 3), chunk_size=0)
 
