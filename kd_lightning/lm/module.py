@@ -20,7 +20,7 @@ from ..signal import teacher_signal
 from ..teacher import build_teacher
 from ..guards import attention_mask_of
 from .generation import OnPolicy, on_policy_batch
-from .xtok import XTOK_KEYS, TokenizerPair, cross_tokenizer_pair
+from .xtok import XTOK_KEYS, TokenizerPair, cross_tokenizer_pair, tokenizer_name
 
 VOCAB_ALIGNMENTS = ("strict", "truncate")
 STORED_HINT = ("teacher_outputs=True: wrap the data module in kd_lightning.cache.TeacherOutputsTokenDataModule so "
@@ -43,10 +43,6 @@ def check_fused_head(net: nn.Module) -> None:
         if value not in (None, 1, 1.0, 0, 0.0):
             raise ValueError(f"fused_head=True: {name} post-processes its logits ({attr}={value}); the fused loss "
                              "takes hidden @ Wᵀ as the logits, so use fused_head=False")
-
-
-def _tokenizer_name(tok: Any) -> str:
-    return f"{getattr(tok, 'name_or_path', '') or type(tok).__name__!r} ({len(tok.get_vocab())} tokens)"
 
 
 def _batch_fields(batch: Any, pad_token_id: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
@@ -230,8 +226,8 @@ class CausalLMDistillationModule(TeacherStudentModule):
         if self.xtok is None and teacher_tokenizer is not None and student_tokenizer is not None \
                 and teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
             raise ValueError(
-                f"teacher tokenizer {_tokenizer_name(teacher_tokenizer)} and student tokenizer "
-                f"{_tokenizer_name(student_tokenizer)} differ; token-level KD needs one tokenizer (vocab_alignment="
+                f"teacher tokenizer {tokenizer_name(teacher_tokenizer)} and student tokenizer "
+                f"{tokenizer_name(student_tokenizer)} differ; token-level KD needs one tokenizer (vocab_alignment="
                 f"{vocab_alignment!r} cannot bridge different tokenizers): use a cross-tokenizer loss, "
                 "loss=SpanAlign() or loss=ULD(), with batches from kd_lightning.lm.xtok.CrossTokenizerCollate")
         if on_policy is not None and (teacher is None or token.kd_positions != "labels"):
