@@ -432,18 +432,21 @@ def check_student_tokenizer(cfg: DictConfig, loss: Any) -> None:
         raise ConfigError(f"the teacher tokenizer is {teacher_tok} and the student tokenizer {student_tok}, but "
                           f"distill={name} compares the two models' logits token by token, which needs one tokenizer; "
                           "use distill=span_align or distill=uld (cross-tokenizer losses), or student_tokenizer=null")
-    offending = [(teacher_outputs_root(cfg) is not None, "distill.teacher_outputs=false"),
-                 (bool(cfg.distill.get("sequence_kd")), "distill.sequence_kd=false"),
-                 ((cfg.distill.get("on_policy") or {}).get("lam") is not None, "distill.on_policy.lam=null"),
-                 (bool((cfg.get("teacher_ppl_of_samples") or {}).get("enabled")), "teacher_ppl_of_samples.enabled=false"),
-                 (bool(cfg.get("assistants")), "assistants=[]"),
-                 (int(cfg.get("generations") or 1) > 1, "generations=1"),
-                 (bool(cfg.module.get("fused_head")), "module.fused_head=false")]
-    fixes = [fix for bad, fix in offending if bad]
-    if fixes:
-        raise ConfigError(f"student_tokenizer gives the student another tokenizer than the teacher's, which the "
-                          f"setting behind {fixes[0]} cannot serve (it reads the teacher token by token or in the "
-                          f"student's tokens); set {', '.join(fixes)}")
+    on_policy = cfg.distill.get("on_policy") or {}
+    offending = [(teacher_outputs_root(cfg) is not None, "distill.teacher_outputs", "false"),
+                 (bool(cfg.distill.get("sequence_kd")), "distill.sequence_kd", "false"),
+                 (on_policy.get("lam") is not None, "distill.on_policy.lam", "null"),
+                 (bool((cfg.get("teacher_ppl_of_samples") or {}).get("enabled")), "teacher_ppl_of_samples.enabled",
+                  "false"),
+                 (bool(cfg.get("assistants")), "assistants", "[]"),
+                 (int(cfg.get("generations") or 1) > 1, "generations", "1"),
+                 (bool(cfg.module.get("fused_head")), "module.fused_head", "false")]
+    bad = [(key, fix) for wrong, key, fix in offending if wrong]
+    if bad:
+        raise ConfigError(f"student_tokenizer gives the student another tokenizer than the teacher's, but "
+                          f"{', '.join(key for key, _ in bad)} needs one tokenizer for both (the teacher read token "
+                          f"by token, or text written by one model and scored by the other); set "
+                          f"{', '.join(f'{key}={fix}' for key, fix in bad)}")
 
 
 EXPORT_FORMATS = ("onnx", "torchscript", "hf")

@@ -123,7 +123,13 @@ class CausalLMDistillationModule(TeacherStudentModule):
             same tokenizer, but the embedding matrices differ only in padding rows: the first
             ``min(V_t, V_s)`` logits are compared.
         tokenizer: the tokenizer both models share (saved by :meth:`save_student_pretrained`).
-        teacher_tokenizer / student_tokenizer: when both are given their vocabularies must be equal.
+        teacher_tokenizer / student_tokenizer: with a token loss, when both are given their vocabularies must
+            be equal. With a cross-tokenizer loss (:class:`~kd_lightning.losses.ULD`,
+            :class:`~kd_lightning.losses.SpanAlign`) both are required (Hugging Face fast tokenizers) and may
+            differ: the batches then come from :class:`~kd_lightning.lm.xtok.CrossTokenizerCollate` (each
+            text tokenized by both, with the alignment), the teacher runs on its own tokens, the terms are
+            means over each micro-batch, and evaluation reports the student's own ``ce``, ``ppl`` and
+            ``bpb``. ``teacher_outputs``, ``on_policy`` and ``fused_head`` are refused with such a loss.
         bytes_per_token: UTF-8 bytes per token of the held-out text, for ``bpb`` (default: the batch's
             ``bytes`` key, or the datamodule's ``bytes_per_token`` attribute).
         save_teacher: keep the teacher's weights in checkpoints.

@@ -49,7 +49,8 @@ XTOK_BAD = {
         r"the teacher tokenizer is the data's tokenizer .* and the student tokenizer a unigram tokenizer of "
         r"student_tokenizer.vocab_size=280, but distill=token_kd compares .* use distill=span_align or distill=uld"),
     "experiment=lm_pydoc_xtok module.fused_head=true": (
-        ("lm_pydoc_xtok", ["module.fused_head=true"]), r"student_tokenizer gives the student another tokenizer.*"
+        ("lm_pydoc_xtok", ["module.fused_head=true"]), r"student_tokenizer gives the student another tokenizer than "
+                                                       r"the teacher's, but module.fused_head needs one tokenizer.*"
                                                        r"set module.fused_head=false"),
     "experiment=lm_pydoc_xtok distill.span_weight=-1": (
         ("lm_pydoc_xtok", ["distill.span_weight=-1"]), r"distill.span_weight=-1: .*span_weight must be a finite "
