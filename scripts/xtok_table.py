@@ -16,7 +16,7 @@ and shared by every job through kd-train's teacher store. Two multiruns:
   plain token-level KD (forward KL), the ceiling, and its labels-only baseline for reference.
 
 Every row is bits per byte of the held-out topics (tokenizer-independent), mean ± std over the seeds. The
-two multiruns run one after the other, or side by side with ``--parallel``. The table goes to
+multiruns run one after the other, or side by side with ``--parallel`` (then one per method). The table goes to
 ``--out/xtok_table.md`` and, with ``--write PAGE``, between the markers ``<!-- xtok-table -->`` and
 ``<!-- /xtok-table -->`` of PAGE.
 """
@@ -46,21 +46,24 @@ ROWS = [
 ]
 
 
-def commands(seeds: List[int], out: Path, extra: List[str]) -> Dict[str, List[str]]:
+def commands(seeds: List[int], out: Path, extra: List[str], by_method: bool) -> Dict[str, List[str]]:
+    """The multiruns: one per method with ``by_method`` (to run side by side; the one labels-only baseline
+    per seed is still trained once, under the baseline store's lock), else one for both methods."""
     exe = str(Path(sys.executable).parent / "kd-train")
     seed_list = "seed=" + ",".join(str(s) for s in seeds)
-    return {
-        "xtok": [exe, "-m", "experiment=lm_pydoc_xtok", "distill=uld,span_align", seed_list, *COMMON,
-                 f"hydra.sweep.dir={out / 'xtok'}", *extra],
-        "ceiling": [exe, "-m", "experiment=lm_pydoc", seed_list, *COMMON, f"hydra.sweep.dir={out / 'ceiling'}", *extra],
-    }
+    xtok = {f"xtok_{m}": m for m in ("uld", "span_align")} if by_method else {"xtok": "uld,span_align"}
+    runs = {name: [exe, "-m", "experiment=lm_pydoc_xtok", f"distill={methods}", seed_list, *COMMON,
+                   f"hydra.sweep.dir={out / name}", *extra] for name, methods in xtok.items()}
+    runs["ceiling"] = [exe, "-m", "experiment=lm_pydoc", seed_list, *COMMON, f"hydra.sweep.dir={out / 'ceiling'}",
+                       *extra]
+    return runs
 
 
 def run_all(seeds: List[int], out: Path, parallel: bool, extra: List[str], groups: List[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = []
-    for name, cmd in commands(seeds, out, extra).items():
-        if name not in groups:
+    for name, cmd in commands(seeds, out, extra, parallel).items():
+        if name.split("_", 1)[0] not in groups:
             continue
         log = open(out / f"{name}.log", "w")
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd[1:])}", flush=True)
@@ -78,7 +81,7 @@ def collect(out: Path) -> Dict[str, Dict[int, float]]:
     """Row label -> seed -> bits per byte, from every summary.json under ``out``."""
     values: Dict[str, Dict[int, float]] = {label: {} for label, *_ in ROWS}
     for path in sorted(out.glob("*/*/summary.json")):
-        group = path.parent.parent.name
+        group = path.parent.parent.name.split("_", 1)[0]  # xtok, xtok_uld, xtok_span_align -> xtok
         summary = json.loads(path.read_text())
         distill = (summary.get("distill") or {}).get("name")
         for label, where, name, role in ROWS:
