@@ -91,6 +91,14 @@ def test_cross_tokenizer_run_reports_bits_per_byte_of_each_role(tmp_path, cache_
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert written["student"]["bpb"] == summary["student"]["bpb"]
     assert "bits per byte" in (tmp_path / "run" / "summary.md").read_text()
+    # kd-eval re-tests the saved student with its own tokenizer (the run's figure), not the data's.
+    from helpers import compose_config
+
+    from kd_lightning.app.eval import evaluate
+
+    result = evaluate(compose_config(tmp_path, f"ckpt_path={summary['student']['ckpt_path']}",
+                                     "+trainer.limit_test_batches=2", "trainer.accelerator=cpu", name="eval", out="eval"))
+    assert result["test/bpb"] == pytest.approx(summary["student"]["bpb"], rel=1e-4)
     # A second run (another method) reuses the teacher and the baseline from the store.
     again = run(make_cfg(tmp_path / "again", cache_dir, "distill=uld"))
     assert again["teacher"]["source"] == "store" and again["baseline"]["source"] == "store"

@@ -68,6 +68,11 @@ class Task:
         teacher does (a student with another tokenizer); ``datamodule`` itself by default."""
         return datamodule
 
+    def saved_student_data(self, cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+        """The data a saved student is evaluated or exported with (kd-eval, kd-export; ``cfg`` is the config
+        it was trained with): ``datamodule`` itself by default."""
+        return datamodule
+
     # -------------------------------------------------------------------- the student stage
     def measure(self, datamodule: L.LightningDataModule) -> Measure:
         raise NotImplementedError

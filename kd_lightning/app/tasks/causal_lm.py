@@ -84,19 +84,12 @@ class CausalLM(Task):
     def student_datamodule(self, datamodule: L.LightningDataModule) -> L.LightningDataModule:
         """``student_tokenizer`` set: the same documents with the student's own tokenizer (trained on the
         training documents, or loaded from ``student_tokenizer.path``), each row tokenized by both."""
-        if not self.student_tokenizer:
-            return datamodule
-        from ...lm.xtok import CrossTokenizerTextDataModule
+        return student_tokenizer_data(self.student_tokenizer, datamodule)
 
-        node = self.student_tokenizer
-        try:
-            data = CrossTokenizerTextDataModule(datamodule, student_tokenizer=node.get("path"),
-                                                student_tokenizer_kind=node.get("kind", "unigram"),
-                                                student_vocab_size=int(node.get("vocab_size", 1024)))
-            data.setup("fit")
-        except (ValueError, TypeError, FileNotFoundError) as err:
-            raise ConfigError(f"student_tokenizer: {err}") from None
-        return data
+    def saved_student_data(self, cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+        """A student trained with a tokenizer of its own is evaluated and exported with that tokenizer."""
+        node = cfg.get("student_tokenizer")
+        return student_tokenizer_data(OmegaConf.to_container(node, resolve=True) if node else {}, datamodule)
 
     # -------------------------------------------------------------------- the student stage
     def measure(self, datamodule: L.LightningDataModule) -> Measure:
@@ -250,6 +243,23 @@ class CausalLM(Task):
                 result.update(onnx=str(onnx_path), onnx_max_abs_error=onnx_err)
                 print(f"exported {onnx_path} (onnx); logits match the checkpoint (max abs error {onnx_err:.2e})")
         return result
+
+
+def student_tokenizer_data(node: Dict[str, Any], datamodule: L.LightningDataModule) -> L.LightningDataModule:
+    """``datamodule`` (no ``student_tokenizer`` node), or its documents with the student's own tokenizer
+    (:class:`~kd_lightning.lm.xtok.CrossTokenizerTextDataModule`), set up."""
+    if not node:
+        return datamodule
+    from ...lm.xtok import CrossTokenizerTextDataModule
+
+    try:
+        data = CrossTokenizerTextDataModule(datamodule, student_tokenizer=node.get("path"),
+                                            student_tokenizer_kind=node.get("kind", "unigram"),
+                                            student_vocab_size=int(node.get("vocab_size", 2048)))
+        data.setup("fit")
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        raise ConfigError(f"student_tokenizer: {err}") from None
+    return data
 
 
 class LogitsOnly(nn.Module):
