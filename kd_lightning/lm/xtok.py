@@ -284,12 +284,14 @@ class CrossTokenizerTextDataModule(L.LightningDataModule):
     teacher's tokens of a row are cut at ``seq_len`` as well. Rows never run across documents.
 
     ``tokenizer`` is the student's (what the module saves and pads with), ``teacher_tokenizer`` the
-    teacher's; bits per byte come from the batches' ``bytes``.
+    teacher's; bits per byte come from the batches' ``bytes``. ``validation_every=N`` holds out every
+    ``N``-th *training* document instead (and trains on the others), so that settings can be tuned without
+    looking at the held-out documents.
     """
 
     def __init__(self, teacher_data: Any, student_tokenizer: Any = None, student_tokenizer_kind: str = "unigram",
                  student_vocab_size: int = 1024, seq_len: Optional[int] = None, batch_size: Optional[int] = None,
-                 cache_dir: Any = None, num_workers: int = 0):
+                 cache_dir: Any = None, num_workers: int = 0, validation_every: Optional[int] = None):
         super().__init__()
         if not hasattr(teacher_data, "documents"):
             raise TypeError(f"teacher_data must be a document data module (PydocTextDataModule, TextFileDataModule); "
@@ -309,7 +311,11 @@ class CrossTokenizerTextDataModule(L.LightningDataModule):
         self.val_set: Optional[TextRows] = None
         self.bytes_per_token: Optional[float] = None  # bits per byte come from each batch's bytes
         # What the rows are, beyond the tokenizer (kept in the store keys of the models trained on them).
-        self.key_parts = {"rows": "per_document", "seq_len": self.seq_len}
+        if validation_every is not None and (not isinstance(validation_every, int) or validation_every < 2):
+            raise ValueError(f"validation_every={validation_every!r} must be an integer >= 2 (or None: the data "
+                             "module's own held-out documents)")
+        self.validation_every = validation_every
+        self.key_parts = {"rows": "per_document", "seq_len": self.seq_len, "validation_every": validation_every}
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -318,6 +324,10 @@ class CrossTokenizerTextDataModule(L.LightningDataModule):
         self.teacher_tokenizer = self.teacher_data.tokenizer
         if self.tokenizer is None:
             self.tokenizer = train_tokenizer(train_docs, self.student_vocab_size, self.cache_dir, kind=self.student_kind)
+        if self.validation_every:  # tuning: held-out documents taken from the training ones (tokenizer unchanged)
+            n = self.validation_every
+            val_docs = [d for i, d in enumerate(train_docs) if i % n == n // 2]
+            train_docs = [d for i, d in enumerate(train_docs) if i % n != n // 2]
         check_fast_tokenizer(self.teacher_tokenizer, "teacher")
         check_fast_tokenizer(self.tokenizer, "student")
         self.train_set = TextRows(chunk_documents(train_docs, self.tokenizer, self.seq_len - 1))

@@ -124,3 +124,26 @@ def test_fit_trains_the_student_only_and_reports_bits_per_byte(tokenizers, loss)
     assert "val/teacher_ppl" not in metrics  # the teacher's metrics belong to its own tokens
     terms = {"span", "next", "kl", "uld"} if isinstance(loss, SpanAlign) else {"uld"}
     assert all(f"train/{t}" in metrics for t in terms | {"ce"})
+
+
+def test_data_module_rows_keep_the_split_and_can_hold_out_training_documents_for_tuning(tmp_path):
+    from kd_lightning.data.text import TextFileDataModule
+    from kd_lightning.lm import CrossTokenizerTextDataModule
+
+    for i in range(10):
+        (tmp_path / f"doc{i}.txt").write_text(f"Document {i}. " + TEXT[i % 3] * 3)
+    teacher_data = TextFileDataModule(tmp_path, seq_len=32, batch_size=4, vocab_size=300, val_every=5)
+    data = CrossTokenizerTextDataModule(teacher_data, student_tokenizer_kind="unigram", student_vocab_size=280)
+    data.setup()
+    train_docs, val_docs = teacher_data.documents()
+    joined = lambda rows: "".join(r["text"] for r in rows)  # noqa: E731
+    assert joined(data.val_set.rows) == "".join(val_docs) and joined(data.train_set.rows) == "".join(train_docs)
+    assert sum(r["eos"] for r in data.val_set.rows) == len(val_docs)
+    batch = next(iter(data.train_dataloader()))
+    assert batch["input_ids"].shape[1] <= 32 and batch["teacher_input_ids"].shape[1] <= 32
+    assert len(data.tokenizer) == 280 and len(data.teacher_tokenizer) == 300
+    tuning = CrossTokenizerTextDataModule(teacher_data, student_tokenizer_kind="unigram", student_vocab_size=280,
+                                          validation_every=4)
+    tuning.setup()
+    assert joined(tuning.val_set.rows) == "".join(train_docs[2::4])  # training documents, never the held-out ones
+    assert tuning.key_parts != data.key_parts

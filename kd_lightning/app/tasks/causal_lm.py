@@ -255,7 +255,8 @@ def student_tokenizer_data(node: Dict[str, Any], datamodule: L.LightningDataModu
     try:
         data = CrossTokenizerTextDataModule(datamodule, student_tokenizer=node.get("path"),
                                             student_tokenizer_kind=node.get("kind", "unigram"),
-                                            student_vocab_size=int(node.get("vocab_size", 2048)))
+                                            student_vocab_size=int(node.get("vocab_size", 2048)),
+                                            validation_every=node.get("validation_every"))
         data.setup("fit")
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise ConfigError(f"student_tokenizer: {err}") from None
