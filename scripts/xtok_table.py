@@ -1,17 +1,20 @@
 #!/usr/bin/env python
 """A teacher with another tokenizer than the student's: labels-only, ULD and span alignment against the ceiling.
 
-    python scripts/xtok_table.py                          # seeds 1 2 3: two kd-train multiruns, then the table
+    python scripts/xtok_table.py --parallel               # seeds 1 2 3: the kd-train multiruns, then the table
     python scripts/xtok_table.py --collect outputs/xtok_table            # the table from finished runs only
     python scripts/xtok_table.py --collect outputs/xtok_table --write docs/language-models.md
 
 The protocol: experiment=lm_pydoc's teacher (2,048-token byte-level BPE, ~1.04M parameters, 500 steps),
 trained once with its own seed (``teacher_fit.seed=42``, the seed of a plain ``kd-train experiment=lm_pydoc``)
-and shared by every job through kd-train's teacher store. Two multiruns:
+and shared by every job through kd-train's teacher store. The multiruns:
 
 * ``kd-train -m experiment=lm_pydoc_xtok distill=uld,span_align seed=1,2,3``: the student architecture of
   lm_pydoc with its own 2,048-token byte-level Unigram tokenizer; each job's baseline is the labels-only row
   (one per seed, shared by both methods through the baseline store);
+* the same with span alignment's weights tuned on seed 1 against training topics held out
+  (``student_tokenizer.validation_every=10``; never the held-out topics): ``distill.next_weight=0.5
+  distill.span_weight=0.5``;
 * ``kd-train -m experiment=lm_pydoc seed=1,2,3``: the same architecture on the teacher's own tokenizer with
   plain token-level KD (forward KL), the ceiling, and its labels-only baseline for reference.
 
@@ -34,12 +37,15 @@ from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["teacher_fit.seed=42", "trainer.enable_progress_bar=false"]
+# Span alignment's weights chosen on seed 1 with training topics held out (student_tokenizer.validation_every=10).
+TUNED = ["distill.next_weight=0.5", "distill.span_weight=0.5"]
 MARK_BEGIN, MARK_END = "<!-- xtok-table -->", "<!-- /xtok-table -->"
 # (row label, which multirun, distill name, the role of the summary that gives it)
 ROWS = [
     ("labels-only, student tokenizer (Unigram 2,048)", "xtok", None, "baseline"),
     ("ULD (Boizard et al. 2024)", "xtok", "uld", "student"),
     ("span alignment (SpanAlign)", "xtok", "span_align", "student"),
+    ("span alignment, weights tuned on validation (next 0.5, span 0.5)", "tuned", "span_align", "student"),
     ("ceiling: teacher's tokenizer (BPE 2,048), token KD", "ceiling", "token_kd", "student"),
     ("reference: teacher's tokenizer, labels-only", "ceiling", None, "baseline"),
     ("teacher (BPE 2,048, ~1.04M parameters)", "ceiling", None, "teacher"),
@@ -54,6 +60,8 @@ def commands(seeds: List[int], out: Path, extra: List[str], by_method: bool) -> 
     xtok = {f"xtok_{m}": m for m in ("uld", "span_align")} if by_method else {"xtok": "uld,span_align"}
     runs = {name: [exe, "-m", "experiment=lm_pydoc_xtok", f"distill={methods}", seed_list, *COMMON,
                    f"hydra.sweep.dir={out / name}", *extra] for name, methods in xtok.items()}
+    runs["tuned"] = [exe, "-m", "experiment=lm_pydoc_xtok", "distill=span_align", *TUNED, seed_list, *COMMON,
+                     f"hydra.sweep.dir={out / 'tuned'}", *extra]
     runs["ceiling"] = [exe, "-m", "experiment=lm_pydoc", seed_list, *COMMON, f"hydra.sweep.dir={out / 'ceiling'}",
                        *extra]
     return runs
@@ -80,7 +88,7 @@ def run_all(seeds: List[int], out: Path, parallel: bool, extra: List[str], group
 def collect(out: Path) -> Dict[str, Dict[int, float]]:
     """Row label -> seed -> bits per byte, from every summary.json under ``out``."""
     values: Dict[str, Dict[int, float]] = {label: {} for label, *_ in ROWS}
-    for path in sorted(out.glob("*/*/summary.json")):
+    for path in sorted(out.glob("*/*/summary.json")):  # <out>/<multirun>/<job>/summary.json
         group = path.parent.parent.name.split("_", 1)[0]  # xtok, xtok_uld, xtok_span_align -> xtok
         summary = json.loads(path.read_text())
         distill = (summary.get("distill") or {}).get("name")
@@ -115,7 +123,7 @@ def table(values: Dict[str, Dict[int, float]]) -> str:
 def verdict(values: Dict[str, Dict[int, float]]) -> str:
     base = values[ROWS[0][0]]
     lines = []
-    for label, _, name, _ in ROWS[1:3]:
+    for label, _, name, _ in ROWS[1:4]:
         row = values[label]
         seeds = sorted(set(base) & set(row))
         if len(seeds) < 2:
@@ -145,7 +153,7 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/xtok_table")
     parser.add_argument("--collect", metavar="DIR", help="only read the finished runs under DIR")
     parser.add_argument("--parallel", action="store_true", help="run the two multiruns side by side")
-    parser.add_argument("--groups", nargs="+", default=["xtok", "ceiling"], choices=["xtok", "ceiling"],
+    parser.add_argument("--groups", nargs="+", default=["xtok", "tuned", "ceiling"], choices=["xtok", "tuned", "ceiling"],
                         help="which multiruns to run (default both)")
     parser.add_argument("--write", metavar="PAGE", help="also write the table into PAGE between the markers")
     parser.add_argument("overrides", nargs="*", help="extra kd-train overrides for every job (after --)")
