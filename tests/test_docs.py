@@ -155,13 +155,15 @@ def bad_input_rows():
 
 def bad_inputs_under_test():
     """Every bad input the test suite exercises, keyed as the docs write it."""
-    from app import test_bad_checkpoints, test_bad_inputs, test_lm_faults, test_lm_pipeline, test_lm_policy
+    from app import (test_bad_checkpoints, test_bad_inputs, test_lm_faults, test_lm_pipeline, test_lm_policy,
+                     test_lm_xtok)
     from data import test_text
     from models import test_local_files
 
     return [*test_bad_inputs.BAD, *test_bad_inputs.PATHS, *test_bad_inputs.CHOICES, *test_bad_inputs.IMAGES,
             *test_bad_checkpoints.CASES, *test_lm_pipeline.LM_BAD, *test_lm_policy.POLICY_BAD,
-            *test_lm_faults.LM_CONFIG_BAD, *test_text.LM_DATA_BAD, *test_local_files.TEACHER_BAD]
+            *test_lm_faults.LM_CONFIG_BAD, *test_text.LM_DATA_BAD, *test_local_files.TEACHER_BAD,
+            *test_lm_xtok.XTOK_BAD]
 
 
 def test_the_bad_input_table_lists_exactly_the_tested_cases():

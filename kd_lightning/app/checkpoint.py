@@ -31,6 +31,8 @@ def load_student(cfg: DictConfig) -> Tuple[nn.Module, DictConfig]:
             cfg.data = stored.data
             cfg.student = stored.student
             cfg.task = stored.get("task", cfg.get("task"))
+            # A language-model student with a tokenizer of its own reads the data with it.
+            cfg.student_tokenizer = stored.get("student_tokenizer")
             cfg.student.ckpt_path = None
     net = build_net(cfg.student, "student")
     try:

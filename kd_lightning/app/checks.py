@@ -514,9 +514,10 @@ def check_classification_config(cfg: DictConfig, loss: Any) -> None:
 def check_causal_lm_config(cfg: DictConfig, loss: Any) -> None:
     """What a language-model run refuses: a classifier loss, bad sampling settings, and stored teacher
     outputs (top-k next-token rows) that cannot serve its loss."""
-    from ..losses import TokenKD
+    from ..losses import CrossTokenizerLoss, TokenKD
 
-    if not isinstance(loss, TokenKD):
+    check_student_tokenizer(cfg, loss)
+    if not isinstance(loss, (TokenKD, CrossTokenizerLoss)):
         raise ConfigError(f"distill={cfg.distill.get('name')} is a classifier method; language models distill with "
                           "distill=token_kd (distill.divergence=forward|reverse|jsd|skew_forward|skew_reverse|tvd)")
     check_samples(cfg.get("samples") or {})
@@ -534,6 +535,46 @@ def check_causal_lm_config(cfg: DictConfig, loss: Any) -> None:
     top_k, vocab = cfg.distill.get("teacher_outputs_top_k"), cfg.teacher.get("net", {}).get("vocab_size")
     if isinstance(top_k, int) and isinstance(vocab, int):
         check_top_k_width(top_k, vocab)
+
+
+def check_student_tokenizer(cfg: DictConfig, loss: Any) -> None:
+    """A cross-tokenizer loss needs a student tokenizer of its own (``student_tokenizer``), and a student
+    tokenizer of its own needs a cross-tokenizer loss (or labels only), and none of the features that read the
+    teacher's distribution token by token or make the student write text for the teacher to score."""
+    from ..losses import CrossTokenizerLoss, TokenKD
+
+    name = cfg.distill.get("name")
+    node = cfg.get("student_tokenizer") or {}
+    teacher_tok = f"the data's tokenizer ({cfg.data.get('_target_', '').rsplit('.', 1)[-1]}, data.vocab_size=" \
+                  f"{cfg.data.get('vocab_size')})"
+    if isinstance(loss, CrossTokenizerLoss) and not node:
+        raise ConfigError(f"distill={name} is a cross-tokenizer loss, but the teacher tokenizer is {teacher_tok} and "
+                          "the student tokenizer is the same one (student_tokenizer=null); give the student its own, "
+                          "e.g. student_tokenizer.kind=unigram student_tokenizer.vocab_size=1024 "
+                          "student.net.vocab_size=1024 (experiment=lm_pydoc_xtok), or use distill=token_kd")
+    if not node:
+        return
+    student_tok = (f"student_tokenizer.path={node.get('path')}" if node.get("path") else
+                   f"a {node.get('kind', 'unigram')} tokenizer of student_tokenizer.vocab_size={node.get('vocab_size')}")
+    if isinstance(loss, TokenKD) and loss.kd_weight > 0:
+        raise ConfigError(f"the teacher tokenizer is {teacher_tok} and the student tokenizer {student_tok}, but "
+                          f"distill={name} compares the two models' logits token by token, which needs one tokenizer; "
+                          "use distill=span_align or distill=uld (cross-tokenizer losses), or student_tokenizer=null")
+    on_policy = cfg.distill.get("on_policy") or {}
+    offending = [(teacher_outputs_root(cfg) is not None, "distill.teacher_outputs", "false"),
+                 (bool(cfg.distill.get("sequence_kd")), "distill.sequence_kd", "false"),
+                 (on_policy.get("lam") is not None, "distill.on_policy.lam", "null"),
+                 (bool((cfg.get("teacher_ppl_of_samples") or {}).get("enabled")), "teacher_ppl_of_samples.enabled",
+                  "false"),
+                 (bool(cfg.get("assistants")), "assistants", "[]"),
+                 (int(cfg.get("generations") or 1) > 1, "generations", "1"),
+                 (bool(cfg.module.get("fused_head")), "module.fused_head", "false")]
+    bad = [(key, fix) for wrong, key, fix in offending if wrong]
+    if bad:
+        raise ConfigError(f"student_tokenizer gives the student another tokenizer than the teacher's, but "
+                          f"{', '.join(key for key, _ in bad)} needs one tokenizer for both (the teacher read token "
+                          f"by token, or text written by one model and scored by the other); set "
+                          f"{', '.join(f'{key}={fix}' for key, fix in bad)}")
 
 
 EXPORT_FORMATS = ("onnx", "torchscript", "hf")

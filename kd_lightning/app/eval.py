@@ -26,7 +26,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     net, cfg = load_student(cfg)
     task = task_for(cfg.get("task"))
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg.data)
+    datamodule = task.saved_student_data(cfg, build_datamodule(cfg.data))
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
                           default_root_dir=cfg.paths.output_dir)
     metrics, line = task.evaluate(net, datamodule, trainer)

@@ -31,7 +31,7 @@ def export(cfg: DictConfig) -> Dict[str, Any]:
     net.eval()
     task = task_for(cfg.get("task"))
     output = str(cfg.output) if cfg.get("output") else None
-    return task.export(net, build_datamodule(cfg.data), Path(str(cfg.ckpt_path)), output, fmt,
+    return task.export(net, task.saved_student_data(cfg, build_datamodule(cfg.data)), Path(str(cfg.ckpt_path)), output, fmt,
                        float(cfg.atol), float(cfg.rtol), merged=bool(cfg.get("merged", False)))
 
 

@@ -157,10 +157,15 @@ def run_stages(cfg: DictConfig, trackers: Any = None) -> Dict[str, Any]:
         datamodule.setup("fit")
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
-    task.check_network(build_net(cfg.student, "student"), datamodule, "student")
-    make_module = task.module_factory(cfg.module, datamodule)
+    # The teacher's data, and the student's (the same unless the student has a tokenizer of its own).
+    student_data = task.student_datamodule(datamodule)
+    task.check_network(build_net(cfg.student, "student"), student_data, "student")
+    make_teacher_module = task.module_factory(cfg.module, datamodule)
+    make_module = task.module_factory(cfg.module, student_data) if student_data is not datamodule else make_teacher_module
     stages = stages_for(cfg, task, datamodule, trackers)
-    teacher, teacher_res = obtain_trained(teacher_plan(cfg, task, datamodule), task, datamodule, stages, make_module)
+    teacher, teacher_res = obtain_trained(teacher_plan(cfg, task, datamodule), task, datamodule, stages,
+                                          make_teacher_module)
+    datamodule = student_data  # every later stage trains the student architecture
     scorer = teacher  # the first teacher scores every model's own samples after the student stage
     baseline_res: Optional[StageResult] = None
     baseline_net = None

@@ -114,10 +114,19 @@ def lm_notes(summary: Dict[str, Any]) -> List[str]:
                      "what the teacher would write): " + ", ".join(f"{stage} {v:.2f}" for stage, v in own
                                                                      if v is not None) + ".")
     gap = summary.get("gap_closed")
-    notes.append(f"Compression {summary['compression']:.1f}x in parameters"
-                 + (f"; distillation changes the student's perplexity by {-summary['ppl_gain']:+.2f} against the "
-                    f"labels-only baseline and closes {100 * gap:.1f}% of the baseline-teacher gap (in cross-entropy)."
-                    if gap is not None else "."))
+    if summary.get("tokenizers"):
+        names = summary["tokenizers"]
+        notes.append(f"The teacher reads the text with {names['teacher']}, the baseline and the student with "
+                     f"{names['student']}: compare them by bits per byte (perplexities count different tokens).")
+        notes.append(f"Compression {summary['compression']:.1f}x in parameters"
+                     + (f"; distillation changes the student's bits per byte by {-summary['bpb_gain']:+.4f} against "
+                        f"the labels-only baseline and closes {100 * gap:.1f}% of the baseline-teacher gap (in bits "
+                        "per byte)." if gap is not None else "."))
+    else:
+        notes.append(f"Compression {summary['compression']:.1f}x in parameters"
+                     + (f"; distillation changes the student's perplexity by {-summary['ppl_gain']:+.2f} against the "
+                        f"labels-only baseline and closes {100 * gap:.1f}% of the baseline-teacher gap (in "
+                        "cross-entropy)." if gap is not None else "."))
     stored = (summary.get("student") or {}).get("teacher_outputs")
     if stored:
         notes.append(f"The student trained on the teacher's stored top-{stored['top_k']} next-token distributions "
@@ -206,7 +215,10 @@ def write_report(out: Path, teacher: StageResult, baseline: Optional[StageResult
     """summary.json, summary.md and summary.png in ``out``, and the table on the console (``lm``: the
     language-model tables, perplexity and bits per byte); ``write=False`` (a DDP rank other than 0) only
     returns the summary."""
-    summary = (build_lm_summary if lm else build_summary)(teacher, baseline, student)
+    if lm:
+        summary = build_lm_summary(teacher, baseline, student, by_bytes=bool((extra or {}).get("tokenizers")))
+    else:
+        summary = build_summary(teacher, baseline, student)
     summary.update(extra or {})
     if not write:
         return summary
@@ -221,11 +233,21 @@ def write_report(out: Path, teacher: StageResult, baseline: Optional[StageResult
 
 
 # ------------------------------------------------------------------------------ language models
-def build_lm_summary(teacher: StageResult, baseline: Optional[StageResult], student: StageResult) -> Dict[str, Any]:
+def build_lm_summary(teacher: StageResult, baseline: Optional[StageResult], student: StageResult,
+                     by_bytes: bool = False) -> Dict[str, Any]:
     """Perplexity and bits per byte of the three models; ``gap_closed`` is the share of the baseline's
-    excess cross-entropy over the teacher that distillation removes: (ln b - ln s) / (ln b - ln t)."""
+    excess cross-entropy over the teacher that distillation removes: (ln b - ln s) / (ln b - ln t).
+    ``by_bytes`` (teacher and student with different tokenizers, whose perplexities count different tokens):
+    the same share in bits per byte, (b - s) / (b - t), and ``bpb_gain`` instead of ``ppl_gain``."""
     summary: Dict[str, Any] = {**stage_results(teacher, baseline, student), "ppl_gain": None, "gap_closed": None}
-    if baseline is not None and baseline.ppl and student.ppl and teacher.ppl:
+    if by_bytes:
+        del summary["ppl_gain"]
+        summary["bpb_gain"] = None
+        if baseline is not None and baseline.bpb and student.bpb and teacher.bpb:
+            summary["bpb_gain"] = round(baseline.bpb - student.bpb, 4)
+            if abs(baseline.bpb - teacher.bpb) > 1e-9:
+                summary["gap_closed"] = round((baseline.bpb - student.bpb) / (baseline.bpb - teacher.bpb), 4)
+    elif baseline is not None and baseline.ppl and student.ppl and teacher.ppl:
         summary["ppl_gain"] = round(baseline.ppl - student.ppl, 3)
         excess = math.log(baseline.ppl) - math.log(teacher.ppl)
         if abs(excess) > 1e-9:

@@ -79,11 +79,14 @@ def _without(node: Any, drop) -> Dict[str, Any]:
 
 def teacher_key_parts(cfg: DictConfig) -> Dict[str, Any]:
     """Everything the trained teacher depends on, as plain data (hashed into the store key)."""
-    teacher_fit = _without(cfg.get("teacher_fit") or {}, TEACHER_FIT_NOT_KEY_FIELDS)
+    fit = _plain(cfg.get("teacher_fit") or {}) or {}
+    # The seed the teacher trains with is keyed once: teacher_fit.seed=42 in a run of seed 1 shares the
+    # teacher of a run of seed 42 (a seed table reuses the default run's teacher).
+    teacher_fit = _without(fit, TEACHER_FIT_NOT_KEY_FIELDS | {"seed"})
     return {
         "teacher": _plain(cfg.teacher),
         "data": _without(cfg.data, DATA_NOT_KEY_FIELDS),
-        "seed": cfg.seed if teacher_fit.get("seed") is None else teacher_fit["seed"],
+        "seed": cfg.seed if fit.get("seed") is None else fit["seed"],
         "teacher_fit": teacher_fit,
         "optim": _plain(cfg.optim),
         "trainer": _without(cfg.trainer, TRAINER_NOT_KEY_FIELDS),

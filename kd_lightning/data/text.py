@@ -37,7 +37,7 @@ PAD_TOKEN, EOS_TOKEN = "<pad>", "<eos>"
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["PydocTextDataModule", "TextFileDataModule", "PromptResponseDataModule", "PydocPairsDataModule",
-           "train_bpe_tokenizer", "pydoc_topics", "check_context_length", "check_tokenizer", "PackedSequences"]
+           "train_bpe_tokenizer", "train_tokenizer", "pydoc_topics", "check_context_length", "check_tokenizer", "PackedSequences"]
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -94,6 +94,9 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+TOKENIZER_KINDS = ("bpe", "unigram")
+
+
 def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 2048, cache_dir: Optional[PathLike] = None,
                         min_frequency: int = 2) -> Any:
     """A byte-level BPE tokenizer (``<pad>``, ``<eos>`` specials) as a ``PreTrainedTokenizerFast``.
@@ -103,10 +106,27 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 2048, cache_dir:
     the SHA-256 of ``tokenizer.json`` and is written last, so a reuse first checks the key and the digest
     and retrains on any mismatch. Files are replaced atomically.
     """
+    return train_tokenizer(texts, vocab_size, cache_dir, kind="bpe", min_frequency=min_frequency)
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 2048, cache_dir: Optional[PathLike] = None,
+                    kind: str = "bpe", min_frequency: int = 2) -> Any:
+    """A byte-level tokenizer of ``kind`` ``"bpe"`` (:func:`train_bpe_tokenizer`) or ``"unigram"`` (a
+    Unigram language-model vocabulary over the same 256 byte symbols, so no text is ever unknown), with the
+    ``<pad>`` and ``<eos>`` specials, cached under ``cache_dir`` by content hash as described there."""
     import tokenizers
 
-    settings = {"kind": "byte_level_bpe", "vocab_size": int(vocab_size), "min_frequency": int(min_frequency),
-                "special_tokens": [PAD_TOKEN, EOS_TOKEN], "tokenizers": tokenizers.__version__}
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer kind={kind!r} is not known; use one of {', '.join(TOKENIZER_KINDS)}")
+    if kind == "unigram" and (not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 260):
+        raise ValueError(f"vocab_size={vocab_size!r} is too small for a byte-level Unigram tokenizer (256 byte "
+                         "symbols and the specials); use at least 260")
+    if kind == "bpe":
+        settings = {"kind": "byte_level_bpe", "vocab_size": int(vocab_size), "min_frequency": int(min_frequency),
+                    "special_tokens": [PAD_TOKEN, EOS_TOKEN], "tokenizers": tokenizers.__version__}
+    else:
+        settings = {"kind": "byte_level_unigram", "vocab_size": int(vocab_size),
+                    "special_tokens": [PAD_TOKEN, EOS_TOKEN], "tokenizers": tokenizers.__version__}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for text in texts:
         h.update(_sha256_bytes(text.encode("utf-8")).encode())
@@ -155,12 +175,17 @@ def _load_cached_tokenizer(directory: Path, key: str) -> Any:
 def _train(texts: Sequence[str], settings: Dict[str, Any]) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE())
+    unigram = settings["kind"] == "byte_level_unigram"
+    tok = Tokenizer(models.Unigram() if unigram else models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=settings["vocab_size"], min_frequency=settings["min_frequency"],
-                                  special_tokens=settings["special_tokens"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    if unigram:
+        trainer = trainers.UnigramTrainer(vocab_size=settings["vocab_size"], special_tokens=settings["special_tokens"],
+                                          show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        trainer = trainers.BpeTrainer(vocab_size=settings["vocab_size"], min_frequency=settings["min_frequency"],
+                                      special_tokens=settings["special_tokens"], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(texts), trainer=trainer)
     return tok
 

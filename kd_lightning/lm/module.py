@@ -15,10 +15,12 @@ from ..base import TeacherStudentModule
 from ..forward import call_signature, final_hidden, fused_head_problem, lm_logits
 from ..losses.base import TOKEN, CompositeLoss, Loss, TokenInputs
 from ..losses.token import IGNORE_INDEX, TokenKD
+from ..losses.xtok import CrossTokenInputs, CrossTokenizerLoss
 from ..signal import TeacherOutput, teacher_signal
 from ..teacher import build_teacher
 from ..guards import attention_mask_of
 from .generation import OnPolicy, on_policy_batch
+from .xtok import XTOK_KEYS, TokenizerPair, cross_tokenizer_pair, tokenizer_name
 
 VOCAB_ALIGNMENTS = ("strict", "truncate")
 STORED_HINT = ("teacher_outputs=True: wrap the data module in kd_lightning.cache.TeacherOutputsTokenDataModule so "
@@ -33,10 +35,6 @@ def check_fused_head(net: nn.Module) -> None:
     if problem is not None:
         error, why = problem
         raise error(f"fused_head=True {why} — use fused_head=False")
-
-
-def _tokenizer_name(tok: Any) -> str:
-    return f"{getattr(tok, 'name_or_path', '') or type(tok).__name__!r} ({len(tok.get_vocab())} tokens)"
 
 
 def _batch_fields(batch: Any, pad_token_id: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
@@ -117,7 +115,13 @@ class CausalLMDistillationModule(TeacherStudentModule):
             same tokenizer, but the embedding matrices differ only in padding rows: the first
             ``min(V_t, V_s)`` logits are compared.
         tokenizer: the tokenizer both models share (saved by :meth:`save_student_pretrained`).
-        teacher_tokenizer / student_tokenizer: when both are given their vocabularies must be equal.
+        teacher_tokenizer / student_tokenizer: with a token loss, when both are given their vocabularies must
+            be equal. With a cross-tokenizer loss (:class:`~kd_lightning.losses.ULD`,
+            :class:`~kd_lightning.losses.SpanAlign`) both are required (Hugging Face fast tokenizers) and may
+            differ: the batches then come from :class:`~kd_lightning.lm.xtok.CrossTokenizerCollate` (each
+            text tokenized by both, with the alignment), the teacher runs on its own tokens, the terms are
+            means over each micro-batch, and evaluation reports the student's own ``ce``, ``ppl`` and
+            ``bpb``. ``teacher_outputs``, ``on_policy`` and ``fused_head`` are refused with such a loss.
         bytes_per_token: UTF-8 bytes per token of the held-out text, for ``bpb`` (default: the batch's
             ``bytes`` key, or the datamodule's ``bytes_per_token`` attribute).
         save_teacher: keep the teacher's weights in checkpoints.
@@ -194,10 +198,19 @@ class CausalLMDistillationModule(TeacherStudentModule):
         self.save_hyperparameters(ignore=["student", "teacher", "loss", "optimizer", "scheduler", "tokenizer",
                                           "teacher_tokenizer", "student_tokenizer", "on_policy"])
         token = self.token_loss
-        if token is None:
+        # A teacher with another tokenizer: its own code path (cross_inputs, cross_eval_step).
+        self.xtok: Optional[TokenizerPair] = None
+        if isinstance(loss, CrossTokenizerLoss):
+            self.xtok = cross_tokenizer_pair(type(loss).__name__, teacher, teacher_tokenizer, student_tokenizer,
+                                             teacher_outputs=teacher_outputs, on_policy=on_policy,
+                                             fused_head=fused_head)
+            self.register_buffer("teacher_shared_ids", self.xtok.teacher_shared_ids, persistent=False)
+            self.register_buffer("student_shared_ids", self.xtok.student_shared_ids, persistent=False)
+        elif token is None:
             raise TypeError(f"{type(loss).__name__} holds no TokenKD; a causal LM trains on TokenKD (alone or "
-                            "composed with feature losses of the token family)")
-        if teacher_outputs:
+                            "composed with feature losses of the token family) or on a cross-tokenizer loss "
+                            "(ULD, SpanAlign)")
+        elif teacher_outputs:
             if teacher is not None:
                 raise ValueError("teacher_outputs=True trains on stored teacher outputs; pass teacher=None (the live "
                                  "teacher would never run)")
@@ -211,12 +224,13 @@ class CausalLMDistillationModule(TeacherStudentModule):
         elif token.needs_teacher and teacher is None:
             raise ValueError(f"loss has kd_weight={token.kd_weight} but no teacher was given; pass teacher=... or use "
                              "TokenKD(ce_weight=1.0, kd_weight=0.0) for labels-only training")
-        if teacher_tokenizer is not None and student_tokenizer is not None \
+        if self.xtok is None and teacher_tokenizer is not None and student_tokenizer is not None \
                 and teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
             raise ValueError(
-                f"teacher tokenizer {_tokenizer_name(teacher_tokenizer)} and student tokenizer "
-                f"{_tokenizer_name(student_tokenizer)} differ; token-level KD needs one tokenizer (vocab_alignment="
-                f"{vocab_alignment!r} cannot bridge different tokenizers)")
+                f"teacher tokenizer {tokenizer_name(teacher_tokenizer)} and student tokenizer "
+                f"{tokenizer_name(student_tokenizer)} differ; token-level KD needs one tokenizer (vocab_alignment="
+                f"{vocab_alignment!r} cannot bridge different tokenizers): use a cross-tokenizer loss, "
+                "loss=SpanAlign() or loss=ULD(), with batches from kd_lightning.lm.xtok.CrossTokenizerCollate")
         if on_policy is not None and (teacher is None or token.kd_positions != "labels"):
             raise ValueError("on_policy needs a teacher and TokenKD(kd_positions='labels'), so that the divergence "
                              "is taken on the generated tokens only (the prompt carries no label)")
@@ -317,6 +331,8 @@ class CausalLMDistillationModule(TeacherStudentModule):
         """The token loss's inputs; in training, the divisor is the step-global token count
         (:meth:`~kd_lightning.base.TeacherStudentModule.step_divisor`)."""
         train = stage == "train"
+        if self.xtok is not None:
+            return self.cross_inputs(batch, train)
         if train and self.on_policy is not None:
             generated = self.on_policy.draw()
             if generated:  # GKD: the student's own continuations of this batch's prompts
@@ -346,6 +362,8 @@ class CausalLMDistillationModule(TeacherStudentModule):
                            epoch=float(self.current_epoch + 1), **student)
 
     def logged_terms(self, terms: Dict[str, Tensor], inputs: TokenInputs) -> Dict[str, Tensor]:
+        if self.xtok is not None:  # cross-tokenizer terms are already means over the micro-batch
+            return super().logged_terms(terms, inputs)
         # The token terms are divided by the step's count: rescale them to means over this micro-batch's own
         # tokens for the log (the total changes by the same amounts).
         token = self.token_loss
@@ -372,6 +390,8 @@ class CausalLMDistillationModule(TeacherStudentModule):
 
     # -------------------------------------------------------------------------------- evaluation
     def eval_step(self, batch: Any, stage: str) -> None:
+        if self.xtok is not None:
+            return self.cross_eval_step(batch, stage)
         ids, mask, labels, nbytes = _batch_fields(batch, self.pad_token_id)
         student_logits, teacher_logits = self.run_models(ids, mask, labels, self.teacher_output(batch, ids, mask).logits)
         s_taps = self.feature_taps()[0]
@@ -395,6 +415,63 @@ class CausalLMDistillationModule(TeacherStudentModule):
                     kd_sum = token(student_logits, teacher_logits, labels, mask, num_tokens=1.0)["kd"]
                 stat("kd").update(kd_sum)
                 stat("kd_tokens").update(kd_mask.sum().float())
+        if nbytes is not None:
+            stat("bytes").update(torch.as_tensor(nbytes, device=ids.device).sum().float())
+
+    # --------------------------------------------------------------- teacher with another tokenizer
+    def cross_inputs(self, batch: Any, train: bool) -> CrossTokenInputs:
+        """A cross-tokenizer loss's inputs: the student on its tokens, the teacher on its own tokens of the
+        same texts, and the alignment the batch carries (:class:`~kd_lightning.lm.xtok.CrossTokenizerCollate`).
+        Its terms are means over this micro-batch (no step-global divisor)."""
+        missing = [k for k in XTOK_KEYS if not isinstance(batch, dict) or k not in batch]
+        if missing:
+            got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise ValueError(f"{type(self.loss).__name__} needs both tokenizations of each text, but the batch has no "
+                             f"{', '.join(missing)} (it holds {got}); collate the texts with "
+                             f"kd_lightning.lm.xtok.CrossTokenizerCollate(teacher_tokenizer, student_tokenizer)")
+        ids, mask, labels, _ = _batch_fields(batch, self.pad_token_id)
+        t_ids, t_mask = batch["teacher_input_ids"], batch["teacher_attention_mask"]
+        teacher_logits = self.teacher_output(batch, t_ids, t_mask, required=train).logits
+        student_logits = lm_logits(self.student, ids, mask, *self.student_signature)
+        if not self.vocab_checked:
+            self.check_cross_vocab(student_logits, teacher_logits, ids, t_ids)
+        return CrossTokenInputs(
+            student_logits=student_logits, labels=labels, teacher_logits=teacher_logits, attention_mask=mask,
+            teacher_input_ids=t_ids, teacher_attention_mask=t_mask, student_input_ids=ids,
+            student_span=batch["student_span"], teacher_span=batch["teacher_span"],
+            student_edge=batch["student_edge"], teacher_edge=batch["teacher_edge"],
+            student_shared_ids=self.student_shared_ids, teacher_shared_ids=self.teacher_shared_ids,
+            epoch=float(self.current_epoch + 1))
+
+    def check_cross_vocab(self, student_logits: Tensor, teacher_logits: Optional[Tensor], ids: Tensor,
+                          teacher_ids: Tensor) -> None:
+        """On the first batch: each model's logits must cover its own tokenizer's ids (and the shared ones)."""
+        checks = [("student", student_logits, ids, self.student_shared_ids, self.xtok.student_name)]
+        if teacher_logits is not None:
+            checks.append(("teacher", teacher_logits, teacher_ids, self.teacher_shared_ids, self.xtok.teacher_name))
+        for role, logits, role_ids, shared, name in checks:
+            if logits.ndim != 3 or logits.shape[:2] != role_ids.shape:
+                raise ValueError(f"the {role} must return logits [batch, time, vocab] for its input_ids "
+                                 f"{tuple(role_ids.shape)}; got {tuple(logits.shape)}")
+            top = max(int(role_ids.max()) if role_ids.numel() else -1, int(shared.max()) if shared.numel() else -1)
+            if top >= logits.shape[-1]:
+                raise ValueError(f"token id {top} of the {role} tokenizer {name} is outside the {role}'s "
+                                 f"{logits.shape[-1]} logits; give the {role} the tokenizer it was built for")
+        self.vocab_size = student_logits.shape[-1]
+        self.vocab_checked = True
+
+    def cross_eval_step(self, batch: Any, stage: str) -> None:
+        """The student's held-out cross-entropy and bits per byte on its own tokens (the teacher's own
+        metrics belong to its tokenization, measured where it is trained)."""
+        ids, mask, labels, nbytes = _batch_fields(batch, self.pad_token_id)
+        student_logits = lm_logits(self.student, ids, mask, *self.student_signature)
+        live = (labels[:, 1:] != IGNORE_INDEX) & mask[:, 1:].bool()
+        rows = live.reshape(-1).nonzero().squeeze(-1)
+        y = labels[:, 1:].reshape(-1).index_select(0, rows)
+        s = student_logits[:, :-1].reshape(-1, student_logits.shape[-1]).index_select(0, rows).float()
+        stat = lambda name: getattr(self, f"{stage}_{name}_sum")  # noqa: E731
+        stat("ce").update(nn.functional.cross_entropy(s, y, reduction="sum"))
+        stat("tokens").update(torch.tensor(float(rows.numel()), device=ids.device))
         if nbytes is not None:
             stat("bytes").update(torch.as_tensor(nbytes, device=ids.device).sum().float())
 

@@ -47,3 +47,10 @@ from .fsp import FSP
 from .ickd import ICKD
 
 __all__ += ["ReviewKD", "FT", "AB", "FSP", "ICKD"]
+
+# Teachers with another tokenizer than the student's.
+from .xtok import CrossTokenInputs, CrossTokenizerLoss
+from .uld import ULD
+from .span_align import SpanAlign
+
+__all__ += ["CrossTokenInputs", "CrossTokenizerLoss", "ULD", "SpanAlign"]

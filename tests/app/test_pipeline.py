@@ -101,7 +101,10 @@ def test_mismatched_class_count_fails_before_training(compose, tmp_path):
 
 @pytest.mark.parametrize("method", options("distill"))
 def test_every_distill_method_runs_one_step(compose, method):
-    lm = ["experiment=lm_pydoc", "data.seq_len=32", "data.vocab_size=300"] if method == "token_kd" else []
+    # Language-model methods run on lm_pydoc; the cross-tokenizer ones with a student tokenizer of its own.
+    lm_runs = {"token_kd": ["experiment=lm_pydoc"],
+               **{m: ["experiment=lm_pydoc_xtok", "student_tokenizer.vocab_size=280"] for m in ("uld", "span_align")}}
+    lm = [*lm_runs[method], "data.seq_len=32", "data.vocab_size=300"] if method in lm_runs else []
     cfg = compose(*lm, f"distill={method}", "debug=fast_dev_run", "baseline.enabled=false")
     summary = run(cfg)
     assert summary["distill"]["name"] == cfg.distill.name

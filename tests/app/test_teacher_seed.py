@@ -19,3 +19,9 @@ def test_shared_teacher_trains_once_with_its_own_seed(compose):
                          "baseline.enabled=false", "trainer.enable_progress_bar=false", "logger=none", out="b"))
     assert first["teacher"]["source"] == "trained" and second["teacher"]["source"] == "store"
     assert first["teacher"]["acc"] == second["teacher"]["acc"]
+
+
+def test_teacher_seed_equal_to_a_run_seed_shares_that_runs_teacher(compose):
+    # One teacher for a seed table and the default run: the seed it trains with is keyed once.
+    assert teacher_key(compose("seed=1", "data.seed=0", "teacher_fit.seed=42")) == \
+        teacher_key(compose("seed=42", "data.seed=0"))

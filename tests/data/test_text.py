@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 
 from kd_lightning.data.text import (PromptResponseDataModule, PydocPairsDataModule, PydocTextDataModule,  # noqa: E402
                                     TextFileDataModule, check_context_length, encode_stream, split_by_name,
-                                    train_bpe_tokenizer)
+                                    train_bpe_tokenizer, train_tokenizer)
 
 TEXT = ["Lists are mutable sequences, typically used to store collections of items.\n" * 15,
         "Tuples are immutable sequences, typically used to store heterogeneous data.\n" * 15,
@@ -37,6 +37,21 @@ def test_tokenizer_cached_by_content_and_digest_checked(tmp_path):
     assert len(list((tmp_path / "tokenizers").iterdir())) == 3
     assert not list(tmp_path.rglob("*.tmp"))
 
+
+
+def test_unigram_tokenizer_is_byte_level_and_cached_apart_from_the_bpe(tmp_path):
+    uni = train_tokenizer(TEXT, vocab_size=280, cache_dir=tmp_path, kind="unigram")
+    bpe = train_tokenizer(TEXT, vocab_size=280, cache_dir=tmp_path, kind="bpe")
+    assert type(uni.backend_tokenizer.model).__name__ == "Unigram" and uni.eos_token == "<eos>"
+    assert uni.get_vocab() != bpe.get_vocab()
+    # Byte-level: text it never saw (other letters, accents, emoji) comes back exactly, nothing is unknown.
+    unseen = "Zebras über alles — 42 ✓ 🙂"
+    assert uni.decode(uni(unseen)["input_ids"]) == unseen
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 2
+    assert train_tokenizer(TEXT, vocab_size=280, cache_dir=tmp_path, kind="unigram").get_vocab() == uni.get_vocab()
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 2
+    with pytest.raises(ValueError, match=r"kind='wordpiece' is not known; use one of bpe, unigram"):
+        train_tokenizer(TEXT, kind="wordpiece")
 
 def test_split_by_name_is_deterministic_and_disjoint():
     docs = {f"t{i:02d}": f"text {i}" for i in range(25)}

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-SCRIPTS = ["drop_in_lightning.py", "feature_distillation_torchvision.py", "teacher_ensemble.py", "distill_causal_lm.py"]
+SCRIPTS = ["drop_in_lightning.py", "feature_distillation_torchvision.py", "teacher_ensemble.py", "distill_causal_lm.py",
+           "distill_cross_tokenizer.py"]
 # Public import paths the examples may use (the package root and its documented subpackages).
 PUBLIC_MODULES = {"kd_lightning", "kd_lightning.losses", "kd_lightning.losses.functional", "kd_lightning.data",
                   "kd_lightning.models", "kd_lightning.augment", "kd_lightning.lm", "kd_lightning.data.text",
@@ -126,3 +127,17 @@ def test_distill_causal_lm():
     assert r["agreement"] > 0.2
     assert r["student_params"] < r["teacher_params"] / 5
     assert_teacher_guarantees(r)
+
+
+@pytest.mark.slow
+def test_distill_cross_tokenizer():
+    r = run_example("distill_cross_tokenizer.py")
+    # Both tokenizations of each text, and their alignment, in every batch.
+    assert {"input_ids", "teacher_input_ids", "student_span", "teacher_span", "student_edge", "teacher_edge",
+            "bytes"} <= set(r["batch_keys"])
+    assert r["teacher_vocab"] != r["student_vocab"]
+    # Bits per byte of text: a uniform guess over 256 byte values is 8; every trained model is well below it.
+    for name in ("teacher_bpb", "baseline_bpb", "student_bpb"):
+        assert 0 < r[name] < 7, (name, r[name])
+    assert {"ce", "span", "next", "kl", "uld"} <= set(r["train_terms"])
+    assert r["teacher_unchanged"] is True and r["teacher_frozen"] is True

@@ -63,6 +63,16 @@ class Task:
         """What shapes this family's trained teacher beyond the config (added to the teacher store's key)."""
         return {}
 
+    def student_datamodule(self, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+        """The data of the baseline and the student (set up), when they see the data otherwise than the
+        teacher does (a student with another tokenizer); ``datamodule`` itself by default."""
+        return datamodule
+
+    def saved_student_data(self, cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+        """The data a saved student is evaluated or exported with (kd-eval, kd-export; ``cfg`` is the config
+        it was trained with): ``datamodule`` itself by default."""
+        return datamodule
+
     # -------------------------------------------------------------------- the student stage
     def measure(self, datamodule: L.LightningDataModule) -> Measure:
         raise NotImplementedError

@@ -47,6 +47,8 @@ class CausalLM(Task):
         # A LoRA student (student.lora): also write the model with the adapters merged in.
         lora = (cfg.get("student") or {}).get("lora") if cfg is not None else None
         self.export_merged = bool((lora or {}).get("export_merged", False))
+        # student_tokenizer: the baseline and the student get a tokenizer of their own (the teacher keeps the data's).
+        self.student_tokenizer = plain(cfg.get("student_tokenizer")) if cfg is not None else {}
 
     def check_config(self, cfg: DictConfig, loss: Loss) -> None:
         check_causal_lm_config(cfg, loss)
@@ -76,7 +78,18 @@ class CausalLM(Task):
     def store_key_parts(self, datamodule: L.LightningDataModule) -> Dict[str, Any]:
         from ...cache.fingerprint import fingerprint_tokenizer
 
-        return {"tokenizer_sha256": fingerprint_tokenizer(datamodule.tokenizer)}
+        # Data modules that cut their rows otherwise than the teacher's say how (CrossTokenizerTextDataModule).
+        return {"tokenizer_sha256": fingerprint_tokenizer(datamodule.tokenizer), **getattr(datamodule, "key_parts", {})}
+
+    def student_datamodule(self, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+        """``student_tokenizer`` set: the same documents with the student's own tokenizer (trained on the
+        training documents, or loaded from ``student_tokenizer.path``), each row tokenized by both."""
+        return student_tokenizer_data(self.student_tokenizer, datamodule)
+
+    def saved_student_data(self, cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+        """A student trained with a tokenizer of its own is evaluated and exported with that tokenizer."""
+        node = cfg.get("student_tokenizer")
+        return student_tokenizer_data(OmegaConf.to_container(node, resolve=True) if node else {}, datamodule)
 
     # -------------------------------------------------------------------- the student stage
     def measure(self, datamodule: L.LightningDataModule) -> Measure:
@@ -117,6 +130,9 @@ class CausalLM(Task):
 
         settings = sampling_settings(self.sampling, datamodule)
         extra: Dict[str, Any] = {}
+        teacher_tokenizer = getattr(datamodule, "teacher_tokenizer", None)
+        if teacher_tokenizer is not None:  # the student has a tokenizer of its own
+            extra.update(teacher_tokenizer=teacher_tokenizer, student_tokenizer=datamodule.tokenizer)
         if self.on_policy_lam is not None:
             extra["on_policy"] = OnPolicy(lam=float(self.on_policy_lam), **settings)
         if self.sequence_kd:
@@ -156,8 +172,15 @@ class CausalLM(Task):
         if primary and self.export_merged:  # a LoRA student: the base with its adapters merged in, too
             export["student_hf_merged"] = save_student_hf(student, datamodule.tokenizer,
                                                           hf_dir.with_name("student_hf_merged"), merged=True)
-        return {"distill": {"divergence": self.divergence}, "task": self.name, "prompts": list(self.prompts),
-                "export": export}
+        extra = {"distill": {"divergence": self.divergence}, "task": self.name, "prompts": list(self.prompts),
+                 "export": export}
+        teacher_tokenizer = getattr(datamodule, "teacher_tokenizer", None)
+        if teacher_tokenizer is not None:  # bits per byte then compare the models (report.build_lm_summary)
+            from ...lm.xtok import tokenizer_name
+
+            extra["tokenizers"] = {"teacher": tokenizer_name(teacher_tokenizer),
+                                   "student": tokenizer_name(datamodule.tokenizer)}
+        return extra
 
     def write_report(self, out: Any, teacher: StageResult, baseline: Optional[StageResult], student: StageResult,
                      extra: Dict[str, Any], write: bool) -> Dict[str, Any]:
@@ -220,6 +243,24 @@ class CausalLM(Task):
                 result.update(onnx=str(onnx_path), onnx_max_abs_error=onnx_err)
                 print(f"exported {onnx_path} (onnx); logits match the checkpoint (max abs error {onnx_err:.2e})")
         return result
+
+
+def student_tokenizer_data(node: Dict[str, Any], datamodule: L.LightningDataModule) -> L.LightningDataModule:
+    """``datamodule`` (no ``student_tokenizer`` node), or its documents with the student's own tokenizer
+    (:class:`~kd_lightning.lm.xtok.CrossTokenizerTextDataModule`), set up."""
+    if not node:
+        return datamodule
+    from ...lm.xtok import CrossTokenizerTextDataModule
+
+    try:
+        data = CrossTokenizerTextDataModule(datamodule, student_tokenizer=node.get("path"),
+                                            student_tokenizer_kind=node.get("kind", "unigram"),
+                                            student_vocab_size=int(node.get("vocab_size", 2048)),
+                                            validation_every=node.get("validation_every"))
+        data.setup("fit")
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        raise ConfigError(f"student_tokenizer: {err}") from None
+    return data
 
 
 class LogitsOnly(nn.Module):
@@ -311,13 +352,15 @@ class MeasureLM:
     def __call__(self, name: str, net: nn.Module, datamodule: L.LightningDataModule, test: Dict[str, Any],
                  wall_s: float, **extra: Any) -> StageResult:
         ids = next(iter(datamodule.test_dataloader()))["input_ids"]
+        # Each model samples with its own data's tokenizer (a student may have one of its own).
+        tokenizer = getattr(datamodule, "tokenizer", None) or self.tokenizer
         latency, tokens_per_s = forward_speed(net, ids)
         get = lambda k: float(test[k]) if k in test else None  # noqa: E731
         return StageResult(
             name=name, acc=None, params=count_params(net), size_bytes=state_dict_bytes(net), latency_ms=latency,
             wall_s=round(wall_s, 2), agreement=get("test/agreement"), ppl=get("test/ppl"), bpb=get("test/bpb"),
             tokens_per_s=round(tokens_per_s, 1),
-            samples=sample_continuations(net, self.tokenizer, self.prompts, **self.sampling), **extra)
+            samples=sample_continuations(net, tokenizer, self.prompts, **self.sampling), **extra)
 
 
 

@@ -23,3 +23,11 @@ from .correlation import channel_correlation, fsp_loss, fsp_matrix, ickd_loss
 from . import correlation, hint
 
 __all__ += [*hint.__all__, *correlation.__all__]
+
+# Teachers with another tokenizer than the student's.
+from .xtok import (next_token_logprobs, shared_vocab_kl, span_alignment_loss, span_logprob_loss, span_logprobs,
+                   uld_loss)
+
+from . import xtok
+
+__all__ += [*xtok.__all__]
