@@ -16,8 +16,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_lm.py"
 
 @pytest.mark.slow
 def test_bench_lm_quick_prints_every_form_and_a_json_summary():
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu"], capture_output=True,
-                         text=True, timeout=900)
+    # --quick's shapes at one vocabulary: every form is a subprocess of its own (a torch import each)
+    run = subprocess.run([sys.executable, str(SCRIPT), "--vocabs", "512", "--tokens", "64", "--hidden", "32",
+                          "--device", "cpu"], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     for form in ("chunked", "fused", "fused_both"):
@@ -26,7 +27,7 @@ def test_bench_lm_quick_prints_every_form_and_a_json_summary():
     assert set(summary["targets_met"]) == {"chunked_over_naive_peak<=0.35", "fused_over_naive_peak<=0.2",
                                            "fused_both_over_naive_peak<=0.15", "chunked_over_naive_time<=1.15",
                                            "fused_over_naive_time<=1.15", "fused_both_over_naive_time<=1.15"}
-    assert set(summary["per_vocab"]) == {"512", "1024"}
+    assert set(summary["per_vocab"]) == {"512"}
     for forms in summary["per_vocab"].values():
         assert set(forms) == {"naive", "chunked", "naive_head", "fused", "naive_both_heads", "fused_both"}
         assert forms["fused_both"]["baseline"] == "naive_both_heads"
