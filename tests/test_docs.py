@@ -248,15 +248,6 @@ def test_every_skipped_snippet_says_why_and_is_expected():
     assert skipped == EXPECTED_SKIPS
 
 
-SKIPPED = [(page, line, reason) for page in PAGES for line, _, reason in snippets(page) if reason]
-
-
-@pytest.mark.parametrize("page,line,reason", SKIPPED, ids=[f"{p}:{n}" for p, n, _ in SKIPPED])
-def test_a_snippet_that_cannot_run_here_is_reported_as_skipped(page, line, reason):
-    """One skip per snippet that needs what this machine lacks, so the run's summary counts them with why."""
-    pytest.skip(f"{page}:{line}: {reason}")
-
-
 INCLUDE = re.compile(r'^\s*--8<-- "([^"]+)"\s*$')
 
 
