@@ -9,6 +9,7 @@ once, when it is made (:func:`task_for`); the stages then get built objects only
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import lightning as L
@@ -27,6 +28,7 @@ class Task:
 
     name = ""
     curve_key = "val/acc"  # the validation metric a stage's curve follows
+    lm = False  # whose report: a classifier's (accuracy) or a language model's (perplexity, bits per byte)
 
     def __init__(self, cfg: Optional[DictConfig] = None):
         """Read this family's settings from the run's config (None: kd-eval and kd-export, which need none)."""
@@ -106,7 +108,9 @@ class Task:
 
     def write_report(self, out: Any, teacher: StageResult, baseline: Optional[StageResult], student: StageResult,
                      extra: Dict[str, Any], write: bool) -> Dict[str, Any]:
-        raise NotImplementedError
+        from ..report import write_report
+
+        return write_report(Path(out), teacher, baseline, student, extra, lm=self.lm, write=write)
 
     # --------------------------------------------------------------- a saved student (kd-eval, kd-export)
     def evaluate(self, net: nn.Module, datamodule: L.LightningDataModule, trainer: L.Trainer) -> Tuple[Dict[str, float], str]:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class CausalLM(Task):
     name = "causal_lm"
     curve_key = "val/ppl"
+    lm = True
 
     def __init__(self, cfg: Optional[DictConfig] = None):
         super().__init__(cfg)
@@ -181,12 +182,6 @@ class CausalLM(Task):
             extra["tokenizers"] = {"teacher": tokenizer_name(teacher_tokenizer),
                                    "student": tokenizer_name(datamodule.tokenizer)}
         return extra
-
-    def write_report(self, out: Any, teacher: StageResult, baseline: Optional[StageResult], student: StageResult,
-                     extra: Dict[str, Any], write: bool) -> Dict[str, Any]:
-        from ..report import write_report
-
-        return write_report(Path(out), teacher, baseline, student, extra, lm=True, write=write)
 
     # --------------------------------------------------------------- a saved student (kd-eval, kd-export)
     def evaluate(self, net: nn.Module, datamodule: L.LightningDataModule,

@@ -17,7 +17,7 @@ from ...losses import CE, Loss
 from ..checks import (check_classes, check_classification_config, check_export_format, latency_timing,
                       teacher_outputs_root)
 from ..errors import ConfigError
-from ..stage import Measure, StageResult, measure
+from ..stage import Measure, measure
 from .base import Task
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,6 @@ class Classification(Task):
             raise ConfigError(str(err)) from None
         log.info("teacher outputs stored in %.1fs: %s", time.perf_counter() - t0, ", ".join(map(repr, stores.values())))
         return stored
-
-    def write_report(self, out: Any, teacher: StageResult, baseline: Optional[StageResult], student: StageResult,
-                     extra: Dict[str, Any], write: bool) -> Dict[str, Any]:
-        from ..report import write_report
-
-        return write_report(Path(out), teacher, baseline, student, extra, lm=False, write=write)
 
     def evaluate(self, net: nn.Module, datamodule: L.LightningDataModule,
                  trainer: L.Trainer) -> Tuple[Dict[str, float], str]:
