@@ -238,3 +238,15 @@ def compose_config(tmp_path, *overrides: str, name: str = "train", hydra: bool =
             cfg.paths.output_dir = str(tmp_path / out)
             cfg.paths.cache_dir = str(tmp_path / "cache")
     return cfg
+
+
+# ------------------------------------------------------------------ damage a file (fault-injection tests)
+def truncate(path) -> None:
+    """The file cut to half its bytes."""
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def empty(path) -> None:
+    """The file left with no bytes."""
+    path.write_bytes(b"")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from helpers import compose_config
+from helpers import compose_config, empty, truncate
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
@@ -57,15 +57,6 @@ def flip_sign_bits(path: Path) -> None:
     blob = torch.load(path, map_location="cpu", weights_only=False)
     blob["state_dict"] = {k: (-v if v.is_floating_point() else v) for k, v in blob["state_dict"].items()}
     torch.save(blob, path)
-
-
-def truncate(path: Path) -> None:
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
-
-
-def empty(path: Path) -> None:
-    path.write_bytes(b"")
 
 
 def drop_meta(path: Path) -> None:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import empty, truncate
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -69,15 +70,6 @@ def flip_bit(path: Path, at: float = 0.7) -> None:
     raw = bytearray(path.read_bytes())
     raw[int(len(raw) * at)] ^= 0x40
     path.write_bytes(bytes(raw))
-
-
-def truncate(path: Path) -> None:
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
-
-
-def empty(path: Path) -> None:
-    path.write_bytes(b"")
 
 
 def garbage(path: Path) -> None:
