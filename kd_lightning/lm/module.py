@@ -399,13 +399,8 @@ class CausalLMDistillationModule(TeacherStudentModule):
             s_taps.pop()  # evaluation reads logits only
         token = self.token_loss
         ce_mask, kd_mask = token.masks(labels, mask)
-        target = labels[:, 1:]
-        rows = ce_mask.reshape(-1).nonzero().squeeze(-1)
-        y = target.reshape(-1).index_select(0, rows)
-        s = student_logits[:, :-1].reshape(-1, student_logits.shape[-1]).index_select(0, rows).float()
+        rows, y, s = self.count_student(stage, student_logits, labels, ce_mask, nbytes)
         stat = lambda name: getattr(self, f"{stage}_{name}_sum")  # noqa: E731
-        stat("ce").update(nn.functional.cross_entropy(s, y, reduction="sum"))
-        stat("tokens").update(torch.tensor(float(rows.numel()), device=ids.device))
         if teacher_logits is not None:
             t = teacher_logits[:, :-1].reshape(-1, teacher_logits.shape[-1]).index_select(0, rows).float()
             stat("teacher_ce").update(nn.functional.cross_entropy(t, y, reduction="sum"))
@@ -415,8 +410,20 @@ class CausalLMDistillationModule(TeacherStudentModule):
                     kd_sum = token(student_logits, teacher_logits, labels, mask, num_tokens=1.0)["kd"]
                 stat("kd").update(kd_sum)
                 stat("kd_tokens").update(kd_mask.sum().float())
+
+    def count_student(self, stage: str, student_logits: Tensor, labels: Tensor, counted: Tensor,
+                      nbytes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """Add the student's summed cross-entropy over the ``counted [B, T-1]`` next-token positions, their
+        number and the batch's bytes to the stage's sums; returns (rows, targets, the student's fp32 rows)."""
+        rows = counted.reshape(-1).nonzero().squeeze(-1)
+        y = labels[:, 1:].reshape(-1).index_select(0, rows)
+        s = student_logits[:, :-1].reshape(-1, student_logits.shape[-1]).index_select(0, rows).float()
+        stat = lambda name: getattr(self, f"{stage}_{name}_sum")  # noqa: E731
+        stat("ce").update(nn.functional.cross_entropy(s, y, reduction="sum"))
+        stat("tokens").update(torch.tensor(float(rows.numel()), device=labels.device))
         if nbytes is not None:
-            stat("bytes").update(torch.as_tensor(nbytes, device=ids.device).sum().float())
+            stat("bytes").update(torch.as_tensor(nbytes, device=labels.device).sum().float())
+        return rows, y, s
 
     # --------------------------------------------------------------- teacher with another tokenizer
     def cross_inputs(self, batch: Any, train: bool) -> CrossTokenInputs:
@@ -465,15 +472,7 @@ class CausalLMDistillationModule(TeacherStudentModule):
         metrics belong to its tokenization, measured where it is trained)."""
         ids, mask, labels, nbytes = _batch_fields(batch, self.pad_token_id)
         student_logits = lm_logits(self.student, ids, mask, *self.student_signature)
-        live = (labels[:, 1:] != IGNORE_INDEX) & mask[:, 1:].bool()
-        rows = live.reshape(-1).nonzero().squeeze(-1)
-        y = labels[:, 1:].reshape(-1).index_select(0, rows)
-        s = student_logits[:, :-1].reshape(-1, student_logits.shape[-1]).index_select(0, rows).float()
-        stat = lambda name: getattr(self, f"{stage}_{name}_sum")  # noqa: E731
-        stat("ce").update(nn.functional.cross_entropy(s, y, reduction="sum"))
-        stat("tokens").update(torch.tensor(float(rows.numel()), device=ids.device))
-        if nbytes is not None:
-            stat("bytes").update(torch.as_tensor(nbytes, device=ids.device).sum().float())
+        self.count_student(stage, student_logits, labels, (labels[:, 1:] != IGNORE_INDEX) & mask[:, 1:].bool(), nbytes)
 
     def bytes_per_token(self) -> Optional[float]:
         if self.hparams.bytes_per_token is not None:
